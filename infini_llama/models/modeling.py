@@ -1,0 +1,191 @@
+"""InfiniLlamaForCausalLM: the causal LM of both arms, as a `transformers.PreTrainedModel`.
+
+Parameter names follow HF Llama (`model.layers.0.self_attn.q_proj.weight`, ...), so a Llama checkpoint maps
+one to one; Infini-attention adds one tensor per layer, `model.layers.N.self_attn.memory_gate` (β, one per head).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from infini_llama.layers import CausalSelfAttention, DecoderLayer, InfiniAttention, RMSNorm, SwiGLU
+from infini_llama.models.config import InfiniLlamaConfig
+
+GATE_PARAMETER = "memory_gate"
+
+
+def build_attention(config: InfiniLlamaConfig) -> nn.Module:
+    dims = (
+        config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim,
+        config.rope_theta,
+    )  # fmt: skip
+    if config.attention == "full":
+        return CausalSelfAttention(*dims)
+    return InfiniAttention(
+        *dims,
+        segment_len=config.segment_len,
+        memory_update=config.memory_update,
+        gate_activation=config.gate_activation,
+        gate_init=config.gate_init,
+        memory_rope=config.memory_rope,
+        bptt=config.bptt,
+    )
+
+
+class InfiniLlamaPreTrainedModel(PreTrainedModel):
+    config_class = InfiniLlamaConfig
+    config: InfiniLlamaConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DecoderLayer"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Every initialisation in one place (the 300M study's scheme).
+
+        Linear and embedding weights ~ N(0, std²) with std = 1/sqrt(hidden_size) unless `initializer_range` is
+        set; the projections that write into the residual stream (attention o_proj, MLP down_proj) use
+        std / sqrt(2 · num_hidden_layers) so the residual's variance does not grow with depth; RMSNorm weights
+        are 1; the gate logits β start at `gate_init` (0: g = 0.5, memory and local attention weighed equally).
+        """
+        std = self.config.init_std
+        residual_std = std / math.sqrt(2 * self.config.num_hidden_layers)
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, RMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, SwiGLU):
+            init.normal_(module.down_proj.weight, mean=0.0, std=residual_std)
+        if isinstance(module, (CausalSelfAttention, InfiniAttention)):
+            init.normal_(module.o_proj.weight, mean=0.0, std=residual_std)
+        if isinstance(module, InfiniAttention):
+            init.constant_(module.memory_gate, self.config.gate_init)
+
+
+class InfiniLlamaModel(InfiniLlamaPreTrainedModel):
+    """Embeddings, decoder layers and the final norm: (B, T) token ids -> (B, T, C) hidden states."""
+
+    def __init__(self, config: InfiniLlamaConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            DecoderLayer(build_attention(config), config.hidden_size, config.intermediate_size, config.rms_norm_eps)
+            for _ in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        past_key_values: tuple | None = None,
+        use_cache: bool = False,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        states = [None] * len(self.layers) if past_key_values is None else list(past_key_values)
+        if len(states) != len(self.layers):
+            raise ValueError(f"past_key_values holds {len(states)} layer states, the model has {len(self.layers)}")
+        keep = use_cache or past_key_values is not None
+        for i, layer in enumerate(self.layers):
+            x, states[i] = layer(x, states[i], keep)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(x), past_key_values=tuple(states) if keep else None)
+
+
+class InfiniLlamaForCausalLM(InfiniLlamaPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: InfiniLlamaConfig):
+        super().__init__(config)
+        self.model = InfiniLlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        past_key_values: tuple | None = None,
+        use_cache: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits (B, T, V) and, with `labels` (B, T), the mean next-token loss (labels shifted inside, as in HF;
+        -100 is ignored). `past_key_values` is the tuple of per-layer streaming states returned by an earlier call
+        (see `stream`); padding inside a batch is not supported: the memory would absorb the pad tokens."""
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError(
+                "attention_mask with padding is not supported: a padded token would be written into the memory; "
+                "run unpadded sequences (batch equal lengths or batch size 1)"
+            )
+        out = self.model(input_ids, inputs_embeds, past_key_values, bool(use_cache))
+        hidden = out.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = causal_lm_loss(logits, labels)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+
+    @torch.no_grad()
+    def stream(self, input_ids: torch.LongTensor, state: tuple | None = None) -> tuple[torch.Tensor, tuple]:
+        """Feed the next chunk (B, n) of a long sequence: returns its logits (B, n, V) and the state to pass with
+        the following chunk. Any chunking gives the logits of one forward pass over the whole sequence; an
+        Infini model's state stays constant in size (memory plus at most one unfinished segment)."""
+        out = self(input_ids=input_ids, past_key_values=state, use_cache=True)
+        return out.logits, out.past_key_values
+
+    def gate_values(self) -> torch.Tensor | None:
+        """g = act(β) as a (layers, heads) tensor, or None for the full-attention baseline."""
+        if self.config.attention != "infini":
+            return None
+        return torch.stack([layer.self_attn.gate().detach() for layer in self.model.layers])
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits[:, t] against labels[:, t + 1], in float32; -100 labels are ignored."""
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, gate_lr: float | None = None) -> list[dict]:
+    """Optimizer groups: matrices (linear and embedding weights) with weight decay; 1-D tensors (norm weights)
+    without; the memory gates β on their own learning rate (`gate_lr`, None: the base LR), never decayed.
+
+    Weight decay would pull β back to 0 and a global LR near 1e-4 barely moves it, leaving every gate at 0.5;
+    the study gave the gates LR 0.01 and no decay.
+    """
+    decay, no_decay, gates = [], [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.endswith(GATE_PARAMETER):
+            gates.append(param)
+        elif param.dim() >= 2:
+            decay.append(param)
+        else:
+            no_decay.append(param)
+    groups = [
+        {"name": "decay", "params": decay, "weight_decay": weight_decay},
+        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
+    ]
+    if gates:
+        gate_group = {"name": "gates", "params": gates, "weight_decay": 0.0}
+        if gate_lr is not None:
+            gate_group["lr"] = gate_lr
+        groups.append(gate_group)
+    return groups

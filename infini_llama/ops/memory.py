@@ -1,0 +1,133 @@
+"""The compressive memory, parallel across segments.
+
+Same definition as `compressive_memory_reference` (a loop over segments), computed without a Python loop
+over anything token-sized:
+
+- z before segment s is an exclusive prefix sum over segments of Σ_t σ(K_t).
+- Linear rule: M before segment s is an exclusive prefix sum of σ(K_j)ᵀ V_j, so the retrieval of every
+  segment is one batched matmul against the stack of "memory before s".
+- Delta rule: σ(K_s)ᵀ σ(K_s) M_{s-1} / (σ(K_s) z_{s-1}) = A_s M_{s-1} with the D×D matrix
+  A_s = Σ_t σ(k_t) σ(k_t)ᵀ / (σ(k_t)·z_{s-1}); z does not depend on M, so every A_s and every
+  B_s = σ(K_s)ᵀ V_s is computed batched, and only the small recurrence M_s = M_{s-1} + B_s − A_s M_{s-1}
+  (D×D times D×Dv per segment) loops over segments.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from infini_llama.ops.state import (
+    MemoryState,
+    check_memory_inputs,
+    elu_plus_one,
+    guarded_divide,
+    state_dtype_for,
+)
+
+
+def compressive_memory(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    segment_len: int,
+    *,
+    update: str = "delta",
+    initial_state: MemoryState | None = None,
+    output_final_state: bool = False,
+    detach_every: int | None = None,
+) -> tuple[torch.Tensor, MemoryState | None]:
+    """Retrieve from and update the compressive memory for a whole sequence at once.
+
+    q: (B, Hq, T, D), k: (B, Hkv, T, D), v: (B, Hkv, T, Dv); Hq a multiple of Hkv (query head h reads
+    KV head h // (Hq / Hkv)). σ = ELU + 1 is applied to q and k here. Token t of segment s gets
+    σ(q_t) M / (σ(q_t) z) from the memory of segments < s plus `initial_state` (exactly 0 while empty).
+    `update` is "linear" (M += σ(K)ᵀV) or "delta" (M += σ(K)ᵀ(V − σ(K)M / σ(K)z)). T need not be a
+    multiple of `segment_len`: the last segment is shorter. `detach_every=k` cuts the memory's graph at
+    every k-th segment boundary (truncated backprop through time; None keeps the full graph).
+
+    Returns out (B, Hq, T, Dv) in q's dtype and, if `output_final_state`, the MemoryState after the last
+    segment (float32, or float64 for float64 inputs). Autocast is disabled inside: the memory math runs
+    in the state dtype.
+    """
+    B, Hq, T, D, Dv, groups = check_memory_inputs(q, k, v, segment_len, update, initial_state, detach_every)
+    Hkv = Hq // groups
+    dtype = state_dtype_for(q.dtype)
+    L = segment_len
+    S = max(1, math.ceil(T / L))
+    pad = S * L - T
+
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        sq = elu_plus_one(q.to(dtype))
+        # Padding goes in after σ, so padded keys are exactly 0 and write nothing to the memory.
+        sk = F.pad(elu_plus_one(k.to(dtype)), (0, 0, 0, pad)).view(B, Hkv, S, L, D)
+        vv = F.pad(v.to(dtype), (0, 0, 0, pad)).view(B, Hkv, S, L, Dv)
+        sq = F.pad(sq, (0, 0, 0, pad)).view(B, Hkv, groups, S, L, D)
+
+        if initial_state is None:
+            M0 = sq.new_zeros(B, Hkv, D, Dv)
+            z0 = sq.new_zeros(B, Hkv, D)
+        else:
+            M0, z0 = initial_state.M.to(dtype), initial_state.z.to(dtype)
+
+        z_before, z_final = _exclusive_prefix_sum(sk.sum(dim=3), z0, detach_every)  # (B, Hkv, S, D)
+        kv = sk.transpose(-1, -2) @ vv  # σ(K_s)ᵀ V_s: (B, Hkv, S, D, Dv)
+        if update == "linear":
+            M_before, M_final = _exclusive_prefix_sum(kv, M0, detach_every)
+        else:
+            key_norm = sk @ z_before.unsqueeze(-1)  # σ(k_t)·z_{s-1}: (B, Hkv, S, L, 1)
+            A = sk.transpose(-1, -2) @ guarded_divide(sk, key_norm)  # (B, Hkv, S, D, D)
+            M_before, M_final = _delta_recurrence(A, kv, M0, detach_every)
+
+        # Numerator and denominator of the retrieval in one matmul: z rides along as an extra value column.
+        memory = torch.cat([M_before, z_before.unsqueeze(-1)], dim=-1)  # (B, Hkv, S, D, Dv + 1)
+        read = torch.einsum("bhgsld,bhsde->bhgsle", sq, memory)
+        out = guarded_divide(read[..., :Dv], read[..., Dv:])
+        out = out.reshape(B, Hq, S * L, Dv)[:, :, :T]
+
+    state = MemoryState(M_final, z_final) if output_final_state else None
+    return out.to(q.dtype), state
+
+
+def _exclusive_prefix_sum(
+    delta: torch.Tensor, initial: torch.Tensor, detach_every: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of `initial` and delta[:, :, :s] for every s (dim 2 = segments), and the total.
+
+    With `detach_every=k`, the running sum is cut from the graph at every k-th segment: segments in a window
+    of k see a detached copy of the sum at the window's start plus their own window's earlier deltas.
+    """
+    B, H, S = delta.shape[:3]
+    rest = delta.shape[3:]
+    k = S if detach_every is None else min(detach_every, S)
+    windows = math.ceil(S / k)
+    padded = F.pad(delta, (0, 0) * len(rest) + (0, windows * k - S)).view(B, H, windows, k, *rest)
+    inclusive = padded.cumsum(dim=3)
+    within = inclusive - padded  # exclusive sum inside each window
+    totals = inclusive[:, :, :, -1]  # (B, H, windows, ...)
+    starts = initial.unsqueeze(2) + totals.cumsum(dim=2) - totals  # sum before each window
+    if windows > 1:
+        starts = torch.cat([starts[:, :, :1], starts[:, :, 1:].detach()], dim=2)
+    final = starts[:, :, -1] + totals[:, :, -1]
+    before = (starts.unsqueeze(3) + within).reshape(B, H, windows * k, *rest)[:, :, :S]
+    return before, final
+
+
+def _delta_recurrence(
+    A: torch.Tensor, kv: torch.Tensor, M0: torch.Tensor, detach_every: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """M_s = M_{s-1} + kv_s − A_s M_{s-1} over segments (dim 2); returns the stack of M_{s-1} and M_S.
+
+    The only loop over segments: it touches D×D and D×Dv matrices, never tokens.
+    """
+    M = M0
+    before = []
+    for s in range(A.shape[2]):
+        if detach_every is not None and s > 0 and s % detach_every == 0:
+            M = M.detach()
+        before.append(M)
+        M = M + kv[:, :, s] - A[:, :, s] @ M
+    return torch.stack(before, dim=2), M
+
