@@ -1,0 +1,39 @@
+"""The `infini-llama` command: one subcommand per task, each defined next to the code it runs.
+
+A command module exposes `add_parser(subparsers)`, which adds its subparser and sets `func` (called with the
+parsed arguments, returning an exit code or None). Modules are imported only when their command runs, so
+`infini-llama --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand name -> module holding its add_parser()
+COMMANDS: dict[str, str] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="infini-llama",
+        description="Pretrain and study LLaMA models with Infini-attention.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    wanted = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in COMMANDS else None
+    for name, module in COMMANDS.items():
+        if wanted is None or name == wanted:
+            importlib.import_module(module).add_parser(sub)
+        else:
+            sub.add_parser(name, help=f"see `infini-llama {name} --help`")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
