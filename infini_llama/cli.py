@@ -15,13 +15,13 @@ import sys
 COMMANDS: dict[str, str] = {}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="infini-llama",
         description="Pretrain and study LLaMA models with Infini-attention.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    wanted = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in COMMANDS else None
+    wanted = argv[0] if argv and argv[0] in COMMANDS else None
     for name, module in COMMANDS.items():
         if wanted is None or name == wanted:
             importlib.import_module(module).add_parser(sub)
@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     return int(args.func(args) or 0)
 
 
