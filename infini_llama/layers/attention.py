@@ -63,6 +63,7 @@ class _Projections(nn.Module):
         self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=False)
         self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=False)
+        self.o_proj.writes_residual = True  # initialised with a depth-scaled std
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (B, T, C) -> q (B, H, T, D), k and v (B, Hkv, T, D)."""
@@ -159,7 +160,8 @@ class InfiniAttention(_Projections):
         B, D = x.shape[0], self.head_dim
         dtype = state_dtype_for(x.dtype)
         memory = MemoryState(
-            x.new_zeros(B, self.num_kv_heads, D, D, dtype=dtype), x.new_zeros(B, self.num_kv_heads, D, dtype=dtype)
+            x.new_zeros(B, self.num_kv_heads, D, D, dtype=dtype),
+            x.new_zeros(B, self.num_kv_heads, D, dtype=dtype),
         )
         empty = x.new_zeros(B, self.num_kv_heads, 0, D)
         return InfiniState(memory, empty, empty)
@@ -213,8 +215,13 @@ class InfiniAttention(_Projections):
             mq, mk = (q_rot, k_rot) if self.memory_rope else (q_rest, k_rest)
             if done > 0:
                 read, memory = compressive_memory(
-                    mq[:, :, :done], mk[:, :, :done], v_rest[:, :, :done], L,
-                    update=self.memory_update, initial_state=memory, output_final_state=True,
+                    mq[:, :, :done],
+                    mk[:, :, :done],
+                    v_rest[:, :, :done],
+                    L,
+                    update=self.memory_update,
+                    initial_state=memory,
+                    output_final_state=True,
                 )
                 memory_parts.append(read)
             if rest > done:

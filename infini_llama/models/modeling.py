@@ -15,7 +15,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from infini_llama.layers import CausalSelfAttention, DecoderLayer, InfiniAttention, RMSNorm, SwiGLU
+from infini_llama.layers import CausalSelfAttention, DecoderLayer, InfiniAttention, RMSNorm
 from infini_llama.models.config import InfiniLlamaConfig
 
 GATE_PARAMETER = "memory_gate"
@@ -53,20 +53,20 @@ class InfiniLlamaPreTrainedModel(PreTrainedModel):
 
         Linear and embedding weights ~ N(0, std²) with std = 1/sqrt(hidden_size) unless `initializer_range` is
         set; the projections that write into the residual stream (attention o_proj, MLP down_proj) use
-        std / sqrt(2 · num_hidden_layers) so the residual's variance does not grow with depth; RMSNorm weights
-        are 1; the gate logits β start at `gate_init` (0: g = 0.5, memory and local attention weighed equally).
+        std / sqrt(2 · num_hidden_layers) so the residual's variance does not grow with depth (the layers mark
+        them `writes_residual`: transformers calls this per module, without names); RMSNorm weights are 1; the
+        gate logits β start at `gate_init` (0: g = 0.5, memory and local attention weighed equally).
         """
         std = self.config.init_std
-        residual_std = std / math.sqrt(2 * self.config.num_hidden_layers)
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if isinstance(module, nn.Linear):
+            if getattr(module, "writes_residual", False):
+                std = std / math.sqrt(2 * self.config.num_hidden_layers)
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, RMSNorm):
             init.ones_(module.weight)
-        elif isinstance(module, SwiGLU):
-            init.normal_(module.down_proj.weight, mean=0.0, std=residual_std)
-        if isinstance(module, (CausalSelfAttention, InfiniAttention)):
-            init.normal_(module.o_proj.weight, mean=0.0, std=residual_std)
-        if isinstance(module, InfiniAttention):
+        elif isinstance(module, InfiniAttention):
             init.constant_(module.memory_gate, self.config.gate_init)
 
 
@@ -156,10 +156,10 @@ class InfiniLlamaForCausalLM(InfiniLlamaPreTrainedModel, GenerationMixin):
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of logits[:, t] against labels[:, t + 1], in float32; -100 labels are ignored."""
-    return F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
-    )
+    """Mean cross-entropy of logits[:, t] against labels[:, t + 1], in at least float32; -100 labels are ignored."""
+    logits = logits[:, :-1].reshape(-1, logits.shape[-1])
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, gate_lr: float | None = None) -> list[dict]:

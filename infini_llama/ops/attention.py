@@ -14,9 +14,7 @@ def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x[:, :, None].expand(B, H, groups, T, D).reshape(B, H * groups, T, D)
 
 
-def causal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None
-) -> torch.Tensor:
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
     """softmax(QKᵀ·scale + causal mask) V with q: (B, Hq, T, D), k/v: (B, Hkv, T, D|Dv) -> (B, Hq, T, Dv).
 
     Queries are aligned with the last T keys when k is longer than q (a KV cache), so a query still sees

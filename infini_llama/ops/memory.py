@@ -130,4 +130,3 @@ def _delta_recurrence(
         before.append(M)
         M = M + kv[:, :, s] - A[:, :, s] @ M
     return torch.stack(before, dim=2), M
-

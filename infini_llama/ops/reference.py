@@ -57,7 +57,6 @@ def compressive_memory_reference(
     return out, (state if output_final_state else None)
 
 
-
 def memory_retrieve(q: torch.Tensor, state: MemoryState) -> torch.Tensor:
     """A_mem = σ(Q) M / (σ(Q) z) (IA eq. 3) for q: (B, Hq, L, D) from M: (B, Hkv, D, Dv), z: (B, Hkv, D).
 

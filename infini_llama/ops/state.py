@@ -40,9 +40,7 @@ def check_memory_inputs(
 ) -> tuple[int, int, int, int, int, int]:
     """Validate shapes and options; return (B, Hq, T, D, Dv, groups) with groups = Hq // Hkv."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(
-            f"q, k, v must be 4-D (B, H, T, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
+        raise ValueError(f"q, k, v must be 4-D (B, H, T, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     B, Hq, T, D = q.shape
     Bk, Hkv, Tk, Dk = k.shape
     if (Bk, Tk, Dk) != (B, T, D) or v.shape[:3] != (B, Hkv, T):
