@@ -148,7 +148,7 @@ def _plan_local(
         except _BadFile as exc:
             if on_bad_file == "error":
                 raise ValueError(f"bad data file: {exc} (on_bad_file='error')") from exc
-            warnings.warn(f"skipping {exc}", UserWarning, stacklevel=3)
+            warnings.warn(f"skipping bad data file: {exc}", UserWarning, stacklevel=3)
             skipped.append(str(path))
             continue
         files.append((path, n))
