@@ -60,11 +60,10 @@ def compressive_memory(
     pad = S * L - T
 
     with torch.autocast(device_type=q.device.type, enabled=False):
-        sq = elu_plus_one(q.to(dtype))
         # Padding goes in after σ, so padded keys are exactly 0 and write nothing to the memory.
-        sk = F.pad(elu_plus_one(k.to(dtype)), (0, 0, 0, pad)).view(B, Hkv, S, L, D)
-        vv = F.pad(v.to(dtype), (0, 0, 0, pad)).view(B, Hkv, S, L, Dv)
-        sq = F.pad(sq, (0, 0, 0, pad)).view(B, Hkv, groups, S, L, D)
+        sq = _pad_time(elu_plus_one(q.to(dtype)), pad).view(B, Hkv, groups, S, L, D)
+        sk = _pad_time(elu_plus_one(k.to(dtype)), pad).view(B, Hkv, S, L, D)
+        vv = _pad_time(v.to(dtype), pad).view(B, Hkv, S, L, Dv)
 
         if initial_state is None:
             M0 = sq.new_zeros(B, Hkv, D, Dv)
@@ -89,6 +88,11 @@ def compressive_memory(
 
     state = MemoryState(M_final, z_final) if output_final_state else None
     return out.to(q.dtype), state
+
+
+def _pad_time(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Append `pad` zero tokens to x: (B, H, T, E); no copy when there is nothing to pad."""
+    return F.pad(x, (0, 0, 0, pad)) if pad else x
 
 
 def _exclusive_prefix_sum(
@@ -124,9 +128,10 @@ def _delta_recurrence(
     """
     M = M0
     before = []
-    for s in range(A.shape[2]):
+    # unbind once: indexing A[:, :, s] inside the loop would make backward zero-fill a full-size gradient per step.
+    for s, (A_s, kv_s) in enumerate(zip(A.unbind(dim=2), kv.unbind(dim=2), strict=True)):
         if detach_every is not None and s > 0 and s % detach_every == 0:
             M = M.detach()
         before.append(M)
-        M = M + kv[:, :, s] - A[:, :, s] @ M
+        M = M + kv_s - A_s @ M
     return torch.stack(before, dim=2), M

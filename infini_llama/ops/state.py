@@ -75,9 +75,10 @@ def elu_plus_one(x: torch.Tensor) -> torch.Tensor:
 def guarded_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
     """numerator / denominator, and exactly 0 where the denominator is 0.
 
-    An empty memory reads 0 / 0; σ > 0, so the denominator is 0 only then. The `where` on both sides keeps
-    the gradient finite too.
+    An empty memory reads 0 / 0; σ > 0, so the denominator is 0 only then. The guard works on the
+    denominator alone (one value per token, broadcast over the feature dimension), so it costs one small
+    pass, and the `where` keeps the gradient finite too.
     """
     positive = denominator > 0
-    safe = torch.where(positive, denominator, torch.ones_like(denominator))
-    return torch.where(positive, numerator / safe, torch.zeros_like(numerator))
+    reciprocal = torch.where(positive, 1.0 / torch.where(positive, denominator, 1.0), 0.0)
+    return numerator * reciprocal
