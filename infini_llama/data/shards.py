@@ -22,7 +22,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +54,7 @@ def dtype_for_vocab(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: comparing memmaps elementwise is never wanted
 class TokenData:
     """Tokenized train/validation streams.
 
@@ -62,8 +62,8 @@ class TokenData:
     holding token ids, documents separated (and terminated) by ``eos_token_id``.
     """
 
-    train: np.memmap
-    validation: np.memmap
+    train: np.memmap = field(repr=False)
+    validation: np.memmap = field(repr=False)
     vocab_size: int  # len(tokenizer): the model's embedding size
     dtype: np.dtype
     eos_token_id: int
