@@ -104,8 +104,11 @@ def _exclusive_prefix_sum(
     of k see a detached copy of the sum at the window's start plus their own window's earlier deltas.
     """
     B, H, S = delta.shape[:3]
+    if detach_every is None or detach_every >= S:
+        inclusive = delta.cumsum(dim=2)
+        return initial.unsqueeze(2) + (inclusive - delta), initial + inclusive[:, :, -1]
     rest = delta.shape[3:]
-    k = S if detach_every is None else min(detach_every, S)
+    k = detach_every
     windows = math.ceil(S / k)
     padded = F.pad(delta, (0, 0) * len(rest) + (0, windows * k - S)).view(B, H, windows, k, *rest)
     inclusive = padded.cumsum(dim=3)
