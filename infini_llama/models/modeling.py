@@ -7,16 +7,20 @@ one to one; Infini-attention adds one tensor per layer, `model.layers.N.self_att
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationMixin, LlamaForCausalLM, PreTrainedModel
 from transformers import initialization as init
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from infini_llama.layers import CausalSelfAttention, DecoderLayer, InfiniAttention, RMSNorm
+from infini_llama.models.cache import InfiniCache
 from infini_llama.models.config import InfiniLlamaConfig
+from infini_llama.models.convert import copy_llama_weights, infini_config_from_llama, load_llama
 
 GATE_PARAMETER = "memory_gate"
 
@@ -116,21 +120,32 @@ class InfiniLlamaForCausalLM(InfiniLlamaPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
-        past_key_values: tuple | None = None,
+        past_key_values: Cache | tuple | None = None,
         use_cache: bool | None = None,
         inputs_embeds: torch.Tensor | None = None,
         logits_to_keep: int = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits (B, T, V) and, with `labels` (B, T), the mean next-token loss (labels shifted inside, as in HF;
-        -100 is ignored). `past_key_values` is the tuple of per-layer streaming states returned by an earlier call
-        (see `stream`); padding inside a batch is not supported: the memory would absorb the pad tokens."""
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError(
-                "attention_mask with padding is not supported: a padded token would be written into the memory; "
-                "run unpadded sequences (batch equal lengths or batch size 1)"
-            )
-        out = self.model(input_ids, inputs_embeds, past_key_values, bool(use_cache))
+        -100 is ignored).
+
+        `past_key_values` continues a stream, in one of two forms: the tuple of per-layer states that `stream`
+        uses (`use_cache=True` without one starts a new tuple; a new tuple is returned, the old one is left as it
+        was), or an `InfiniCache`, updated in place and returned. An empty `transformers` Cache of another class,
+        which `generate` hands to every model, is replaced by an `InfiniCache`. Padding is not supported (see
+        `check_no_padding`).
+        """
+        check_no_padding(attention_mask)
+        cache = None
+        states = past_key_values
+        if isinstance(past_key_values, Cache):
+            cache = as_infini_cache(past_key_values)
+            states = cache.states
+        out = self.model(input_ids, inputs_embeds, states, bool(use_cache) or cache is not None)
+        new_states = out.past_key_values
+        if cache is not None:
+            cache.set_states(new_states, (input_ids if inputs_embeds is None else inputs_embeds).shape[1])
+            new_states = cache
         hidden = out.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
@@ -138,21 +153,64 @@ class InfiniLlamaForCausalLM(InfiniLlamaPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = causal_lm_loss(logits, labels)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=new_states)
 
     @torch.no_grad()
     def stream(self, input_ids: torch.LongTensor, state: tuple | None = None) -> tuple[torch.Tensor, tuple]:
         """Feed the next chunk (B, n) of a long sequence: returns its logits (B, n, V) and the state to pass with
         the following chunk. Any chunking gives the logits of one forward pass over the whole sequence; an
-        Infini model's state stays constant in size (memory plus at most one unfinished segment)."""
-        out = self(input_ids=input_ids, past_key_values=state, use_cache=True)
-        return out.logits, out.past_key_values
+        Infini model's state stays constant in size (memory plus at most one unfinished segment).
+
+        The state is the tuple of per-layer `InfiniState` / `KVState`; `InfiniCache(state, seen_tokens)` turns it
+        into the cache `generate` continues from.
+        """
+        out = self.model(input_ids, None, state, True)
+        return self.lm_head(out.last_hidden_state), out.past_key_values
+
+    @classmethod
+    def from_llama(
+        cls, model_or_path: LlamaForCausalLM | str | os.PathLike, load_kwargs: dict | None = None, **infini_options
+    ) -> InfiniLlamaForCausalLM:
+        """An InfiniLlama with the weights of a `transformers` LlamaForCausalLM (an instance, or a path loaded with
+        `LlamaForCausalLM.from_pretrained(path, **load_kwargs)`), on its device and in its dtype.
+
+        `infini_options` set the Infini-attention fields (attention, segment_len (default 1024), memory_update,
+        gate_activation, gate_init, memory_rope, bptt); the rest maps from the Llama config. The gates start at
+        `gate_init` (0: g = 0.5). Raises ValueError for what does not map: rope scaling, attention/MLP biases.
+        """
+        llama = load_llama(model_or_path, **(load_kwargs or {}))
+        param = next(llama.parameters())
+        model = cls(infini_config_from_llama(llama.config, **infini_options)).to(param.device, param.dtype)
+        copy_llama_weights(model, llama)
+        return model.train(llama.training)
 
     def gate_values(self) -> torch.Tensor | None:
         """g = act(β) as a (layers, heads) tensor, or None for the full-attention baseline."""
         if self.config.attention != "infini":
             return None
         return torch.stack([layer.self_attn.gate().detach() for layer in self.model.layers])
+
+
+def check_no_padding(attention_mask: torch.Tensor | None) -> None:
+    """Refuse attention masks that mark padding, left (as `generate` uses for ragged prompts) or right."""
+    if attention_mask is not None and not bool(attention_mask.all()):
+        raise ValueError(
+            "attention_mask marks padding, which InfiniLlama does not support (left padding for generate included): "
+            "a pad token would be written into the compressive memory and shift every later segment boundary, so "
+            "the result would depend on the padding. Give prompts of equal length in a batch, or one at a time."
+        )
+
+
+def as_infini_cache(cache: Cache | None) -> InfiniCache:
+    """`cache` itself if it is an InfiniCache; a new one for None or an empty Cache of another class."""
+    if isinstance(cache, InfiniCache):
+        return cache
+    if cache is not None and cache.get_seq_length() > 0:
+        raise ValueError(
+            f"past_key_values is a {type(cache).__name__} holding {cache.get_seq_length()} tokens; InfiniLlama "
+            "keeps its state (memory + unfinished segment) in an InfiniCache: pass an InfiniCache or nothing"
+        )
+    return InfiniCache()
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
