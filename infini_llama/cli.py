@@ -12,7 +12,9 @@ import importlib
 import sys
 
 # subcommand name -> module holding its add_parser()
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "generate": "infini_llama.generate",
+}
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:

@@ -213,3 +213,31 @@ def test_lm_eval_harness_scores_a_checkpoint_through_its_hf_backend(tmp_path):
                 logprobs = m(torch.tensor([whole])).logits[0].log_softmax(-1)
             ours = sum(logprobs[t - 1, whole[t]].item() for t in range(len(context), len(whole)))
             assert loglik == pytest.approx(ours, abs=1e-4)
+
+
+def test_generate_command_streams_the_prompt_and_prints_the_greedy_continuation(tmp_path, capsys):
+    from infini_llama.cli import main
+
+    tok = tiny_tokenizer()
+    m = make_model(dtype=torch.float32, vocab_size=len(tok), eos_token_id=tok.eos_token_id)
+    m.save_pretrained(tmp_path / "ckpt")
+    tok.save_pretrained(tmp_path / "ckpt")
+    prompt = "the cat sat on the mat. water is wet. " * 8  # many segments of 8 tokens
+    (tmp_path / "prompt.txt").write_text(prompt)
+    argv = ["generate", "--checkpoint", str(tmp_path / "ckpt"), "--prompt-file", str(tmp_path / "prompt.txt")]
+    assert main([*argv, "--max-new-tokens", "12", "--temperature", "0", "--chunk-size", "5"]) == 0
+    ids = tok(prompt, return_tensors="pt")["input_ids"]
+    expected = m.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert capsys.readouterr().out == tok.decode(expected[0, ids.shape[1] :]) + "\n"
+
+
+@pytest.mark.parametrize(
+    "option,value,message",
+    [("--max-new-tokens", "0", "max-new-tokens"), ("--temperature", "-1", "temperature"), ("--top-k", "-2", "top-k")],
+)
+def test_generate_command_refuses_bad_options(tmp_path, option, value, message):
+    from infini_llama.cli import main
+
+    argv = ["generate", "--checkpoint", str(tmp_path), "--prompt-file", str(tmp_path / "p.txt"), option, value]
+    with pytest.raises(ValueError, match=message):
+        main(argv)
