@@ -13,6 +13,9 @@ import sys
 
 # subcommand name -> module holding its add_parser()
 COMMANDS: dict[str, str] = {
+    "eval": "infini_llama.eval.commands",
+    "finetune": "infini_llama.eval.finetune",
+    "report": "infini_llama.eval.report",
     "generate": "infini_llama.generate",
 }
 

@@ -1,0 +1,103 @@
+"""Loading what is evaluated: a Hugging Face checkpoint folder (ours or any causal LM) and its tokenizer."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+
+from infini_llama.train.metrics import METRICS_FILE, read_metrics
+from infini_llama.train.rundir import RUN_FILE
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(checkpoint: str | os.PathLike, *, dtype: str = "float32", device: str | None = None) -> nn.Module:
+    """`AutoModelForCausalLM.from_pretrained(checkpoint)` in eval mode, with a clear error for a missing folder.
+    (Importing this package registered model_type "infini_llama" with the Auto classes.)"""
+    path = Path(checkpoint).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"checkpoint folder {str(checkpoint)!r} does not exist; pass a folder written by "
+            "`save_pretrained` (the trainer's checkpoint folders are)"
+        )
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no config.json: it is not a Hugging Face checkpoint folder")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
+    return model.to(device or default_device()).eval()
+
+
+def load_eval_tokenizer(
+    checkpoint: str | os.PathLike | None, tokenizer: str | os.PathLike | None = None
+) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in the checkpoint folder, or `tokenizer` (a folder or hub name) when given."""
+    from infini_llama.data import load_tokenizer
+
+    source = tokenizer if tokenizer is not None else checkpoint
+    if tokenizer is None and not any(
+        (Path(checkpoint) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")
+    ):
+        raise FileNotFoundError(
+            f"checkpoint {str(checkpoint)!r} holds no tokenizer (tokenizer.json); pass --tokenizer with the folder "
+            "or name of the tokenizer the model was trained with"
+        )
+    return load_tokenizer(source)
+
+
+def check_vocab(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse a tokenizer that can produce ids the model has no embedding for."""
+    model_vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > model_vocab:
+        raise ValueError(
+            f"tokenizer mismatch: the tokenizer has {len(tokenizer)} tokens but the model's embedding has "
+            f"{model_vocab} rows; pass the tokenizer the model was trained with (--tokenizer)"
+        )
+
+
+def training_run(checkpoint: str | os.PathLike) -> Path | None:
+    """The `infini-llama train` run folder a checkpoint belongs to (RUN/final or RUN/checkpoints/step_N), if any."""
+    path = Path(checkpoint).resolve()
+    for run in (path.parent, path.parent.parent):
+        if (run / RUN_FILE).is_file():
+            return run
+    return None
+
+
+def checkpoint_label(checkpoint: str | os.PathLike) -> str:
+    """A short name for reports: the training run's folder name ("@step_N" for an intermediate checkpoint), else
+    the checkpoint folder's name."""
+    path = Path(checkpoint).resolve()
+    run = training_run(path)
+    if run is None:
+        return path.name
+    return run.name if path.parent == run else f"{run.name}@{path.name}"
+
+
+def training_length(checkpoint: str | os.PathLike) -> int | None:
+    """The sequence length the checkpoint was (last) trained at, from its training run's run.json."""
+    run = training_run(checkpoint)
+    if run is None:
+        return None
+    return json.loads((run / RUN_FILE).read_text()).get("train", {}).get("seq_len")
+
+
+def gate_trajectory(checkpoint: str | os.PathLike) -> list[dict]:
+    """Mean gate value per layer at every validation step of the checkpoint's training run ([] if unknown)."""
+    run = training_run(checkpoint)
+    if run is None or not (run / METRICS_FILE).is_file():
+        return []
+    return [
+        {"step": r["step"], "layer_mean": [sum(row) / len(row) for row in r["gates"]]}
+        for r in read_metrics(run / METRICS_FILE, kind="val")
+        if r.get("gates")
+    ]

@@ -1,0 +1,135 @@
+"""Memory diagnostics: gate values per layer and head, the memory-off ablation, and compression-count buckets."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from infini_llama.eval import plots
+from infini_llama.eval.checkpoint import gate_trajectory
+from infini_llama.eval.records import SUMMARY, run_header, write_json
+from infini_llama.models import GATE_PARAMETER
+
+
+def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The β of every Infini-attention layer, in layer order (empty for a model without memory)."""
+    return [param for name, param in model.named_parameters() if name.endswith(GATE_PARAMETER)]
+
+
+def gate_report(model: nn.Module) -> dict:
+    """g = act(β) and β per layer and head, through the activation the model itself uses (`model.gate_values()`,
+    never an assumed sigmoid), with per-layer means. Raises ValueError for a model without gates."""
+    gates = model.gate_values() if hasattr(model, "gate_values") else None
+    if gates is None:
+        raise ValueError("this model has no memory gates (a full-attention baseline or a non-Infini model)")
+    betas = torch.stack([p.detach() for p in gate_parameters(model)])
+    values = gates.float().cpu()
+    return {
+        "activation": getattr(model.config, "gate_activation", None),
+        "gates": values.tolist(),
+        "betas": betas.float().cpu().tolist(),
+        "layer_mean": values.mean(dim=1).tolist(),
+        "mean": float(values.mean()),
+        "layers": values.shape[0],
+        "heads": values.shape[1],
+    }
+
+
+@contextlib.contextmanager
+def memory_off(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block every gate is g = 0, so each Infini layer uses local attention only (the ablation).
+
+    β is set to −∞ and restored on exit: both gate activations map −∞ to exactly 0 (clamp(0.2·(−∞) + 0.5, 0, 1) =
+    0 and sigmoid(−∞) = 0), so the ablation runs through the model's own gate code; the model's `gate_values()`
+    is checked to be exactly 0 before anything runs. The memory is still read, then weighted by 0.
+    """
+    params = gate_parameters(model)
+    if not params:
+        raise ValueError("memory_off needs a model with Infini-attention gates; this model has none")
+    saved = [p.detach().clone() for p in params]
+    try:
+        with torch.no_grad():
+            for p in params:
+                p.fill_(float("-inf"))
+        if not bool((model.gate_values() == 0).all()):
+            raise RuntimeError("setting β = -inf did not close every gate exactly; the ablation would be unsound")
+        yield model
+    finally:
+        with torch.no_grad():
+            for p, value in zip(params, saved, strict=True):
+                p.copy_(value)
+
+
+def updates_bucket(updates: int | None) -> str:
+    """Bucket label of a number of memory updates: 0 to 4 alone, then powers of two ("5-8", "9-16", …)."""
+    if updates is None:
+        return "n/a"
+    if updates <= 4:
+        return str(updates)
+    high = 8
+    while updates > high:
+        high *= 2
+    return f"{high // 2 + 1}-{high}"
+
+
+def bucket_order(label: str) -> float:
+    """Sort key of an `updates_bucket` label."""
+    return float("inf") if label == "n/a" else float(label.split("-")[0])
+
+
+def run_gates(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | os.PathLike,
+    *,
+    label: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+) -> dict:
+    """Write the gate report of `model` into `out_dir`: summary.json (task "gates"), gates.md (layers × heads
+    table), gates.png (heatmap on the fixed 0–1 scale) and, when `checkpoint` comes from a training run that
+    logged its gates, gates_trajectory.png (mean g per layer against training step); returns the summary."""
+    report = gate_report(model)
+    report["trajectory"] = gate_trajectory(checkpoint) if checkpoint is not None else []
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    header = run_header(model, tokenizer, {"task": "gates"}, label=label, checkpoint=checkpoint)
+    summary = {"task": "gates", "status": "complete", **header, "results": report}
+    write_json(out / SUMMARY, summary)
+    rows = [
+        f"| {i} | " + " | ".join(f"{v:.3f}" for v in row) + f" | {report['layer_mean'][i]:.3f} |"
+        for i, row in enumerate(report["gates"])
+    ]
+    heads = " | ".join(f"head {h}" for h in range(report["heads"]))
+    table = [f"| layer | {heads} | mean |", "|" + "---|" * (report["heads"] + 2), *rows]
+    (out / "gates.md").write_text(
+        f"g = {report['activation']}(β), mean {report['mean']:.3f}\n\n" + "\n".join(table) + "\n"
+    )
+    plots.heatmap(
+        report["gates"],
+        [str(i) for i in range(report["layers"])],
+        [str(h) for h in range(report["heads"])],
+        out / "gates.png",
+        title=f"memory gates g: {summary['label']}",
+        xlabel="head",
+        ylabel="layer",
+        vmin=0.0,
+        vmax=1.0,
+        fmt="{:.2f}",
+    )
+    if report["trajectory"]:
+        plot_trajectory(report["trajectory"], out / "gates_trajectory.png", title=summary["label"])
+    return summary
+
+
+def plot_trajectory(trajectory: list[dict], path: str | os.PathLike, *, title: str) -> None:
+    """Mean gate value of every layer against the training step."""
+    steps = [point["step"] for point in trajectory]
+    layers = len(trajectory[0]["layer_mean"])
+    series = {f"layer {i}": (steps, [point["layer_mean"][i] for point in trajectory]) for i in range(layers)}
+    plots.lines(series, path, title=f"gates during training: {title}", xlabel="step", ylabel="mean g", ylim=(0, 1))

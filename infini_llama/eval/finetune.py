@@ -1,0 +1,286 @@
+"""Passkey fine-tuning: synthetic passkey sequences as a BatchSource for the trainer of `infini_llama.train`.
+
+Each training sequence is one token-exact passkey prompt followed by its answer and EOS, `seq_len` tokens in all.
+Samples come from the training seed stream (evaluation grids use another), and keys of the evaluation grid
+named by `exclude_eval_seed` / `exclude_eval_samples` are never used as training answers, so no evaluation answer
+is trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from infini_llama.data import tokenizer_fingerprint
+from infini_llama.eval.checkpoint import load_eval_tokenizer
+from infini_llama.eval.commands import parse_floats, reports_errors
+from infini_llama.eval.passkey import (
+    EVAL_STREAM,
+    TRAIN_STREAM,
+    TRAIN_VALIDATION_STREAM,
+    answer_ids,
+    draw_key,
+    evaluation_keys,
+    key_range,
+    make_passkey_sample,
+    sample_rng,
+)
+from infini_llama.eval.prompts import HAYSTACKS
+
+LOSSES = ("all", "answer")
+STUDY_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+assert len({EVAL_STREAM, TRAIN_STREAM, TRAIN_VALIDATION_STREAM}) == 3, "seed streams must be distinct"
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+# The 300M study's passkey fine-tuning (TrainConfig fields): 500 steps of 64 × 4096 tokens, LR 7.5e-5 after 50
+# warm-up steps, cosine to 3e-6, gate LR 1.5e-4.
+STUDY_RECIPE: dict[str, Any] = dict(
+    steps=500, seq_len=4096, global_batch=64, batch_size=8, lr=7.5e-5, min_lr=3e-6, warmup_steps=50, gate_lr=1.5e-4
+)
+
+
+class PasskeyBatchSource:
+    """Batches of passkey sequences (B = batch_size, T = seq_len) for one process.
+
+    Sample g = ((step · grad_accum + micro_step) · world_size + rank) · batch_size + b of the training stream,
+    so the batches are a pure function of (step, micro_step, rank). Depths cycle through `depths` (balanced);
+    keys have `key_digits` digits, redrawn when they are keys of the excluded evaluation grid. loss="all" trains
+    on every token (the study); loss="answer" masks everything but the answer's tokens with -100.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        seq_len: int,
+        batch_size: int,
+        grad_accum: int = 1,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        key_digits: int = 4,
+        depths: Sequence[float] = STUDY_DEPTHS,
+        haystack: str = "repeat",
+        loss: str = "all",
+        validation_batches: int = 2,
+        exclude_eval_seed: int | None = 0,
+        exclude_eval_samples: int = 1024,
+    ):
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if haystack not in HAYSTACKS:
+            raise ValueError(f"haystack must be one of {HAYSTACKS}, got {haystack!r}")
+        if not depths or not all(0.0 <= d <= 1.0 for d in depths):
+            raise ValueError(f"depths must be fractions in [0, 1], got {depths}")
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no EOS token to end each training sequence with")
+        self.tokenizer, self.seq_len, self.batch_size, self.grad_accum = tokenizer, seq_len, batch_size, grad_accum
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.key_digits, self.depths, self.haystack, self.loss = key_digits, tuple(depths), haystack, loss
+        self.num_validation_batches = validation_batches
+        excluded = (
+            [] if exclude_eval_seed is None else evaluation_keys(exclude_eval_seed, exclude_eval_samples, key_digits)
+        )
+        self.excluded_keys = frozenset(excluded)
+        low, high = key_range(key_digits)
+        if len(self.excluded_keys) >= high - low:
+            raise ValueError(f"the {len(self.excluded_keys)} excluded evaluation keys leave no {key_digits}-digit key")
+        self.exclusion = {"eval_seed": exclude_eval_seed, "eval_samples": len(excluded)}
+        self.sequence(TRAIN_STREAM, 0)  # fails now, not at step 1, if seq_len cannot hold a prompt
+
+    def sequence(self, stream: int, index: int) -> tuple[list[int], list[int]]:
+        """Ids (seq_len,) of sample `index` of `stream`: prompt, answer, EOS; and the positions of the answer."""
+        rng = sample_rng(stream, self.seed, index)
+        key = draw_key(rng, self.key_digits)
+        while key in self.excluded_keys:
+            key = draw_key(rng, self.key_digits)
+        answer = answer_ids(self.tokenizer, key)
+        prompt_len = target = self.seq_len - len(answer) - 1
+        for _ in range(4):  # a tokenizer that merges across the joins may move the length: aim again
+            sample = make_passkey_sample(
+                self.tokenizer,
+                target,
+                self.depths[index % len(self.depths)],
+                seed=self.seed,
+                index=index,
+                stream=stream,
+                key_digits=self.key_digits,
+                haystack=self.haystack,
+                key=key,
+            )
+            if len(sample.input_ids) == prompt_len:
+                break
+            target -= len(sample.input_ids) - prompt_len
+        else:
+            raise ValueError(f"could not build a {self.seq_len}-token passkey sequence with this tokenizer")
+        ids = sample.input_ids + answer + [self.tokenizer.eos_token_id]
+        return ids, list(range(prompt_len, prompt_len + len(answer)))
+
+    def _batch(self, stream: int, first: int) -> Batch:
+        rows, masks = zip(*(self.sequence(stream, first + b) for b in range(self.batch_size)), strict=True)
+        input_ids = torch.tensor(rows, dtype=torch.long)  # (B, T)
+        if self.loss == "all":
+            return input_ids, input_ids.clone()
+        labels = torch.full_like(input_ids, -100)
+        for b, positions in enumerate(masks):
+            labels[b, positions] = input_ids[b, positions]
+        return input_ids, labels
+
+    def batch(self, step: int, micro_step: int) -> Batch:
+        block = (step * self.grad_accum + micro_step) * self.world_size + self.rank
+        return self._batch(TRAIN_STREAM, block * self.batch_size)
+
+    def validation_batches(self) -> Iterator[Batch]:
+        for i in range(self.num_validation_batches):
+            yield self._batch(TRAIN_VALIDATION_STREAM, (i * self.world_size + self.rank) * self.batch_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What fixes every batch (a resumed run refuses a source that differs)."""
+        return {
+            "kind": "passkey",
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+            "sequences_per_step": self.batch_size * self.grad_accum * self.world_size,
+            "key_digits": self.key_digits,
+            "depths": list(self.depths),
+            "haystack": self.haystack,
+            "loss": self.loss,
+            "excluded": self.exclusion,
+            "excluded_keys_sha256": hashlib.sha256(",".join(sorted(self.excluded_keys)).encode()).hexdigest()[:16],
+            "tokenizer": tokenizer_fingerprint(self.tokenizer),
+        }
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a checkpoint on a synthetic task (passkey)",
+        description="Fine-tune a checkpoint with the trainer of `infini-llama train` on synthetic data.",
+    )
+    tasks = parser.add_subparsers(dest="task", metavar="TASK", required=True)
+    passkey = tasks.add_parser(
+        "passkey",
+        help="passkey fine-tuning (defaults: the 300M study's recipe)",
+        description=__doc__ + "\nDefaults are the study's: 500 steps of 64 × 4096 tokens, LR 7.5e-5 (50 warm-up "
+        "steps, cosine to 3e-6), gate LR 1.5e-4, 4-digit keys at depths 0/25/50/75/100%, loss on every token.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    passkey.add_argument("--checkpoint", required=True, help="Hugging Face model folder to start from")
+    passkey.add_argument("--out", required=True, help="run folder (the fine-tuned model lands in OUT/final)")
+    passkey.add_argument("--tokenizer", help="tokenizer folder or name (default: the one in --checkpoint)")
+    passkey.add_argument("--steps", type=int, default=STUDY_RECIPE["steps"])
+    passkey.add_argument("--seq-len", type=int, default=STUDY_RECIPE["seq_len"], help="tokens per training sequence")
+    passkey.add_argument(
+        "--global-batch", type=int, default=STUDY_RECIPE["global_batch"], help="sequences per optimizer step"
+    )
+    passkey.add_argument(
+        "--batch-size", type=int, default=STUDY_RECIPE["batch_size"], help="sequences per forward pass on each process"
+    )
+    passkey.add_argument("--lr", type=float, default=STUDY_RECIPE["lr"])
+    passkey.add_argument("--min-lr", type=float, default=STUDY_RECIPE["min_lr"])
+    passkey.add_argument("--warmup-steps", type=int, default=STUDY_RECIPE["warmup_steps"])
+    passkey.add_argument("--gate-lr", type=float, default=STUDY_RECIPE["gate_lr"])
+    passkey.add_argument("--weight-decay", type=float, default=0.1)
+    passkey.add_argument("--key-digits", type=int, default=4)
+    passkey.add_argument("--depths", type=parse_floats, default=list(STUDY_DEPTHS), help="needle depths, cycled")
+    passkey.add_argument("--haystack", default="repeat", choices=HAYSTACKS)
+    passkey.add_argument("--loss", default="all", choices=LOSSES, help="all tokens (the study) or the answer only")
+    passkey.add_argument("--seed", type=int, default=0, help="seed of the training samples (their own stream)")
+    passkey.add_argument(
+        "--exclude-eval-seed", type=int, default=0, help="never train on the keys of the evaluation grid with this seed"
+    )
+    passkey.add_argument(
+        "--exclude-eval-samples",
+        type=int,
+        default=1024,
+        help="samples per cell of that evaluation grid whose keys are excluded",
+    )
+    passkey.add_argument("--validation-batches", type=int, default=2)
+    passkey.add_argument("--eval-every", type=int, default=100)
+    passkey.add_argument("--save-every", type=int, default=250)
+    passkey.add_argument("--log-every", type=int, default=10)
+    passkey.add_argument("--device", default="auto")
+    passkey.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    passkey.add_argument("--resume", action="store_true", help="continue the run in --out")
+    passkey.add_argument("--overwrite", action="store_true", help="delete the run in --out and start over")
+    passkey.add_argument("--no-progress", action="store_true")
+    passkey.set_defaults(func=_finetune_passkey)
+
+
+def finetune_passkey(
+    checkpoint: str,
+    out: str,
+    *,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    source_options: dict[str, Any] | None = None,
+    **train_fields: Any,
+):
+    """Fine-tune `checkpoint` on passkey sequences with `infini_llama.train.train`; returns its TrainResult.
+
+    `train_fields` are TrainConfig fields (steps, seq_len, batch_size, global_batch, lr, ...; defaults: the
+    study's recipe above); `source_options` go to PasskeyBatchSource (key_digits, depths, loss, ...)."""
+    from infini_llama.train.config import TrainConfig
+    from infini_llama.train.distributed import launch_env
+    from infini_llama.train.loop import train
+
+    fields = {**STUDY_RECIPE, **train_fields, "init_from": str(checkpoint), "out": str(out)}
+    cfg = TrainConfig(**fields)
+    cfg.validate()
+    tokenizer = tokenizer if tokenizer is not None else load_eval_tokenizer(checkpoint)
+    rank, world_size, _ = launch_env()
+    source = PasskeyBatchSource(
+        tokenizer,
+        cfg.seq_len,
+        cfg.batch_size,
+        cfg.accumulation(world_size),
+        seed=cfg.seed,
+        rank=rank,
+        world_size=world_size,
+        **(source_options or {}),
+    )
+    return train(cfg, batches=source, tokenizer=tokenizer)
+
+
+@reports_errors
+def _finetune_passkey(args: argparse.Namespace) -> int:
+    result = finetune_passkey(
+        args.checkpoint,
+        args.out,
+        tokenizer=load_eval_tokenizer(args.checkpoint, args.tokenizer),
+        source_options=dict(
+            key_digits=args.key_digits,
+            depths=args.depths,
+            haystack=args.haystack,
+            loss=args.loss,
+            validation_batches=args.validation_batches,
+            exclude_eval_seed=args.exclude_eval_seed,
+            exclude_eval_samples=args.exclude_eval_samples,
+        ),
+        steps=args.steps,
+        seq_len=args.seq_len,
+        global_batch=args.global_batch,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        min_lr=args.min_lr,
+        warmup_steps=args.warmup_steps,
+        gate_lr=args.gate_lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        eval_every=args.eval_every,
+        save_every=args.save_every,
+        log_every=args.log_every,
+        device=args.device,
+        precision=args.precision,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    if result.stopped_by:
+        return 130 if result.stopped_by == "SIGINT" else 143
+    print(f"done: {result.step} steps, validation loss {result.val_loss:.4f}; model in {result.final_dir}")
+    return 0

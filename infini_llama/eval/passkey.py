@@ -1,0 +1,169 @@
+"""Passkey retrieval samples: the classic prompt (task line, filler, needle, more filler, question), built token-exact.
+
+Every sample is a pure function of (tokenizer, length, depth, seed stream, grid seed, sample index): the key and
+the haystack come from the per-sample seed, so the cells of a grid differ only in length and depth. Evaluation
+and fine-tuning draw from separate seed streams, so no evaluation prompt is ever trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from infini_llama.eval.prompts import (
+    FILLER_BLOCK,
+    Haystack,
+    bos_ids,
+    build_prompt,
+    encode,
+    encode_continuation,
+)
+
+TASK = (
+    "A pass key is hidden somewhere in the long text below, among many sentences that do not matter. "
+    "Find the pass key and keep it in mind: you will be asked for it at the end."
+)
+NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
+QUESTION = " What is the pass key? The pass key is"
+ANSWER = " {key}"
+LENGTH_UNITS = ("tokens", "chars")
+
+# Seed streams: the first word of every per-sample seed. Evaluation and training never share one.
+EVAL_STREAM = 0
+TRAIN_STREAM = 1
+TRAIN_VALIDATION_STREAM = 2
+
+
+def sample_rng(stream: int, seed: int, index: int) -> np.random.Generator:
+    """The generator of sample `index` of seed `seed` in seed stream `stream`."""
+    return np.random.default_rng([stream, seed, index])
+
+
+def draw_key(rng: np.random.Generator, digits: int) -> str:
+    """A key of exactly `digits` digits, uniform over 10^(digits-1) .. 10^digits - 1 (so every key of a grid has
+    the same number of characters and, for digit-by-digit tokenizers, of tokens)."""
+    return str(int(rng.integers(*key_range(digits))))
+
+
+def key_range(digits: int) -> tuple[int, int]:
+    """[low, high) of the keys with `digits` digits."""
+    if not 1 <= digits <= 18:
+        raise ValueError(f"key_digits must be between 1 and 18, got {digits}")
+    return (10 ** (digits - 1) if digits > 1 else 0), 10**digits
+
+
+@dataclass(frozen=True)
+class PasskeySample:
+    """One passkey prompt. `length` is what was asked (tokens, or characters in "chars" mode); `input_ids` is what
+    the model reads; `needle_start`/`needle_end` are the needle's token span in it."""
+
+    input_ids: list[int]
+    answer_ids: list[int]
+    key: str
+    length: int
+    depth: float
+    seed: int
+    index: int
+    stream: int
+    needle_start: int
+    needle_end: int
+    roundtrip: bool
+    text: str
+
+
+def answer_ids(tokenizer: PreTrainedTokenizerBase, key: str) -> list[int]:
+    """Ids of the answer as they follow the question (the question's own ids removed from their joint encoding,
+    so tokenizers that merge across the join are handled)."""
+    question = encode_continuation(tokenizer, QUESTION)
+    joint = encode_continuation(tokenizer, QUESTION + ANSWER.format(key=key))
+    if joint[: len(question)] == question:
+        return joint[len(question) :]
+    return encode_continuation(tokenizer, ANSWER.format(key=key))
+
+
+def make_passkey_sample(
+    tokenizer: PreTrainedTokenizerBase,
+    length: int,
+    depth: float,
+    *,
+    seed: int = 0,
+    index: int = 0,
+    stream: int = EVAL_STREAM,
+    key_digits: int = 5,
+    haystack: str = "repeat",
+    unit: str = "tokens",
+    bos: bool | None = None,
+    book_text: str | None = None,
+    key: str | None = None,
+) -> PasskeySample:
+    """Sample `index` of a passkey grid with seed `seed`: a prompt of exactly `length` tokens (unit="tokens") with
+    the needle after the fraction `depth` of the filler (0: right after the task line; 1: right before the
+    question). unit="chars" reproduces the character-based construction of Landmark Attention (length in
+    characters, needle at a character offset that may fall inside a word; repeated filler only); the resulting
+    token count is in `len(input_ids)`. `key` replaces the drawn key (the haystack stays the one of this seed)."""
+    if unit not in LENGTH_UNITS:
+        raise ValueError(f"unit must be one of {LENGTH_UNITS}, got {unit!r}")
+    rng = sample_rng(stream, seed, index)
+    drawn = draw_key(rng, key_digits)
+    key = drawn if key is None else key
+    needle = NEEDLE.format(key=key)
+    if unit == "chars":
+        if haystack != "repeat":
+            raise ValueError("the character-based (Landmark) mode uses the repeated filler only: haystack='repeat'")
+        ids, text, start, end = _character_prompt(tokenizer, length, depth, needle, bos)
+        return PasskeySample(
+            ids, answer_ids(tokenizer, key), key, length, depth, seed, index, stream, start, end, True, text
+        )
+    hay = Haystack(tokenizer, haystack, rng, book_text=book_text, distractor_digits=key_digits)
+    prompt = build_prompt(
+        tokenizer, length, task=TASK, needles=[(depth, needle)], question=QUESTION, haystack=hay, bos=bos
+    )
+    (start, end) = prompt.needle_spans[0]
+    return PasskeySample(
+        prompt.input_ids,
+        answer_ids(tokenizer, key),
+        key,
+        length,
+        depth,
+        seed,
+        index,
+        stream,
+        start,
+        end,
+        prompt.roundtrip,
+        prompt.text,
+    )
+
+
+def _character_prompt(
+    tokenizer: PreTrainedTokenizerBase, length: int, depth: float, needle: str, bos: bool | None
+) -> tuple[list[int], str, int, int]:
+    filler_chars = length - len(TASK) - len(needle) - len(QUESTION)
+    if filler_chars < 0:
+        raise ValueError(
+            f"length {length} characters is shorter than the prompt template ({length - filler_chars} characters)"
+        )
+    block = "".join(FILLER_BLOCK)
+    filler = (block * (filler_chars // len(block) + 1))[:filler_chars]
+    cut = round(depth * filler_chars)
+    before = TASK + filler[:cut]
+    text = before + needle + filler[cut:] + QUESTION
+    prefix = bos_ids(tokenizer, bos)
+    start = len(prefix) + len(encode(tokenizer, before))
+    end = len(prefix) + len(encode(tokenizer, before + needle))
+    return prefix + encode(tokenizer, text), text, start, end
+
+
+def evaluation_keys(seed: int, samples: int, key_digits: int) -> list[str]:
+    """The keys of an evaluation grid with this seed: sample i has the same key in every cell."""
+    return [draw_key(sample_rng(EVAL_STREAM, seed, i), key_digits) for i in range(samples)]
+
+
+def memory_updates(needle_start: int, prompt_len: int, segment_len: int | None) -> int | None:
+    """Segment boundaries (memory updates) between the needle's first token and the last prompt token, from
+    which the answer is predicted: 0 means the needle starts in the question's own segment."""
+    if segment_len is None:
+        return None
+    return (prompt_len - 1) // segment_len - needle_start // segment_len

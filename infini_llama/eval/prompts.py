@@ -1,0 +1,229 @@
+"""Token-exact long prompts: a task line, filler sentences with needles inserted between them, a question.
+
+Every part is encoded on its own, as it reads after the end of a sentence, and whole filler sentences are added
+until the prompt has exactly the asked number of tokens; only the last gap before the question takes a partial
+sentence. A needle goes after round(depth · n) of the n whole filler sentences, so it never splits a sentence.
+The concatenated ids are checked to be what the tokenizer itself makes of the decoded text; when they are not
+(a tokenizer that merges across the joins), the whole text is encoded instead and the actual length recorded.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from infini_llama.data import held_out_book
+
+# What every later part follows: the end of a sentence. Encoding "." + part and removing the ids of "." gives the
+# ids the part has inside running text, also for tokenizers that mark word starts (SentencePiece's "▁").
+_JOIN_ANCHOR = "."
+HAYSTACKS = ("repeat", "book", "distractors")
+
+# Our own five-sentence filler block (same structure as the classic passkey prompt, different words).
+FILLER_BLOCK = (
+    " The grass grows green in the meadow.",
+    " The sky stretches blue above the hills.",
+    " The sun comes up and the sun goes down.",
+    " On we walk, and here we go.",
+    " Out we travel, there and back again.",
+)
+# Distractor sentences hold numbers too, so a model cannot find the key by looking for any number.
+DISTRACTOR_TEMPLATES = (
+    " The old gate code was {n}, but nobody uses it now.",
+    " Room {n} is at the end of the corridor.",
+    " The ferry ticket said {n} in faded ink.",
+)
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def decode(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
+    """Text of `ids` exactly as the tokens spell it (no clean-up of spaces before punctuation)."""
+    return tokenizer.decode(list(ids), clean_up_tokenization_spaces=False)
+
+
+def encode_continuation(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Ids of `text` as it reads right after the end of a sentence (falls back to encoding it alone)."""
+    anchor = encode(tokenizer, _JOIN_ANCHOR)
+    joined = encode(tokenizer, _JOIN_ANCHOR + text)
+    if joined[: len(anchor)] == anchor:
+        return joined[len(anchor) :]
+    return encode(tokenizer, text)
+
+
+def bos_ids(tokenizer: PreTrainedTokenizerBase, bos: bool | None) -> list[int]:
+    """[bos_token_id] when asked (None: whenever the tokenizer has a BOS token), else []. Added once, by us:
+    parts are encoded without special tokens, so it is never doubled."""
+    use = tokenizer.bos_token_id is not None if bos is None else bos
+    if use and tokenizer.bos_token_id is None:
+        raise ValueError("bos=True but the tokenizer has no bos_token; pass bos=False or None")
+    return [tokenizer.bos_token_id] if use else []
+
+
+class Haystack:
+    """Filler sentences for one sample, already encoded, in the order they are used.
+
+    kinds: "repeat" (the five-sentence block over and over), "book" (consecutive sentences of a long text from a
+    seeded starting sentence), "distractors" (the block, with a sentence holding another number every few
+    sentences).
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        kind: str,
+        rng: np.random.Generator,
+        *,
+        book_text: str | None = None,
+        distractor_digits: int = 5,
+    ):
+        if kind not in HAYSTACKS:
+            raise ValueError(f"haystack must be one of {HAYSTACKS}, got {kind!r}")
+        self.tokenizer, self.kind, self.rng = tokenizer, kind, rng
+        self.distractor_digits = distractor_digits
+        self._cache: dict[str, list[int]] = {}
+        self._sentences: list[str] = []
+        if kind == "book":
+            self._book = book_sentences(book_text) if book_text is not None else default_book_sentences()
+            self._book_start = int(rng.integers(len(self._book)))
+
+    def _text(self, i: int) -> str:
+        if self.kind == "book":
+            return self._book[(self._book_start + i) % len(self._book)]
+        if self.kind == "distractors" and i % 4 == 3:
+            low = 10 ** (self.distractor_digits - 1)
+            template = DISTRACTOR_TEMPLATES[int(self.rng.integers(len(DISTRACTOR_TEMPLATES)))]
+            return template.format(n=int(self.rng.integers(low, 10 * low)))
+        return FILLER_BLOCK[i % len(FILLER_BLOCK)]
+
+    def sentence(self, i: int) -> tuple[str, list[int]]:
+        """The i-th filler sentence and its ids (generated lazily, so the rng is consumed in order)."""
+        while len(self._sentences) <= i:
+            self._sentences.append(self._text(len(self._sentences)))
+        text = self._sentences[i]
+        if text not in self._cache:
+            self._cache[text] = encode_continuation(self.tokenizer, text)
+        return text, self._cache[text]
+
+
+def book_sentences(text: str) -> list[str]:
+    """Sentences of a long text, whitespace collapsed, each with one leading space (filler form)."""
+    parts = re.split(r"(?<=[.!?])\s+", re.sub(r"\s+", " ", text).strip())
+    sentences = [" " + p for p in parts if len(p.split()) >= 3]
+    if not sentences:
+        raise ValueError("book text has no sentences of three or more words to use as filler")
+    return sentences
+
+
+@functools.lru_cache(maxsize=1)
+def default_book_sentences() -> tuple[str, ...]:
+    """Filler sentences of the embedded corpus's held-out book (split once per process)."""
+    return tuple(book_sentences(held_out_book().text))
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A built prompt. `needle_spans[i]` = token [start, end) of needle i (in the order given); `filler_before[i]`
+    = whole filler sentences before needle i, out of `num_sentences`; `roundtrip` = the ids are the tokenizer's
+    own encoding of `text` (if False they were replaced by it and `len(input_ids)` may differ from the asked
+    length)."""
+
+    input_ids: list[int]
+    text: str
+    needle_spans: list[tuple[int, int]]
+    filler_before: list[int]
+    num_sentences: int
+    roundtrip: bool
+
+
+def build_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    length: int,
+    *,
+    task: str,
+    needles: Sequence[tuple[float, str]],
+    question: str,
+    haystack: Haystack,
+    bos: bool | None = None,
+) -> Prompt:
+    """A prompt of exactly `length` tokens: [BOS] task, filler with each (depth, needle text) inserted at its depth
+    (fraction of the whole filler sentences before it), question. Needle and question texts start with a space;
+    `task` starts the document."""
+    for depth, _ in needles:
+        if not 0.0 <= depth <= 1.0:
+            raise ValueError(f"needle depth must be in [0, 1], got {depth}")
+    prefix = bos_ids(tokenizer, bos)
+    head = prefix + encode(tokenizer, task)
+    needle_ids = [encode_continuation(tokenizer, text) for _, text in needles]
+    question_ids = encode_continuation(tokenizer, question)
+    fill = length - len(head) - len(question_ids) - sum(map(len, needle_ids))
+    if fill < 0:
+        raise ValueError(
+            f"length {length} is shorter than the prompt template, which needs {length - fill} tokens with this "
+            f"tokenizer before any filler; ask for a length >= {length - fill}"
+        )
+    sentences: list[tuple[str, list[int]]] = []
+    used = 0
+    while True:
+        text, ids = haystack.sentence(len(sentences))
+        if used + len(ids) > fill:
+            break
+        sentences.append((text, ids))
+        used += len(ids)
+    partial = _partial_sentence(tokenizer, haystack, len(sentences), fill - used)
+    slots = [round(depth * len(sentences)) for depth, _ in needles]
+    order = sorted(range(len(needles)), key=lambda i: (slots[i], i))
+
+    ids, spans = list(head), [(0, 0)] * len(needles)
+    placed = 0
+    for s in range(len(sentences) + 1):
+        while placed < len(order) and slots[order[placed]] == s:
+            i = order[placed]
+            spans[i] = (len(ids), len(ids) + len(needle_ids[i]))
+            ids += needle_ids[i]
+            placed += 1
+        if s < len(sentences):
+            ids += sentences[s][1]
+    ids += partial + question_ids
+    assert len(ids) == length, (len(ids), length)
+
+    start = len(prefix)  # the BOS id is not text: keep it out of the round trip
+    text = decode(tokenizer, ids[start:])
+    roundtrip = encode(tokenizer, text) == ids[start:]
+    if not roundtrip:
+        # Where each needle lands in the tokenizer's own encoding: the length of the encoded text before it.
+        moved = []
+        for b, e in spans:
+            new_start = start + len(encode(tokenizer, decode(tokenizer, ids[start:b])))
+            moved.append((new_start, new_start + e - b))
+        spans = moved
+        ids = ids[:start] + encode(tokenizer, text)
+    return Prompt(ids, text, spans, slots, len(sentences), roundtrip)
+
+
+def _partial_sentence(tokenizer: PreTrainedTokenizerBase, haystack: Haystack, first: int, size: int) -> list[int]:
+    """`size` tokens to close the last gap: a token prefix of the next filler sentence, preferring one that ends
+    at a word boundary (so re-encoding the text gives the same ids) among the next few sentences."""
+    if size == 0:
+        return []
+    candidates = []
+    for i in range(first, first + 2 * len(FILLER_BLOCK)):
+        _, ids = haystack.sentence(i)
+        if len(ids) > size:
+            candidates.append(ids[:size])
+    for prefix in candidates:
+        rest = encode_continuation(tokenizer, decode(tokenizer, prefix))
+        if rest == prefix:
+            return prefix
+    if candidates:
+        return candidates[0]
+    # Every nearby sentence is shorter than the gap (only possible for unusual haystacks): repeat one.
+    _, ids = haystack.sentence(first)
+    return (ids * (size // len(ids) + 1))[:size]
