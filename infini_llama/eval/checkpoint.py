@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -10,8 +9,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from infini_llama.train.metrics import METRICS_FILE, read_metrics
-from infini_llama.train.rundir import RUN_FILE
+from infini_llama.data import load_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
@@ -20,17 +18,23 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(checkpoint: str | os.PathLike, *, dtype: str = "float32", device: str | None = None) -> nn.Module:
-    """`AutoModelForCausalLM.from_pretrained(checkpoint)` in eval mode, with a clear error for a missing folder.
-    (Importing this package registered model_type "infini_llama" with the Auto classes.)"""
+def require_checkpoint(checkpoint: str | os.PathLike) -> Path:
+    """The checkpoint folder as a Path, or FileNotFoundError saying what is missing."""
     path = Path(checkpoint).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(
-            f"checkpoint folder {str(checkpoint)!r} does not exist; pass a folder written by "
-            "`save_pretrained` (the trainer's checkpoint folders are)"
+            f"checkpoint folder {str(checkpoint)!r} does not exist; pass a folder written by `save_pretrained` "
+            "(the trainer's RUN/final and RUN/checkpoints/step_N folders are)"
         )
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} has no config.json: it is not a Hugging Face checkpoint folder")
+    return path
+
+
+def load_model(checkpoint: str | os.PathLike, *, dtype: str = "float32", device: str | None = None) -> nn.Module:
+    """`AutoModelForCausalLM.from_pretrained(checkpoint)` in eval mode, with a clear error for a missing folder.
+    (Importing this package registered model_type "infini_llama" with the Auto classes.)"""
+    path = require_checkpoint(checkpoint)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
@@ -38,20 +42,18 @@ def load_model(checkpoint: str | os.PathLike, *, dtype: str = "float32", device:
 
 
 def load_eval_tokenizer(
-    checkpoint: str | os.PathLike | None, tokenizer: str | os.PathLike | None = None
+    checkpoint: str | os.PathLike, tokenizer: str | os.PathLike | None = None
 ) -> PreTrainedTokenizerBase:
     """The tokenizer saved in the checkpoint folder, or `tokenizer` (a folder or hub name) when given."""
-    from infini_llama.data import load_tokenizer
-
-    source = tokenizer if tokenizer is not None else checkpoint
-    if tokenizer is None and not any(
-        (Path(checkpoint) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")
-    ):
+    if tokenizer is not None:
+        return load_tokenizer(tokenizer)
+    path = require_checkpoint(checkpoint)
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         raise FileNotFoundError(
             f"checkpoint {str(checkpoint)!r} holds no tokenizer (tokenizer.json); pass --tokenizer with the folder "
             "or name of the tokenizer the model was trained with"
         )
-    return load_tokenizer(source)
+    return load_tokenizer(path)
 
 
 def check_vocab(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -65,7 +67,11 @@ def check_vocab(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
 
 
 def training_run(checkpoint: str | os.PathLike) -> Path | None:
-    """The `infini-llama train` run folder a checkpoint belongs to (RUN/final or RUN/checkpoints/step_N), if any."""
+    """The `infini-llama train` run folder a checkpoint belongs to (RUN/final or RUN/checkpoints/step_N), if any.
+
+    (The trainer is imported here, not at the top: evaluating a checkpoint does not need it.)"""
+    from infini_llama.train.rundir import RUN_FILE
+
     path = Path(checkpoint).resolve()
     for run in (path.parent, path.parent.parent):
         if (run / RUN_FILE).is_file():
@@ -85,14 +91,18 @@ def checkpoint_label(checkpoint: str | os.PathLike) -> str:
 
 def training_length(checkpoint: str | os.PathLike) -> int | None:
     """The sequence length the checkpoint was (last) trained at, from its training run's run.json."""
+    from infini_llama.train.rundir import read_run_file
+
     run = training_run(checkpoint)
     if run is None:
         return None
-    return json.loads((run / RUN_FILE).read_text()).get("train", {}).get("seq_len")
+    return read_run_file(run).get("train", {}).get("seq_len")
 
 
 def gate_trajectory(checkpoint: str | os.PathLike) -> list[dict]:
     """Mean gate value per layer at every validation step of the checkpoint's training run ([] if unknown)."""
+    from infini_llama.train.metrics import METRICS_FILE, read_metrics
+
     run = training_run(checkpoint)
     if run is None or not (run / METRICS_FILE).is_file():
         return []

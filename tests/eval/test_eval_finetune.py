@@ -1,0 +1,83 @@
+"""PasskeyBatchSource: the trainer's batches for passkey fine-tuning."""
+
+import json
+
+import pytest
+import torch
+
+from infini_llama.eval.finetune import PasskeyBatchSource
+from infini_llama.eval.passkey import EVAL_STREAM, evaluation_keys, make_passkey_sample
+from infini_llama.eval.prompts import decode
+
+
+def source(tok, **overrides):
+    options = dict(seq_len=192, batch_size=4, grad_accum=1, key_digits=4, validation_batches=2)
+    options.update(overrides)
+    return PasskeyBatchSource(tok, **options)
+
+
+def test_batches_are_passkey_sequences_of_seq_len(bpe_tok):
+    src = source(bpe_tok)
+    input_ids, labels = src.batch(0, 0)
+    assert input_ids.shape == (4, 192) and input_ids.dtype == torch.long
+    assert torch.equal(labels, input_ids), "loss='all': plain language modelling on every token"
+    for row in input_ids.tolist():
+        assert row[-1] == bpe_tok.eos_token_id
+        text = decode(bpe_tok, row)
+        key = text.rsplit("The pass key is", 1)[1].replace("<|endoftext|>", "").strip()
+        assert len(key) == 4 and key.isdigit()
+        assert text.count(key) == 3, "twice in the needle, once as the answer"
+
+
+def test_batches_are_a_pure_function_of_step_micro_step_and_rank(bpe_tok):
+    a, b = source(bpe_tok), source(bpe_tok)
+    assert torch.equal(a.batch(3, 0)[0], b.batch(3, 0)[0])
+    assert not torch.equal(a.batch(3, 0)[0], a.batch(4, 0)[0])
+    # The sequences of one optimizer step are the same however they are split over accumulation and processes.
+    whole = source(bpe_tok, batch_size=8).batch(2, 0)[0]
+    accumulated = source(bpe_tok, grad_accum=2)
+    ranks = [source(bpe_tok, rank=r, world_size=2) for r in (0, 1)]
+    assert torch.equal(whole, torch.cat([accumulated.batch(2, 0)[0], accumulated.batch(2, 1)[0]]))
+    assert torch.equal(whole, torch.cat([ranks[0].batch(2, 0)[0], ranks[1].batch(2, 0)[0]]))
+
+
+def test_answer_only_loss_masks_everything_but_the_answer(bpe_tok):
+    input_ids, labels = source(bpe_tok, loss="answer").batch(0, 0)
+    for ids, lab in zip(input_ids.tolist(), labels.tolist(), strict=True):
+        kept = [i for i, v in enumerate(lab) if v != -100]
+        assert kept == list(range(kept[0], kept[-1] + 1)) and kept[-1] == 190, "the answer, just before EOS"
+        answer = decode(bpe_tok, [ids[i] for i in kept])
+        assert answer.strip().isdigit() and len(answer.strip()) == 4
+
+
+def test_training_never_uses_evaluation_samples_or_keys(bpe_tok):
+    # 2-digit keys: only 90 exist, so without the exclusion the 40 evaluation keys would surely be drawn.
+    src = source(bpe_tok, key_digits=2, exclude_eval_seed=0, exclude_eval_samples=40, batch_size=8)
+    eval_keys = set(evaluation_keys(0, 40, 2))
+    assert len(eval_keys) > 20
+    train_keys = set()
+    for step in range(12):
+        for row in src.batch(step, 0)[0].tolist():
+            train_keys.add(decode(bpe_tok, row).rsplit("The pass key is", 1)[1].split("<")[0].strip())
+    assert train_keys and not train_keys & eval_keys
+    # Separate seed streams: the training sample i is not the evaluation sample i of the same seed.
+    eval_sample = make_passkey_sample(bpe_tok, 186, 0.0, seed=0, index=0, stream=EVAL_STREAM, key_digits=4)
+    assert source(bpe_tok).sequence(1, 0)[0][:186] != eval_sample.input_ids
+    with pytest.raises(ValueError, match="leave no 1-digit key"):
+        source(bpe_tok, key_digits=1, exclude_eval_samples=200)
+
+
+def test_validation_batches_are_fixed_and_apart_from_training(bpe_tok):
+    src = source(bpe_tok)
+    first, again = list(src.validation_batches()), list(src.validation_batches())
+    assert len(first) == 2
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0][0], src.batch(0, 0)[0])
+    json.dumps(src.state_dict())
+
+
+def test_bad_options_are_refused(bpe_tok):
+    with pytest.raises(ValueError, match="loss must be"):
+        source(bpe_tok, loss="keys")
+    with pytest.raises(ValueError, match="shorter than the prompt template"):
+        source(bpe_tok, seq_len=40)
