@@ -169,7 +169,7 @@ class InfiniLlamaForCausalLM(InfiniLlamaPreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_llama(
-        cls, model_or_path: LlamaForCausalLM | str | os.PathLike, load_kwargs: dict | None = None, **infini_options
+        cls, model_or_path: LlamaForCausalLM | str | os.PathLike, *, load_kwargs: dict | None = None, **infini_options
     ) -> InfiniLlamaForCausalLM:
         """An InfiniLlama with the weights of a `transformers` LlamaForCausalLM (an instance, or a path loaded with
         `LlamaForCausalLM.from_pretrained(path, **load_kwargs)`), on its device and in its dtype.

@@ -61,15 +61,23 @@ def test_open_gate_uses_the_memory_beyond_one_segment():
     assert (ours - theirs).abs().amax(dim=-1).min() > 0
 
 
-def test_from_a_saved_folder_and_back(tmp_path):
+def test_readme_convert_a_llama_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     llama = random_llama(torch.float32)
-    llama.save_pretrained(tmp_path / "llama")
-    infini = InfiniLlamaForCausalLM.from_llama(tmp_path / "llama", segment_len=64, gate_init=CLOSED)
-    infini.save_pretrained(tmp_path / "infini")
-    reloaded = InfiniLlamaForCausalLM.from_pretrained(tmp_path / "infini").eval()
+    llama.save_pretrained("my-llama")
+    # --- README "Start from a Llama checkpoint" (keep in sync) ---
+    from infini_llama import InfiniLlamaForCausalLM
+
+    model = InfiniLlamaForCausalLM.from_llama("my-llama", segment_len=1024, gate_init=0.0)  # g = 0.5 per head
+    model.save_pretrained("my-infini")  # then: infini-llama train --init-from my-infini ...
+    # --- end of README snippet ---
+    closed = InfiniLlamaForCausalLM.from_llama("my-llama", segment_len=64, gate_init=CLOSED)
+    closed.save_pretrained("closed")
+    reloaded = InfiniLlamaForCausalLM.from_pretrained("closed").eval()
     x = tokens()
     with torch.no_grad():
         assert torch.equal(reloaded(x).logits, llama(x).logits)
+    assert InfiniLlamaForCausalLM.from_pretrained("my-infini").config.segment_len == 1024
 
 
 @pytest.mark.parametrize(
