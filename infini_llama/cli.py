@@ -13,10 +13,12 @@ import sys
 
 # subcommand name -> module holding its add_parser()
 COMMANDS: dict[str, str] = {
+    "train": "infini_llama.train.cli",
     "eval": "infini_llama.eval.commands",
     "finetune": "infini_llama.eval.finetune",
     "report": "infini_llama.eval.report",
     "generate": "infini_llama.generate",
+    "study": "infini_llama.study.cli",
 }
 
 

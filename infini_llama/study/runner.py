@@ -1,0 +1,267 @@
+"""Run a study: for every arm, pretrain → passkey fine-tuning → passkey grid (and, for Infini arms, the same grid
+with the memory switched off) → perplexity by position → gates; then one report over all arms.
+
+Layout of the study folder:
+
+    study.json                  the resolved StudyConfig; a folder holding another study is refused
+    <arm>/pretrain/             a training run (see infini_llama.train.rundir); final/ is a HF model folder
+    <arm>/finetune/             the passkey fine-tuning run, started from pretrain/final
+    <arm>/eval/<task>/          evaluation runs (summary.json + samples.jsonl)
+    <arm>/<stage>.done          written when a stage finished; a restarted study skips finished stages
+    report/                     the evaluation report (report.md, report.json, PNG figures)
+    REPORT.md, results.json     the study's report and its numbers
+
+Every stage is itself resumable (training from its last checkpoint, evaluation grids from their last finished
+cell), so a study killed anywhere continues where it stopped when run again with the same arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from infini_llama.data import held_out_book
+from infini_llama.eval import (
+    PasskeyGridConfig,
+    PerplexityConfig,
+    build_report,
+    load_eval_tokenizer,
+    load_model,
+    perplexity_by_position,
+    run_gates,
+    run_passkey_grid,
+)
+from infini_llama.eval.finetune import PasskeyBatchSource
+from infini_llama.study.config import Arm, StudyConfig, expand_arms
+from infini_llama.train import recipe, train
+
+STUDY_FILE = "study.json"
+
+
+class StudyError(ValueError):
+    """A study that cannot run as asked; the message says what to do."""
+
+
+def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, device: str = "auto",
+              progress: bool = True) -> Path:  # fmt: skip
+    """Run (or continue) the study `cfg` in the folder `out`; returns the path of REPORT.md."""
+    out = Path(out)
+    _claim_folder(out, cfg, overwrite)
+    arms = expand_arms(cfg)
+    started = time.time()
+    for arm in arms:
+        for stage, run in _stages(cfg, arm, out, device, progress):
+            marker = out / arm.name / f"{stage}.done"
+            if marker.exists():
+                print(f"[study] {arm.name}: {stage} already done")
+                continue
+            print(f"[study] {arm.name}: {stage} ...", flush=True)
+            t0 = time.time()
+            info = run() or {}
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps({"seconds": time.time() - t0, **info}, indent=2) + "\n")
+    eval_dirs = [d for arm in arms for d in sorted((out / arm.name / "eval").iterdir()) if d.is_dir()]
+    build_report(eval_dirs, out / "report")
+    results = _results(cfg, arms, out)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    path = _write_report(cfg, arms, out, results)
+    print(f"[study] done in {time.time() - started:.0f} s this run; report: {path}")
+    return path
+
+
+def _claim_folder(out: Path, cfg: StudyConfig, overwrite: bool) -> None:
+    """Refuse a folder that holds something else or another study; record this study's config."""
+    wanted = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    file = out / STUDY_FILE
+    if file.is_file():
+        saved = json.loads(file.read_text())
+        if saved != wanted and not overwrite:
+            changed = sorted(k for k in wanted.keys() | saved.keys() if wanted.get(k) != saved.get(k))
+            raise StudyError(
+                f"{str(out)!r} holds a study with a different config (differs in: {', '.join(changed)}); run it "
+                "with the same arguments to continue it, pass --overwrite to start over, or choose another --out"
+            )
+        if saved == wanted:
+            return
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        raise StudyError(f"{str(out)!r} is not empty and holds no study; choose a new or empty folder")
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps(wanted, indent=2) + "\n")
+
+
+def _stages(cfg: StudyConfig, arm: Arm, out: Path, device: str, progress: bool):
+    """(name, callable) for every stage of `arm`, in order."""
+    root = out / arm.name
+    model_overrides = {**cfg.model, **arm.model, "attention": arm.attention}
+    pretrain_dir, finetune_dir = root / "pretrain", root / "finetune"
+    pretrain_len = recipe(cfg.preset, **cfg.pretrain).seq_len
+    finetune_len = recipe(cfg.preset, **cfg.finetune).seq_len
+    lengths = [m * finetune_len for m in cfg.eval_multiples]
+
+    def training_config(fields: dict[str, Any], run_dir: Path, **extra: Any):
+        resume = (run_dir / "run.json").is_file()
+        return recipe(
+            cfg.preset, **{**fields, **arm.train, **extra}, out=str(run_dir), seed=cfg.seed, resume=resume,
+            device=device, progress=progress,
+        )  # fmt: skip
+
+    def pretrain():
+        result = train(training_config(cfg.pretrain, pretrain_dir, model=model_overrides))
+        _check_finished(result, "pretraining")
+        return {"val_loss": result.val_loss, "tokens_per_s": result.tokens_per_s, "steps": result.step}
+
+    def finetune():
+        tokenizer = load_eval_tokenizer(pretrain_dir / "final")
+        tcfg = training_config(cfg.finetune, finetune_dir, init_from=str(pretrain_dir / "final"))
+        source = PasskeyBatchSource(
+            tokenizer, tcfg.seq_len, tcfg.batch_size, max(tcfg.grad_accum, 1), seed=cfg.seed,
+            exclude_eval_seed=cfg.seed, exclude_eval_samples=cfg.eval_samples * len(cfg.eval_depths), **cfg.passkey,
+        )  # fmt: skip
+        result = train(tcfg, batches=source, tokenizer=tokenizer)
+        _check_finished(result, "passkey fine-tuning")
+        return {"val_loss": result.val_loss, "tokens_per_s": result.tokens_per_s, "steps": result.step}
+
+    def evaluate(task: str, memory_off: bool = False):
+        def run():
+            checkpoint = finetune_dir / "final"
+            model = load_model(checkpoint, device=None if device == "auto" else device)
+            tokenizer = load_eval_tokenizer(checkpoint)
+            label = f"{arm.name} (memory off)" if memory_off else arm.name
+            target = root / "eval" / task
+            if task.startswith("passkey"):
+                grid = PasskeyGridConfig(
+                    lengths=lengths, depths=cfg.eval_depths, samples=cfg.eval_samples, seed=cfg.seed,
+                    key_digits=cfg.passkey.get("key_digits", 5), memory_off=memory_off,
+                    batch_size=cfg.eval_batch_size, progress=progress,
+                )  # fmt: skip
+                run_passkey_grid(model, tokenizer, grid, target, label=label, checkpoint=checkpoint)
+            elif task == "perplexity":
+                ppl = PerplexityConfig(
+                    train_len=pretrain_len, max_len=max(lengths), bucket_len=cfg.perplexity_bucket,
+                    windows=cfg.perplexity_windows, batch_size=cfg.eval_batch_size, progress=progress,
+                )  # fmt: skip
+                book = held_out_book()
+                perplexity_by_position(
+                    model, tokenizer, ppl, target, documents=[book.text], source=book.name, label=label,
+                    checkpoint=checkpoint,
+                )  # fmt: skip
+            else:
+                run_gates(model, tokenizer, target, label=label, checkpoint=finetune_dir)
+
+        return run
+
+    stages = [("pretrain", pretrain), ("finetune", finetune), ("passkey", evaluate("passkey"))]
+    if arm.attention == "infini":
+        stages.append(("passkey-memory-off", evaluate("passkey-memory-off", memory_off=True)))
+    stages.append(("perplexity", evaluate("perplexity")))
+    if arm.attention == "infini":
+        stages.append(("gates", evaluate("gates")))
+    return stages
+
+
+def _check_finished(result, what: str) -> None:
+    if result.stopped_by is not None:
+        raise SystemExit(f"[study] {what} stopped by {result.stopped_by}; run the same command again to continue")
+
+
+def _summary(path: Path) -> dict | None:
+    file = path / "summary.json"
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def _results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
+    """The study's numbers per arm: training, passkey accuracy per length (memory on and off), perplexity, gates."""
+    rows = {}
+    for arm in arms:
+        root = out / arm.name
+        entry: dict[str, Any] = {"attention": arm.attention, "model": arm.model, "train": arm.train}
+        for stage in ("pretrain", "finetune"):
+            marker = root / f"{stage}.done"
+            entry[stage] = json.loads(marker.read_text()) if marker.is_file() else None
+        for task in ("passkey", "passkey-memory-off"):
+            summary = _summary(root / "eval" / task)
+            if summary is not None:
+                entry[task] = {
+                    "by_length": [
+                        {"length": r["length"], "exact": r["exact"]} for r in summary["results"]["by_length"]
+                    ],
+                    "by_memory_updates": [
+                        {"memory_updates": r["memory_updates"], "exact": r["exact"]}
+                        for r in summary["results"]["by_memory_updates"]
+                    ],
+                    "cells": [
+                        {"length": r["length"], "depth": r["depth"], "exact": r["exact"]}
+                        for r in summary["results"]["cells"]
+                    ],
+                }
+        ppl = _summary(root / "eval" / "perplexity")
+        if ppl is not None:
+            entry["perplexity"] = ppl["results"]
+        gates = _summary(root / "eval" / "gates")
+        if gates is not None:
+            entry["gates"] = gates["results"]
+        rows[arm.name] = entry
+    return {"study": dataclasses.asdict(cfg), "arms": rows}
+
+
+def _write_report(cfg: StudyConfig, arms: list[Arm], out: Path, results: dict) -> Path:
+    pre, fin = recipe(cfg.preset, **cfg.pretrain), recipe(cfg.preset, **cfg.finetune)
+    train_len = fin.seq_len
+    data = ", ".join(pre.data) if pre.data else (pre.dataset or "the embedded corpus")
+    lines = [
+        f"# Study report: Infini-attention vs full attention ({cfg.preset})",
+        "",
+        f"Arms: {', '.join(f'`{a.name}`' for a in arms)}. Both arms share the data, tokens, seeds and recipe: "
+        f"pretraining on {data} ({pre.steps} steps of {pre.batch_size * pre.grad_accum} × {pre.seq_len} tokens, "
+        f"LR {pre.lr:g}), then passkey fine-tuning ({fin.steps} steps of {fin.batch_size * fin.grad_accum} × "
+        f"{train_len} tokens, LR {fin.lr:g}, loss on {cfg.passkey.get('loss', 'all')} tokens), then "
+        f"the evaluations below. The passkey training length is {train_len} tokens; evaluation lengths are "
+        f"{', '.join(f'{m}×' for m in cfg.eval_multiples)} that, {cfg.eval_samples} samples per (length, depth) "
+        f"cell at depths {', '.join(str(d) for d in cfg.eval_depths)}, greedy exact match, Wilson 95% intervals.",
+        "",
+        "## Passkey accuracy by length (all depths)",
+        "",
+    ]
+    header = ["arm"] + [f"{m}× ({m * train_len})" for m in cfg.eval_multiples]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, entry in results["arms"].items():
+        for task, suffix in (("passkey", ""), ("passkey-memory-off", " (memory off)")):
+            if task in entry:
+                cells = [_pct(r["exact"]) for r in entry[task]["by_length"]]
+                lines.append(f"| {name}{suffix} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Training",
+        "",
+        "| arm | pretrain val loss | pretrain tok/s | fine-tune val loss |",
+        "|---|---|---|---|",
+    ]
+    for name, entry in results["arms"].items():
+        pre, fin = entry.get("pretrain") or {}, entry.get("finetune") or {}
+        lines.append(f"| {name} | {_num(pre.get('val_loss'))} | {_num(pre.get('tokens_per_s'), 0)} | "
+                     f"{_num(fin.get('val_loss'))} |")  # fmt: skip
+    lines += ["", "## Details", "", "Tables and figures of every evaluation, from `report/report.md`:", ""]
+    detail = (out / "report" / "report.md").read_text().splitlines()
+    lines += [_relink(line) for line in detail[1:]]
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _relink(line: str) -> str:
+    """Point the detail report's relative image links at report/."""
+    return line.replace("](", "](report/") if "![" in line and "](http" not in line else line
+
+
+def _pct(p: dict) -> str:
+    return f"{100 * p['rate']:.0f}% [{100 * p['ci_low']:.0f}–{100 * p['ci_high']:.0f}]"
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
