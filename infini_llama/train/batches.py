@@ -1,0 +1,109 @@
+"""Where training batches come from: the BatchSource protocol and its default, token windows of a corpus.
+
+A BatchSource is built for one process (it knows its rank) and is a pure function of (step, micro_step):
+resuming at step i replays exactly the batches an uninterrupted run would have seen, and processes never
+need to talk to each other about data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from infini_llama.data import TokenData, WindowSampler, get_batch, validation_offsets
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """Training and validation batches of one process.
+
+    `batch(step, micro_step)` returns `(input_ids, labels)`, both LongTensor (B, T), for forward pass
+    `micro_step` of optimizer step `step`. Labels are aligned with the inputs, as for a Hugging Face causal
+    LM: the model predicts labels[:, t + 1] from input_ids[:, : t + 1]; -100 masks a position out of the
+    loss (plain language modelling passes labels = input_ids). It must be a pure function of
+    (step, micro_step) and the process's rank. `validation_batches()` yields the same batches every time it
+    is called.
+
+    Optionally, `state_dict()` returns JSON data describing the source; it is stored in checkpoints and a
+    resumed run refuses a source whose description differs.
+    """
+
+    def batch(self, step: int, micro_step: int) -> Batch: ...
+
+    def validation_batches(self) -> Iterable[Batch]: ...
+
+
+class TokenWindowSource:
+    """Random windows of `seq_len` tokens from a tokenized corpus (`infini_llama.data.prepare_tokens`).
+
+    Micro-step m of step s on rank r reads window block (s · grad_accum + m) of `WindowSampler`, so the
+    windows of one optimizer step are the same set however they are split over processes and accumulation
+    steps (batch_size × grad_accum × world_size fixed). Validation: the first `eval_windows` consecutive
+    windows of the validation split (a multiple of world_size of them, shared out over the processes).
+    """
+
+    def __init__(
+        self,
+        data: TokenData,
+        seq_len: int,
+        batch_size: int,
+        grad_accum: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        eval_windows: int = 32,
+    ) -> None:
+        self.data, self.seq_len, self.batch_size, self.grad_accum = data, seq_len, batch_size, grad_accum
+        self.sampler = WindowSampler(
+            data.num_train_tokens,
+            seq_len,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+        )
+        available = (data.num_validation_tokens - 1) // seq_len
+        self.eval_windows = min(eval_windows, available) // world_size * world_size
+        if self.eval_windows < 1:
+            raise ValueError(
+                f"the validation split has {data.num_validation_tokens} tokens, fewer than one window of "
+                f"seq_len + 1 = {seq_len + 1} per process; use a shorter --seq-len or more validation data"
+            )
+        self.rank, self.world_size = rank, world_size
+
+    def batch(self, step: int, micro_step: int) -> Batch:
+        offsets = self.sampler.offsets(step * self.grad_accum + micro_step, self.batch_size)
+        input_ids, _ = get_batch(self.data.train, offsets, self.seq_len)
+        return input_ids, input_ids.clone()
+
+    def validation_batches(self) -> Iterator[Batch]:
+        offsets = validation_offsets(
+            self.data.num_validation_tokens,
+            self.seq_len,
+            rank=self.rank,
+            world_size=self.world_size,
+            max_windows=self.eval_windows,
+        )
+        for i in range(0, len(offsets), self.batch_size):
+            input_ids, _ = get_batch(self.data.validation, offsets[i : i + self.batch_size], self.seq_len)
+            yield input_ids, input_ids.clone()
+
+    def state_dict(self) -> dict[str, Any]:
+        """What fixes the batches of every step: the stream, the sampler and the sequences per step (not
+        how they are split over processes and accumulation steps, which may change on resume)."""
+        sampler = {k: v for k, v in self.sampler.state_dict().items() if k != "world_size"}
+        return {
+            **sampler,
+            "sequences_per_step": self.batch_size * self.grad_accum * self.world_size,
+            "tokens": self.data.sources_fingerprint,
+            "tokenizer": self.data.tokenizer_fingerprint,
+        }
+
+
+def count_targets(labels: torch.Tensor) -> int:
+    """Positions that enter the loss: labels[:, 1:] (the model shifts) that are not -100."""
+    return int((labels[:, 1:] != -100).sum())

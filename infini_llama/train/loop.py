@@ -1,0 +1,388 @@
+"""The training loop shared by both arms: `train(cfg) -> TrainResult`."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from infini_llama.layers import gate_value
+from infini_llama.models import InfiniLlamaForCausalLM
+from infini_llama.train import checkpoint as ckpt
+from infini_llama.train.batches import BatchSource, count_targets
+from infini_llama.train.config import TrainConfig, config_dict
+from infini_llama.train.distributed import (
+    all_reduce_sum,
+    any_process,
+    barrier,
+    close_distributed,
+    full_state_dicts,
+    full_tensor,
+    gather_objects,
+    gradient_sync,
+    init_distributed,
+    load_full_optimizer_state,
+    unwrap,
+    wrap_model,
+)
+from infini_llama.train.metrics import MetricsLogger, Throughput, flops_per_token, peak_flops
+from infini_llama.train.optim import build_optimizer, build_scheduler
+from infini_llama.train.rundir import FINAL_DIR, RUN_FILE, clear_run_dir, environment, write_json_atomically
+from infini_llama.train.setup import ConfigError, RunPlan, model_fields, plan_run
+from infini_llama.train.signals import StopRequest, stop_on_signals
+
+
+@dataclass
+class TrainResult:
+    """What a `train` call did. `losses` maps each optimizer step run by this call (1-based: the update it
+    produced) to its training loss; `final_dir` is None when the run stopped early on a signal."""
+
+    run_dir: Path
+    step: int
+    losses: dict[int, float] = field(default_factory=dict)
+    val_loss: float | None = None
+    tokens_per_s: float | None = None
+    checkpoint: Path | None = None
+    final_dir: Path | None = None
+    stopped_by: str | None = None  # "SIGINT" / "SIGTERM" when interrupted
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    batches: BatchSource | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> TrainResult:
+    """Train (or, with `cfg.resume`, continue) the run `cfg` describes; see the package docstring.
+
+    Raises ConfigError (a ValueError) before writing anything if a setting or input cannot work.
+    """
+    try:
+        info = init_distributed(cfg.device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    try:
+        plan = plan_run(cfg, info, batches=batches, tokenizer=tokenizer)
+        return _Trainer(plan).run()
+    finally:
+        close_distributed(info)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # all CUDA devices too
+
+
+def sum_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token loss of logits (B, T, V) against labels (B, T) shifted by one; -100 is ignored.
+    Summed, not averaged, so accumulation steps and processes weigh every target token alike."""
+    logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    return F.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
+
+
+class _StepStats(NamedTuple):
+    loss: torch.Tensor  # mean over every target token of the step, all processes (on the device)
+    grad_norm: torch.Tensor  # before clipping
+    tokens: int  # input tokens of the step, all processes
+    lr: float  # learning rate of the step (gate group: gate_lr)
+    gate_lr: float | None
+
+
+class _Trainer:
+    def __init__(self, plan: RunPlan) -> None:
+        self.plan, self.cfg, self.info = plan, plan.cfg, plan.info
+        self.device = plan.info.device
+        bf16 = plan.precision == "bf16"
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else None
+
+    # ------------------------------------------------------------------ setup
+    def _prepare_folder(self) -> None:
+        plan = self.plan
+        if self.info.is_main:
+            if plan.mode == "overwrite":
+                clear_run_dir(plan.run_dir)
+            plan.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.recover_interrupted_writes(plan.run_dir / ckpt.CHECKPOINTS)
+            if plan.mode != "resume" or not (plan.run_dir / RUN_FILE).is_file():
+                write_json_atomically(
+                    plan.run_dir / RUN_FILE,
+                    {
+                        "train": config_dict(self.cfg),
+                        "model": model_fields(plan.model_config),
+                        "world_size": self.info.world_size,
+                        "grad_accum": plan.grad_accum,
+                        "precision": plan.precision,
+                        "data": plan.source.state_dict() if hasattr(plan.source, "state_dict") else None,
+                        "env": environment(self.device, self.info.world_size),
+                    },
+                )
+        barrier(self.info)
+
+    def _build_model(self) -> InfiniLlamaForCausalLM:
+        plan, cfg = self.plan, self.cfg
+        seed_everything(cfg.seed)
+        if plan.checkpoint is not None:
+            model = InfiniLlamaForCausalLM.from_pretrained(plan.checkpoint, dtype=torch.float32)
+        elif cfg.init_from is not None:
+            model = InfiniLlamaForCausalLM.from_pretrained(
+                cfg.init_from,
+                config=plan.model_config,
+                dtype=torch.float32,
+            )
+        else:
+            model = InfiniLlamaForCausalLM(plan.model_config)
+        model.to(self.device).train()
+        if cfg.checkpointing:
+            # renamed in recent transformers; older ones (e.g. 5.17) only have the gradient_ name
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.compile:
+            for layer in model.model.layers:
+                layer.compile()
+        return model
+
+    # ------------------------------------------------------------------ steps
+    def _forward_loss(self, model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with self.autocast or contextlib.nullcontext():
+            logits = model(input_ids=input_ids.to(self.device), use_cache=False).logits
+            return sum_cross_entropy(logits, labels.to(self.device))
+
+    def _train_step(self, step: int) -> _StepStats:
+        """One optimizer step on the batches of `step`."""
+        micro = [self.plan.source.batch(step, m) for m in range(self.plan.grad_accum)]
+        targets = torch.tensor(
+            float(sum(count_targets(labels) for _, labels in micro)), dtype=torch.float64, device=self.device
+        )
+        targets = float(all_reduce_sum(targets, self.info).item())
+        if targets == 0:
+            raise ValueError(f"step {step} has no target tokens: every label of its batches is -100")
+        # Gradients of the summed loss / all targets of the step; DDP and FSDP average over processes.
+        scale = self.info.world_size / targets
+        total = torch.zeros((), device=self.device)
+        for m, (input_ids, labels) in enumerate(micro):
+            with gradient_sync(self.wrapped, enabled=m == len(micro) - 1):
+                loss_sum = self._forward_loss(self.wrapped, input_ids, labels)
+                (loss_sum * scale).backward()
+            total += loss_sum.detach()
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        lrs = {group.get("name"): group["lr"] for group in self.optimizer.param_groups}
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return _StepStats(
+            loss=all_reduce_sum(total, self.info) / targets,
+            grad_norm=grad_norm,
+            tokens=sum(input_ids.numel() for input_ids, _ in micro) * self.info.world_size,
+            lr=lrs["decay"],
+            gate_lr=lrs.get("gates"),
+        )
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean validation loss per target token over every process's validation batches."""
+        model = unwrap(self.wrapped)
+        model.eval()
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for input_ids, labels in self.plan.source.validation_batches():
+            sums[0] += self._forward_loss(model, input_ids, labels).double()
+            sums[1] += count_targets(labels)
+        model.train()
+        total, count = all_reduce_sum(sums, self.info).tolist()
+        return total / count if count else float("nan")
+
+    def gate_values(self) -> list[list[float]] | None:
+        """g = act(β) per layer and head (a collective under FSDP2: every process calls it)."""
+        config = self.plan.model_config
+        if config.attention != "infini":
+            return None
+        rows = []
+        for layer in self.model.model.layers:
+            beta = full_tensor(layer.self_attn.memory_gate.detach()).float().cpu()
+            rows.append([round(g, 6) for g in gate_value(beta, config.gate_activation).tolist()])
+        return rows
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_hf(self, folder: Path, model_state: dict) -> None:
+        self.model.save_pretrained(folder, state_dict=model_state)
+        self.plan.tokenizer.save_pretrained(folder)
+
+    def save_checkpoint(self, step: int, tokens: int) -> Path:
+        model_state, optim_state = full_state_dicts(self.wrapped, self.optimizer)
+        rng_states = gather_objects(ckpt.capture_rng(self.device), self.info)
+        path = ckpt.checkpoint_path(self.plan.run_dir, step)
+        if self.info.is_main:
+            source = self.plan.source
+            state = {
+                "step": step,
+                "tokens": tokens,
+                "scheduler": self.scheduler.state_dict(),
+                "data": source.state_dict() if hasattr(source, "state_dict") else None,
+                "world_size": self.info.world_size,
+                "train_config": config_dict(self.cfg),
+                "model_config": model_fields(self.plan.model_config),
+            }
+            ckpt.save_checkpoint(
+                path,
+                save_model=lambda folder: self._save_hf(folder, model_state),
+                optimizer_state=optim_state,
+                trainer_state=state,
+                rng_states=rng_states,
+            )
+            ckpt.prune_checkpoints(self.plan.run_dir, self.cfg.keep)
+        barrier(self.info)
+        return path
+
+    def save_final(self) -> Path:
+        model_state, _ = full_state_dicts(self.wrapped, self.optimizer)
+        path = self.plan.run_dir / FINAL_DIR
+        if self.info.is_main:
+            ckpt.write_atomically(path, lambda folder: self._save_hf(folder, model_state))
+        barrier(self.info)
+        return path
+
+    def _restore(self) -> tuple[int, int]:
+        """Load the optimizer, schedule and RNG of the checkpoint being resumed: (step, tokens) done."""
+        path = self.plan.checkpoint
+        state = ckpt.read_trainer_state(path)
+        load_full_optimizer_state(self.wrapped, self.optimizer, ckpt.load_optimizer_state(path))
+        self.scheduler.load_state_dict(state["scheduler"])
+        rng_states = ckpt.load_rng_states(path)
+        if len(rng_states) == self.info.world_size:
+            ckpt.restore_rng(rng_states[self.info.rank], self.device)
+        return state["step"], state["tokens"]
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> TrainResult:
+        cfg, plan, info = self.cfg, self.plan, self.info
+        self._prepare_folder()
+        self.model = self._build_model()
+        param_dtype = torch.bfloat16 if plan.precision == "bf16" else None
+        self.wrapped = wrap_model(self.model, cfg.dist, info, param_dtype)
+        self.optimizer = build_optimizer(self.model, cfg, self.device)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
+        start, tokens = self._restore() if plan.checkpoint is not None else (0, 0)
+        result = TrainResult(run_dir=plan.run_dir, step=start, checkpoint=plan.checkpoint)
+        logger = self._logger(start)
+        try:
+            with stop_on_signals() as stop:
+                self._loop(start, tokens, result, logger, stop)
+        finally:
+            logger.close()
+        return result
+
+    def _logger(self, start: int) -> MetricsLogger:
+        if not self.info.is_main:
+            return MetricsLogger(None)
+        wandb_run = None
+        if self.cfg.wandb:
+            import wandb
+
+            wandb_run = wandb.init(
+                project=self.cfg.wandb_project,
+                name=self.plan.run_dir.name,
+                dir=str(self.plan.run_dir),
+                config={"train": config_dict(self.cfg), "model": model_fields(self.plan.model_config)},
+            )
+        return MetricsLogger(
+            self.plan.run_dir, tensorboard=self.cfg.tensorboard, wandb_run=wandb_run, purge_step=start or None
+        )
+
+    def _log_eval(self, step: int, logger: MetricsLogger, bar: tqdm) -> float:
+        val_loss = self.evaluate()
+        gates = self.gate_values()
+        logger.log({"kind": "val", "step": step, "loss": val_loss, "gates": gates})
+        if self.info.is_main:
+            bar.write(f"step {step}: validation loss {val_loss:.4f}")
+        return val_loss
+
+    def _loop(
+        self,
+        start: int,
+        tokens: int,
+        result: TrainResult,
+        logger: MetricsLogger,
+        stop: StopRequest,
+    ) -> None:
+        cfg, info = self.cfg, self.info
+        meter = Throughput(
+            flops_per_token(self.plan.model_config, cfg.seq_len),
+            peak_flops(self.device, self.plan.precision),
+            info.world_size,
+        )
+        logger.log({"kind": "event", "step": start, "event": "resume" if start else "start"})
+        bar = tqdm(
+            total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+            disable=not (cfg.progress and info.is_main),
+        )  # fmt: skip
+        if start == 0:
+            result.val_loss = self._log_eval(0, logger, bar)
+        pending: list[tuple[int, torch.Tensor]] = []  # losses not yet read back from the device
+        saved_at = start if self.plan.checkpoint else None
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        for step in range(start, cfg.steps):
+            began = time.perf_counter()
+            stats = self._train_step(step)
+            done = step + 1
+            tokens += stats.tokens
+            pending.append((done, stats.loss))
+            stopping = any_process(stop.signal_name is not None, info)
+            last = done == cfg.steps
+            if done % cfg.log_every == 0 or last or stopping:
+                losses = torch.stack([loss for _, loss in pending]).tolist()  # waits for the device
+                result.losses.update({s: v for (s, _), v in zip(pending, losses, strict=True)})
+                pending.clear()
+                meter.add(stats.tokens, time.perf_counter() - began)
+                record = {
+                    "kind": "train", "step": done, "loss": losses[-1], "lr": stats.lr,
+                    "gate_lr": stats.gate_lr, "grad_norm": float(stats.grad_norm), "tokens": tokens,
+                    **meter.read(self.device),
+                }  # fmt: skip
+                logger.log(record)
+                rate = record["tokens_per_s"]
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{rate:,.0f}", refresh=False)
+                result.tokens_per_s = record["tokens_per_s"]
+            else:
+                meter.add(stats.tokens, time.perf_counter() - began)
+            bar.update(1)
+            result.step = done
+            if last:
+                break
+            if cfg.eval_every and done % cfg.eval_every == 0 and not stopping:
+                result.val_loss = self._log_eval(done, logger, bar)
+            if stopping or (cfg.save_every and done % cfg.save_every == 0):
+                result.checkpoint = self.save_checkpoint(done, tokens)
+                saved_at = done
+            if stopping:
+                result.stopped_by = stop.signal_name or "a signal on another process"
+                logger.log({"kind": "event", "step": done, "event": f"stopped by {result.stopped_by}"})
+                bar.close()
+                if info.is_main:
+                    print(
+                        f"stopped by {result.stopped_by} after step {done}; checkpoint {result.checkpoint}; "
+                        "continue with the same command and --resume"
+                    )
+                return
+        bar.close()
+        if result.step == cfg.steps:
+            if start < cfg.steps:
+                result.val_loss = self._log_eval(cfg.steps, logger, bar)
+            if saved_at != cfg.steps:
+                result.checkpoint = self.save_checkpoint(cfg.steps, tokens)
+            result.final_dir = self.save_final()
+            logger.log({"kind": "event", "step": cfg.steps, "event": "finished"})
