@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -29,8 +30,9 @@ from infini_llama.eval.passkey import (
     key_range,
     make_passkey_sample,
     sample_rng,
+    shortest_prompt,
 )
-from infini_llama.eval.prompts import HAYSTACKS
+from infini_llama.eval.prompts import HAYSTACKS, bos_ids
 
 LOSSES = ("all", "answer")
 STUDY_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -47,10 +49,15 @@ STUDY_RECIPE: dict[str, Any] = dict(
 class PasskeyBatchSource:
     """Batches of passkey sequences (B = batch_size, T = seq_len) for one process.
 
-    Sample g = ((step · grad_accum + micro_step) · world_size + rank) · batch_size + b of the training stream,
-    so the batches are a pure function of (step, micro_step, rank). Depths cycle through `depths` (balanced);
+    Sequence g = ((step · grad_accum + micro_step) · world_size + rank) · batch_size + b of the training stream,
+    so the batches are a pure function of (step, micro_step, rank). A sequence is [BOS] then passkey parts, each
+    a prompt, its answer and EOS: one part filling the sequence, or with `pack_min_len` several parts of random
+    lengths (at least `pack_min_len` tokens each, raised to what the shortest prompt with its answer needs) packed
+    back to back, as in the 300M study. Packing varies the
+    distance between needle and question; with one part of fixed length there are only as many distances as
+    depths, and a small model can learn those positions instead of retrieval. Depths are drawn from `depths`;
     keys have `key_digits` digits, redrawn when they are keys of the excluded evaluation grid. loss="all" trains
-    on every token (the study); loss="answer" masks everything but the answer's tokens with -100.
+    on every token (the study); loss="answer" masks everything but the answers' tokens with -100.
     """
 
     def __init__(
@@ -67,6 +74,7 @@ class PasskeyBatchSource:
         depths: Sequence[float] = STUDY_DEPTHS,
         haystack: str = "repeat",
         loss: str = "all",
+        pack_min_len: int | None = None,
         validation_batches: int = 2,
         exclude_eval_seed: int | None = 0,
         exclude_eval_samples: int = 1024,
@@ -79,10 +87,15 @@ class PasskeyBatchSource:
             raise ValueError(f"depths must be fractions in [0, 1], got {depths}")
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token to end each training sequence with")
+        if pack_min_len is not None and not 1 <= pack_min_len <= seq_len:
+            raise ValueError(f"pack_min_len must be None (no packing) or in [1, seq_len={seq_len}], got {pack_min_len}")
         self.tokenizer, self.seq_len, self.batch_size, self.grad_accum = tokenizer, seq_len, batch_size, grad_accum
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.key_digits, self.depths, self.haystack, self.loss = key_digits, tuple(depths), haystack, loss
+        shortest = shortest_prompt(tokenizer, key_digits, bos=False) + key_digits + 2  # + answer (≤ digits + 1), EOS
+        self.pack_min_len = None if pack_min_len is None else max(pack_min_len, shortest)
         self.num_validation_batches = validation_batches
+        self.bos = bos_ids(tokenizer, None)
         excluded = (
             [] if exclude_eval_seed is None else evaluation_keys(exclude_eval_seed, exclude_eval_samples, key_digits)
         )
@@ -91,33 +104,59 @@ class PasskeyBatchSource:
         if len(self.excluded_keys) >= high - low:
             raise ValueError(f"the {len(self.excluded_keys)} excluded evaluation keys leave no {key_digits}-digit key")
         self.exclusion = {"eval_seed": exclude_eval_seed, "eval_samples": len(excluded)}
-        self.sequence(TRAIN_STREAM, 0)  # fails now, not at step 1, if seq_len cannot hold a prompt
+        # Fail now, not at step 1, if the shortest part cannot hold a prompt.
+        self._part(TRAIN_STREAM, 0, min(self.pack_min_len or seq_len, seq_len - len(self.bos)))
 
     def sequence(self, stream: int, index: int) -> tuple[list[int], list[int]]:
-        """Ids (seq_len,) of sample `index` of `stream`: prompt, answer, EOS; and the positions of the answer."""
+        """Ids (seq_len,) of sequence `index` of `stream`, and the positions of its answers' tokens."""
+        ids, answers = list(self.bos), []
+        for part, length in enumerate(self._part_lengths(sample_rng(stream, self.seed, index))):
+            # Each part has its own sample index; parts never outnumber 2**20.
+            part_ids, part_answers = self._part(stream, (index << 20) | part, length)
+            answers += [len(ids) + p for p in part_answers]
+            ids += part_ids
+        assert len(ids) == self.seq_len
+        return ids, answers
+
+    def _part_lengths(self, rng: np.random.Generator) -> list[int]:
+        left = self.seq_len - len(self.bos)
+        if self.pack_min_len is None:
+            return [left]
+        lengths = []
+        while left >= 2 * self.pack_min_len:
+            n = int(rng.integers(self.pack_min_len, left + 1))
+            n = left if left - n < self.pack_min_len else n
+            lengths.append(n)
+            left -= n
+        return lengths + ([left] if left else [])
+
+    def _part(self, stream: int, index: int, length: int) -> tuple[list[int], list[int]]:
+        """`length` tokens: prompt (no BOS), answer, EOS; and the answer's positions in them."""
         rng = sample_rng(stream, self.seed, index)
         key = draw_key(rng, self.key_digits)
         while key in self.excluded_keys:
             key = draw_key(rng, self.key_digits)
+        depth = self.depths[int(rng.integers(len(self.depths)))]
         answer = answer_ids(self.tokenizer, key)
-        prompt_len = target = self.seq_len - len(answer) - 1
+        prompt_len = target = length - len(answer) - 1
         for _ in range(4):  # a tokenizer that merges across the joins may move the length: aim again
             sample = make_passkey_sample(
                 self.tokenizer,
                 target,
-                self.depths[index % len(self.depths)],
+                depth,
                 seed=self.seed,
                 index=index,
                 stream=stream,
                 key_digits=self.key_digits,
                 haystack=self.haystack,
+                bos=False,
                 key=key,
             )
             if len(sample.input_ids) == prompt_len:
                 break
             target -= len(sample.input_ids) - prompt_len
         else:
-            raise ValueError(f"could not build a {self.seq_len}-token passkey sequence with this tokenizer")
+            raise ValueError(f"could not build a {length}-token passkey part with this tokenizer")
         ids = sample.input_ids + answer + [self.tokenizer.eos_token_id]
         return ids, list(range(prompt_len, prompt_len + len(answer)))
 
@@ -150,6 +189,7 @@ class PasskeyBatchSource:
             "depths": list(self.depths),
             "haystack": self.haystack,
             "loss": self.loss,
+            "pack_min_len": self.pack_min_len,
             "excluded": self.exclusion,
             "excluded_keys_sha256": hashlib.sha256(",".join(sorted(self.excluded_keys)).encode()).hexdigest()[:16],
             "tokenizer": tokenizer_fingerprint(self.tokenizer),
@@ -190,6 +230,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     passkey.add_argument("--depths", type=parse_floats, default=list(STUDY_DEPTHS), help="needle depths, cycled")
     passkey.add_argument("--haystack", default="repeat", choices=HAYSTACKS)
     passkey.add_argument("--loss", default="all", choices=LOSSES, help="all tokens (the study) or the answer only")
+    passkey.add_argument(
+        "--pack-min-len",
+        type=int,
+        help="pack prompts of random lengths, each at least this many tokens, into every sequence (default: "
+        "seq-len / 8; 0: one prompt per sequence)",
+    )
     passkey.add_argument("--seed", type=int, default=0, help="seed of the training samples (their own stream)")
     passkey.add_argument(
         "--exclude-eval-seed", type=int, default=0, help="never train on the keys of the evaluation grid with this seed"
@@ -254,6 +300,7 @@ def _finetune_passkey(args: argparse.Namespace) -> int:
         tokenizer=load_eval_tokenizer(args.checkpoint, args.tokenizer),
         source_options=dict(
             key_digits=args.key_digits,
+            pack_min_len=(args.seq_len // 8 if args.pack_min_len is None else args.pack_min_len) or None,
             depths=args.depths,
             haystack=args.haystack,
             loss=args.loss,

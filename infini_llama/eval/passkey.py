@@ -156,6 +156,13 @@ def _character_prompt(
     return prefix + encode(tokenizer, text), text, start, end
 
 
+def shortest_prompt(tokenizer: PreTrainedTokenizerBase, key_digits: int, bos: bool | None = None) -> int:
+    """Tokens of a passkey prompt without filler (task line, needle, question), for the longest-encoding key."""
+    needle = max(len(encode_continuation(tokenizer, NEEDLE.format(key=d * key_digits))) for d in "0123456789")
+    task = len(bos_ids(tokenizer, bos)) + len(encode(tokenizer, TASK))
+    return task + needle + len(encode_continuation(tokenizer, QUESTION))
+
+
 def evaluation_keys(seed: int, samples: int, key_digits: int) -> list[str]:
     """The keys of an evaluation grid with this seed: sample i has the same key in every cell."""
     return [draw_key(sample_rng(EVAL_STREAM, seed, i), key_digits) for i in range(samples)]

@@ -81,3 +81,24 @@ def test_bad_options_are_refused(bpe_tok):
         source(bpe_tok, loss="keys")
     with pytest.raises(ValueError, match="shorter than the prompt template"):
         source(bpe_tok, seq_len=40)
+
+
+def test_packed_sequences_hold_several_prompts_of_varied_lengths(bpe_tok):
+    src = source(bpe_tok, seq_len=1024, pack_min_len=150, loss="answer")
+    input_ids, labels = src.batch(0, 0)
+    assert input_ids.shape == (4, 1024)
+    lengths = []
+    for ids, lab in zip(input_ids.tolist(), labels.tolist(), strict=True):
+        text = decode(bpe_tok, ids[1:])  # after the BOS, parts are "prompt answer<EOS>"
+        parts = text.split("<|endoftext|>")[:-1]
+        assert all(p.startswith("A pass key is hidden") for p in parts)
+        lengths += [len(bpe_tok.encode(p, add_special_tokens=False)) for p in parts]
+        keys = [p.rsplit("The pass key is", 1)[1].strip() for p in parts]
+        answers = decode(bpe_tok, [t for t in lab if t != -100])
+        assert answers.split() == keys, "the loss covers every part's answer and nothing else"
+        assert all(p.count(k) == 3 for p, k in zip(parts, keys, strict=True))
+    assert len(lengths) > 6 and len(set(lengths)) > 4, "several parts per sequence, of many lengths"
+    assert min(lengths) >= 150 - 1, "none shorter than asked (the EOS is not counted here)"
+    assert torch.equal(input_ids, source(bpe_tok, seq_len=1024, pack_min_len=150, loss="answer").batch(0, 0)[0])
+    # A minimum shorter than any prompt is raised to what a prompt needs.
+    assert source(bpe_tok, pack_min_len=1).pack_min_len > 100
