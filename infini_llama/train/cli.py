@@ -14,14 +14,10 @@ import argparse
 import os
 import sys
 
+from infini_llama.train.config import PRECISIONS, RECIPES
+
 # (flag, TrainConfig field, type, help); flags left out keep the recipe's value.
 VALUE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
-    (
-        "--preset",
-        "preset",
-        str,
-        "model preset and its training recipe: tiny, mini, paper-300m (default tiny)",
-    ),
     ("--out", "out", str, "run folder (default runs/<preset>-<attention>)"),
     ("--steps", "steps", int, "optimizer steps"),
     ("--batch-size", "batch_size", int, "sequences per forward pass on each process"),
@@ -46,7 +42,6 @@ VALUE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--save-every", "save_every", int, "steps between checkpoints (0: at the end only)"),
     ("--keep", "keep", int, "checkpoints to keep"),
     ("--device", "device", str, "auto, cpu, cuda or cuda:N"),
-    ("--precision", "precision", str, "auto (bf16 on CUDA, fp32 elsewhere), bf16 or fp32"),
     ("--dataset", "dataset", str, "HF dataset name or local dataset folder (instead of --data)"),
     ("--dataset-config", "dataset_config", str, "HF dataset configuration name"),
     ("--text-field", "text_field", str, "JSONL field / dataset column holding the text"),
@@ -73,7 +68,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--preset", choices=sorted(RECIPES), default=argparse.SUPPRESS, help="model and recipe (default tiny)"
+    )
     parser.add_argument("--attention", choices=("infini", "full"), default=argparse.SUPPRESS, help="the arm")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default=argparse.SUPPRESS, help="auto: bf16 on CUDA, else fp32"
+    )
     for flag, name, kind, text in VALUE_FLAGS:
         parser.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, help=text)
     parser.add_argument(
