@@ -155,7 +155,8 @@ def _plan_local(
     total = sum(n for _, n in files)
     if total == 0:
         raise ValueError(f"no usable text in the data files; skipped: {skipped}")
-    n_val = max(1, math.ceil(total * validation_fraction)) if total > 1 else 0
+    # At least one validation document, and at least one left for training.
+    n_val = min(max(1, math.ceil(total * validation_fraction)), total - 1)
     return _LocalPlan(files, total, n_val)
 
 
@@ -216,7 +217,9 @@ def _iter_hf(
             lo, hi = (n_val, None) if split == "train" else (0, n_val)
         else:
             n = len(source)
-            n_val = max(1, math.ceil(n * validation_fraction))
+            if n < 2:
+                raise ValueError(f"dataset {name!r} has {n} train rows; need at least 2 to hold one out")
+            n_val = min(max(1, math.ceil(n * validation_fraction)), n - 1)
             lo, hi = (0, n - n_val) if split == "train" else (n - n_val, n)
     if text_field not in (source.column_names or [text_field]):
         raise ValueError(f"dataset {name!r} has no column {text_field!r} (found {source.column_names})")

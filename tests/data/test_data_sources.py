@@ -51,6 +51,8 @@ def test_validation_is_last_fraction_at_least_one(tmp_path):
     assert len(_docs(data=tmp_path / "d.jsonl")) == 247
     val = _docs(data=tmp_path / "d.jsonl", split="validation", validation_fraction=0.02)
     assert len(val) == 5
+    _write_jsonl(tmp_path / "two.jsonl", ["a", "b"])  # always one document left to train on
+    assert _docs(data=tmp_path / "two.jsonl", validation_fraction=0.9) == ["a"]
 
 
 def test_single_document_is_split_by_lines(tmp_path):
