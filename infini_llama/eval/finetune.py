@@ -269,7 +269,8 @@ def finetune_passkey(
     """Fine-tune `checkpoint` on passkey sequences with `infini_llama.train.train`; returns its TrainResult.
 
     `train_fields` are TrainConfig fields (steps, seq_len, batch_size, global_batch, lr, ...; defaults: the
-    study's recipe above); `source_options` go to PasskeyBatchSource (key_digits, depths, loss, ...)."""
+    study's recipe above); `source_options` go to PasskeyBatchSource (key_digits, depths, loss, pack_min_len,
+    ...; pack_min_len defaults to seq_len / 8, None turns packing off)."""
     from infini_llama.train.config import TrainConfig
     from infini_llama.train.distributed import launch_env
     from infini_llama.train.loop import train
@@ -287,7 +288,7 @@ def finetune_passkey(
         seed=cfg.seed,
         rank=rank,
         world_size=world_size,
-        **(source_options or {}),
+        **{"pack_min_len": cfg.seq_len // 8, **(source_options or {})},
     )
     return train(cfg, batches=source, tokenizer=tokenizer)
 
@@ -300,7 +301,7 @@ def _finetune_passkey(args: argparse.Namespace) -> int:
         tokenizer=load_eval_tokenizer(args.checkpoint, args.tokenizer),
         source_options=dict(
             key_digits=args.key_digits,
-            pack_min_len=(args.seq_len // 8 if args.pack_min_len is None else args.pack_min_len) or None,
+            **({} if args.pack_min_len is None else {"pack_min_len": args.pack_min_len or None}),
             depths=args.depths,
             haystack=args.haystack,
             loss=args.loss,
