@@ -101,8 +101,7 @@ def _stages(cfg: StudyConfig, arm: Arm, out: Path, device: str, progress: bool):
     model_overrides = {**cfg.model, **arm.model, "attention": arm.attention}
     pretrain_dir, finetune_dir = root / "pretrain", root / "finetune"
     pretrain_len = recipe(cfg.preset, **cfg.pretrain).seq_len
-    finetune_len = recipe(cfg.preset, **cfg.finetune).seq_len
-    lengths = [m * finetune_len for m in cfg.eval_multiples]
+    lengths = eval_lengths(cfg)
 
     def training_config(fields: dict[str, Any], run_dir: Path, **extra: Any):
         resume = (run_dir / "run.json").is_file()
@@ -165,6 +164,12 @@ def _stages(cfg: StudyConfig, arm: Arm, out: Path, device: str, progress: bool):
     return stages
 
 
+def eval_lengths(cfg: StudyConfig) -> list[int]:
+    """Passkey lengths in tokens: the multiples of the training (pretraining) length."""
+    train_len = recipe(cfg.preset, **cfg.pretrain).seq_len
+    return [round(m * train_len) for m in cfg.eval_multiples]
+
+
 def _check_finished(result, what: str) -> None:
     if result.stopped_by is not None:
         raise SystemExit(f"[study] {what} stopped by {result.stopped_by}; run the same command again to continue")
@@ -212,7 +217,6 @@ def _results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
 
 def _write_report(cfg: StudyConfig, arms: list[Arm], out: Path, results: dict) -> Path:
     pre, fin = recipe(cfg.preset, **cfg.pretrain), recipe(cfg.preset, **cfg.finetune)
-    train_len = fin.seq_len
     data = ", ".join(pre.data) if pre.data else (pre.dataset or "the embedded corpus")
     lines = [
         f"# Study report: Infini-attention vs full attention ({cfg.preset})",
@@ -220,15 +224,16 @@ def _write_report(cfg: StudyConfig, arms: list[Arm], out: Path, results: dict) -
         f"Arms: {', '.join(f'`{a.name}`' for a in arms)}. Both arms share the data, tokens, seeds and recipe: "
         f"pretraining on {data} ({pre.steps} steps of {pre.batch_size * pre.grad_accum} × {pre.seq_len} tokens, "
         f"LR {pre.lr:g}), then passkey fine-tuning ({fin.steps} steps of {fin.batch_size * fin.grad_accum} × "
-        f"{train_len} tokens, LR {fin.lr:g}, loss on {cfg.passkey.get('loss', 'all')} tokens), then "
-        f"the evaluations below. The passkey training length is {train_len} tokens; evaluation lengths are "
-        f"{', '.join(f'{m}×' for m in cfg.eval_multiples)} that, {cfg.eval_samples} samples per (length, depth) "
-        f"cell at depths {', '.join(str(d) for d in cfg.eval_depths)}, greedy exact match, Wilson 95% intervals.",
+        f"{fin.seq_len} tokens, LR {fin.lr:g}, loss on {cfg.passkey.get('loss', 'all')} tokens), then the "
+        f"evaluations below. The training length is the pretraining length, {pre.seq_len} tokens; passkey "
+        f"prompts are {', '.join(f'{m:g}×' for m in cfg.eval_multiples)} that, {cfg.eval_samples} samples per "
+        f"(length, depth) cell at depths {', '.join(f'{d:g}' for d in cfg.eval_depths)}, greedy exact match, "
+        "Wilson 95% intervals in brackets.",
         "",
         "## Passkey accuracy by length (all depths)",
         "",
     ]
-    header = ["arm"] + [f"{m}× ({m * train_len})" for m in cfg.eval_multiples]
+    header = ["arm"] + [f"{m:g}× ({n})" for m, n in zip(cfg.eval_multiples, eval_lengths(cfg), strict=True)]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, entry in results["arms"].items():
         for task, suffix in (("passkey", ""), ("passkey-memory-off", " (memory off)")):

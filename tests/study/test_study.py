@@ -9,7 +9,7 @@ from infini_llama.study import runner as study_runner
 from infini_llama.study.cli import parse_sets
 from infini_llama.study.config import parse_sweep
 
-TEXT = "\n".join(f"Sentence number {i} tells of the sea, the ship and the whale." for i in range(400))
+TEXT = "\n".join(f"Sentence number {i} tells of the sea, the ship and the whale." for i in range(1500))
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def micro_config(tmp_path_factory):
                  num_key_value_heads=2, segment_len=16)  # fmt: skip
     steps = dict(steps=3, eval_every=0, save_every=0, eval_windows=2, batch_size=4, log_every=1)
     return study_config(
-        "tiny", model=model, pretrain=dict(data=[str(corpus)], seq_len=64, **steps),
+        "tiny", model=model, pretrain=dict(data=[str(corpus)], seq_len=128, **steps),
         finetune=dict(seq_len=128, **steps), eval_multiples=(1, 2), eval_samples=1, eval_batch_size=2,
         perplexity_windows=1, perplexity_bucket=32,
     )  # fmt: skip
