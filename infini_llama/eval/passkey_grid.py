@@ -141,7 +141,8 @@ def _passkey_batch(runner: ChunkedLM, tokenizer: PreTrainedTokenizerBase, batch:
         [s.answer_ids + [s.answer_ids[-1]] * (answer_len - len(s.answer_ids)) for s in batch], device=device
     )  # (B, A)
     last, state = runner.prefill(ids)
-    forced = runner.teacher_forced(last, runner.fork(state), targets).float()  # (B, A, V)
+    forced = runner.teacher_forced(last, runner.fork(state), targets)  # (B, A, V)
+    forced = forced.to(torch.promote_types(forced.dtype, torch.float32))
     generated = runner.greedy(last, state, answer_len).tolist()
     log_probs = F.log_softmax(forced, dim=-1).gather(-1, targets[..., None])[..., 0]  # (B, A)
     hits = (forced.argmax(-1) == targets).float()

@@ -22,7 +22,19 @@ from infini_llama.eval import plots
 from infini_llama.eval.diagnostics import bucket_order, plot_trajectory
 from infini_llama.eval.records import SUMMARY, write_json
 
-HEADLINE_DEPTHS = (0.0, 0.5, 1.0)
+HEADLINE_DEPTHS = (0.0, 0.5, 1.0)  # accuracy-vs-length plots: needle farthest from, midway to, next to the question
+RUN_COLUMNS = (
+    "run",
+    "task",
+    "status",
+    "model",
+    "attention",
+    "parameters",
+    "checkpoint",
+    "weights hash",
+    "date",
+    "folder",
+)
 
 
 def find_runs(paths: Sequence[str | os.PathLike]) -> list[dict]:
@@ -111,19 +123,7 @@ def _runs_section(runs: list[dict]) -> list[str]:
                 r["run_dir"],
             ]
         )
-    header = [
-        "run",
-        "task",
-        "status",
-        "model",
-        "attention",
-        "parameters",
-        "checkpoint",
-        "weights hash",
-        "date",
-        "folder",
-    ]
-    return ["## Runs", ""] + _table(header, rows) + [""]
+    return ["## Runs", ""] + _table(RUN_COLUMNS, rows) + [""]
 
 
 def _passkey_section(runs: list[dict], out: Path, figures: list[str]) -> list[str]:
