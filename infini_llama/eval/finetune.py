@@ -227,7 +227,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     passkey.add_argument("--gate-lr", type=float, default=STUDY_RECIPE["gate_lr"])
     passkey.add_argument("--weight-decay", type=float, default=0.1)
     passkey.add_argument("--key-digits", type=int, default=4)
-    passkey.add_argument("--depths", type=parse_floats, default=list(STUDY_DEPTHS), help="needle depths, cycled")
+    passkey.add_argument(
+        "--depths", type=parse_floats, default=list(STUDY_DEPTHS), help="needle depths; each prompt draws one"
+    )
     passkey.add_argument("--haystack", default="repeat", choices=HAYSTACKS)
     passkey.add_argument("--loss", default="all", choices=LOSSES, help="all tokens (the study) or the answer only")
     passkey.add_argument(
