@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from infini_llama.eval.prompts import HAYSTACKS, bos_ids
 LOSSES = ("all", "answer")
 STUDY_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 assert len({EVAL_STREAM, TRAIN_STREAM, TRAIN_VALIDATION_STREAM}) == 3, "seed streams must be distinct"
+
+if TYPE_CHECKING:
+    from infini_llama.train import TrainResult
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 # The 300M study's passkey fine-tuning (TrainConfig fields): 500 steps of 64 × 4096 tokens, LR 7.5e-5 after 50
@@ -267,15 +270,13 @@ def finetune_passkey(
     tokenizer: PreTrainedTokenizerBase | None = None,
     source_options: dict[str, Any] | None = None,
     **train_fields: Any,
-):
+) -> TrainResult:
     """Fine-tune `checkpoint` on passkey sequences with `infini_llama.train.train`; returns its TrainResult.
 
     `train_fields` are TrainConfig fields (steps, seq_len, batch_size, global_batch, lr, ...; defaults: the
     study's recipe above); `source_options` go to PasskeyBatchSource (key_digits, depths, loss, pack_min_len,
     ...; pack_min_len defaults to seq_len / 8, None turns packing off)."""
-    from infini_llama.train.config import TrainConfig
-    from infini_llama.train.distributed import launch_env
-    from infini_llama.train.loop import train
+    from infini_llama.train import TrainConfig, launch_env, train  # only fine-tuning needs the trainer loaded
 
     fields = {**STUDY_RECIPE, **train_fields, "init_from": str(checkpoint), "out": str(out)}
     cfg = TrainConfig(**fields)
