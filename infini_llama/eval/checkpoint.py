@@ -67,13 +67,14 @@ def check_vocab(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
 
 
 def training_run(checkpoint: str | os.PathLike) -> Path | None:
-    """The `infini-llama train` run folder a checkpoint belongs to (RUN/final or RUN/checkpoints/step_N), if any.
+    """The `infini-llama train` run folder a checkpoint belongs to (RUN/final or RUN/checkpoints/step_N, or the
+    run folder itself), if any.
 
     (The trainer is imported here, not at the top: evaluating a checkpoint does not need it.)"""
     from infini_llama.train.rundir import RUN_FILE
 
     path = Path(checkpoint).resolve()
-    for run in (path.parent, path.parent.parent):
+    for run in (path, path.parent, path.parent.parent):
         if (run / RUN_FILE).is_file():
             return run
     return None
@@ -86,7 +87,7 @@ def checkpoint_label(checkpoint: str | os.PathLike) -> str:
     run = training_run(path)
     if run is None:
         return path.name
-    return run.name if path.parent == run else f"{run.name}@{path.name}"
+    return run.name if run in (path, path.parent) else f"{run.name}@{path.name}"
 
 
 def training_length(checkpoint: str | os.PathLike) -> int | None:

@@ -36,6 +36,7 @@ from infini_llama.eval.prompts import HAYSTACKS, bos_ids
 
 LOSSES = ("all", "answer")
 STUDY_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+DEFAULT_PACK_DIVISOR = 8  # packed prompts are at least seq_len / 8 tokens long
 assert len({EVAL_STREAM, TRAIN_STREAM, TRAIN_VALIDATION_STREAM}) == 3, "seed streams must be distinct"
 
 if TYPE_CHECKING:
@@ -54,11 +55,11 @@ class PasskeyBatchSource:
 
     Sequence g = ((step · grad_accum + micro_step) · world_size + rank) · batch_size + b of the training stream,
     so the batches are a pure function of (step, micro_step, rank). A sequence is [BOS] then passkey parts, each
-    a prompt, its answer and EOS: one part filling the sequence, or with `pack_min_len` several parts of random
-    lengths (at least `pack_min_len` tokens each, raised to what the shortest prompt with its answer needs) packed
-    back to back, as in the 300M study. Packing varies the
-    distance between needle and question; with one part of fixed length there are only as many distances as
-    depths, and a small model can learn those positions instead of retrieval. Depths are drawn from `depths`;
+    a prompt, its answer and EOS: several parts of random lengths packed back to back, as in the 300M study (each
+    at least `pack_min_len` tokens, default seq_len / 8, raised to what the shortest prompt with its answer
+    needs), or with pack_min_len=0 one part filling the sequence. Packing varies the distance between needle and
+    question; with one part of fixed length there are only as many distances as depths, and a small model can
+    learn those positions instead of retrieval. Depths are drawn from `depths`;
     keys have `key_digits` digits, redrawn when they are keys of the excluded evaluation grid. loss="all" trains
     on every token (the study); loss="answer" masks everything but the answers' tokens with -100.
     """
@@ -90,13 +91,14 @@ class PasskeyBatchSource:
             raise ValueError(f"depths must be fractions in [0, 1], got {depths}")
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token to end each training sequence with")
-        if pack_min_len is not None and not 1 <= pack_min_len <= seq_len:
-            raise ValueError(f"pack_min_len must be None (no packing) or in [1, seq_len={seq_len}], got {pack_min_len}")
+        pack_min_len = seq_len // DEFAULT_PACK_DIVISOR if pack_min_len is None else pack_min_len
+        if not 0 <= pack_min_len <= seq_len:
+            raise ValueError(f"pack_min_len must be in [0 (no packing), seq_len={seq_len}], got {pack_min_len}")
         self.tokenizer, self.seq_len, self.batch_size, self.grad_accum = tokenizer, seq_len, batch_size, grad_accum
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.key_digits, self.depths, self.haystack, self.loss = key_digits, tuple(depths), haystack, loss
         shortest = shortest_prompt(tokenizer, key_digits, bos=False) + key_digits + 2  # + answer (≤ digits + 1), EOS
-        self.pack_min_len = None if pack_min_len is None else max(pack_min_len, shortest)
+        self.pack_min_len = max(pack_min_len, shortest) if pack_min_len else 0
         self.num_validation_batches = validation_batches
         self.bos = bos_ids(tokenizer, None)
         excluded = (
@@ -123,7 +125,7 @@ class PasskeyBatchSource:
 
     def _part_lengths(self, rng: np.random.Generator) -> list[int]:
         left = self.seq_len - len(self.bos)
-        if self.pack_min_len is None:
+        if not self.pack_min_len:
             return [left]
         lengths = []
         while left >= 2 * self.pack_min_len:
@@ -275,7 +277,7 @@ def finetune_passkey(
 
     `train_fields` are TrainConfig fields (steps, seq_len, batch_size, global_batch, lr, ...; defaults: the
     study's recipe above); `source_options` go to PasskeyBatchSource (key_digits, depths, loss, pack_min_len,
-    ...; pack_min_len defaults to seq_len / 8, None turns packing off)."""
+    ...)."""
     from infini_llama.train import TrainConfig, launch_env, train  # only fine-tuning needs the trainer loaded
 
     fields = {**STUDY_RECIPE, **train_fields, "init_from": str(checkpoint), "out": str(out)}
@@ -291,7 +293,7 @@ def finetune_passkey(
         seed=cfg.seed,
         rank=rank,
         world_size=world_size,
-        **{"pack_min_len": cfg.seq_len // 8, **(source_options or {})},
+        **(source_options or {}),
     )
     return train(cfg, batches=source, tokenizer=tokenizer)
 
@@ -304,7 +306,7 @@ def _finetune_passkey(args: argparse.Namespace) -> int:
         tokenizer=load_eval_tokenizer(args.checkpoint, args.tokenizer),
         source_options=dict(
             key_digits=args.key_digits,
-            **({} if args.pack_min_len is None else {"pack_min_len": args.pack_min_len or None}),
+            pack_min_len=args.pack_min_len,
             depths=args.depths,
             haystack=args.haystack,
             loss=args.loss,

@@ -11,7 +11,7 @@ from infini_llama.eval.prompts import decode
 
 
 def source(tok, **overrides):
-    options = dict(seq_len=192, batch_size=4, grad_accum=1, key_digits=4, validation_batches=2)
+    options = dict(seq_len=192, batch_size=4, grad_accum=1, key_digits=4, validation_batches=2, pack_min_len=0)
     options.update(overrides)
     return PasskeyBatchSource(tok, **options)
 
@@ -100,5 +100,6 @@ def test_packed_sequences_hold_several_prompts_of_varied_lengths(bpe_tok):
     assert len(lengths) > 6 and len(set(lengths)) > 4, "several parts per sequence, of many lengths"
     assert min(lengths) >= 150 - 1, "none shorter than asked (the EOS is not counted here)"
     assert torch.equal(input_ids, source(bpe_tok, seq_len=1024, pack_min_len=150, loss="answer").batch(0, 0)[0])
-    # A minimum shorter than any prompt is raised to what a prompt needs.
+    # A minimum shorter than any prompt is raised to what a prompt needs; packing is the default.
     assert source(bpe_tok, pack_min_len=1).pack_min_len > 100
+    assert PasskeyBatchSource(bpe_tok, 2048, 2).pack_min_len == 2048 // 8

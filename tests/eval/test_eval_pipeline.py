@@ -6,6 +6,7 @@ import json
 import pytest
 
 from infini_llama.cli import main
+from infini_llama.eval.checkpoint import checkpoint_label, gate_trajectory, training_length
 from infini_llama.eval.records import read_rows
 
 
@@ -54,6 +55,9 @@ def test_finetune_evaluate_and_report(tmp_path, checkpoints):
     gates = json.loads((ev / "gates" / "summary.json").read_text())
     assert [p["step"] for p in gates["results"]["trajectory"]] == [0, 3], "gates logged by the trainer"
     assert (ev / "gates" / "gates.png").is_file() and (ev / "gates" / "gates_trajectory.png").is_file()
+    # The run folder itself names the same run as its final/ folder.
+    assert gate_trajectory(ft) == gates["results"]["trajectory"] and checkpoint_label(ft) == "ft"
+    assert training_length(tmp_path) is None and gate_trajectory(checkpoints["infini"]) == []
 
     report = tmp_path / "report"
     assert run("report", ev, "--out", report) == 0
