@@ -59,9 +59,7 @@ def _all_documents() -> tuple[Document, ...]:
     # Decompressing all ~16 MB takes a fraction of a second; cache it because tests, the
     # tokenizer trainer and the shard builder may each ask for the corpus.
     return tuple(
-        Document(
-            name=path.name.removesuffix(".txt.xz"), text=lzma.decompress(path.read_bytes()).decode("utf-8")
-        )
+        Document(name=path.name.removesuffix(".txt.xz"), text=lzma.decompress(path.read_bytes()).decode("utf-8"))
         for path in _corpus_files()
     )
 

@@ -130,9 +130,7 @@ def get_windows(tokens: np.ndarray, offsets: np.ndarray, seq_len: int) -> torch.
     """Gather windows ``tokens[o : o + seq_len + 1]``: ``LongTensor (B, seq_len + 1)``."""
     offsets = np.asarray(offsets, dtype=np.int64)
     if offsets.size and (offsets.min() < 0 or offsets.max() + seq_len + 1 > len(tokens)):
-        raise ValueError(
-            f"a window of {seq_len + 1} tokens at offsets {offsets} runs past the {len(tokens)} tokens"
-        )
+        raise ValueError(f"a window of {seq_len + 1} tokens at offsets {offsets} runs past the {len(tokens)} tokens")
     # Fancy-indexing a memmap reads only the needed pages.
     idx = offsets[:, None] + np.arange(seq_len + 1, dtype=np.int64)[None, :]
     return torch.from_numpy(np.asarray(tokens[idx], dtype=np.int64))

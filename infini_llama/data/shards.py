@@ -81,9 +81,7 @@ def load_token_data(path: str | os.PathLike) -> TokenData:
     path = Path(path)
     meta_file = path / "meta.json"
     if not meta_file.is_file():
-        raise FileNotFoundError(
-            f"{meta_file} not found: {path} is not a complete token cache; run prepare_tokens"
-        )
+        raise FileNotFoundError(f"{meta_file} not found: {path} is not a complete token cache; run prepare_tokens")
     meta = json.loads(meta_file.read_text())
     dtype = np.dtype(meta["dtype"])
 

@@ -107,9 +107,7 @@ def _read_file(path: Path, text_field: str) -> list[str]:
                 raise _BadFile(f"{path}:{lineno} is not valid JSON ({exc.msg})") from exc
             if not isinstance(record, dict) or text_field not in record:
                 keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise ValueError(
-                    f"{path}:{lineno} has no field {text_field!r} (found {keys}); pass text_field=..."
-                )
+                raise ValueError(f"{path}:{lineno} has no field {text_field!r} (found {keys}); pass text_field=...")
             value = record[text_field]
             if isinstance(value, str) and value.strip():
                 docs.append(value)
@@ -128,9 +126,7 @@ def _read_parquet(path: Path, text_field: str) -> list[str]:
     except OSError as exc:
         raise _BadFile(f"{path} is not a readable parquet file ({exc})") from exc
     if text_field not in table.column_names:
-        raise ValueError(
-            f"{path} has no column {text_field!r} (found {table.column_names}); pass text_field=..."
-        )
+        raise ValueError(f"{path} has no column {text_field!r} (found {table.column_names}); pass text_field=...")
     return [v for v in table.column(text_field).to_pylist() if isinstance(v, str) and v.strip()]
 
 
@@ -138,9 +134,7 @@ class _BadFile(Exception):
     pass
 
 
-def _plan_local(
-    paths: list[Path], text_field: str, on_bad_file: str, validation_fraction: float
-) -> _LocalPlan:
+def _plan_local(paths: list[Path], text_field: str, on_bad_file: str, validation_fraction: float) -> _LocalPlan:
     files, skipped = [], []
     for path in paths:
         try:
@@ -171,9 +165,7 @@ def _split_single(text: str, split: str, validation_fraction: float) -> str:
     return "".join(lines[:cut] if split == "train" else lines[cut:])
 
 
-def _iter_local(
-    plan: _LocalPlan, split: str, text_field: str, validation_fraction: float
-) -> Iterator[Document]:
+def _iter_local(plan: _LocalPlan, split: str, text_field: str, validation_fraction: float) -> Iterator[Document]:
     first_val = plan.num_documents - plan.num_validation
     index = 0
     for path, _ in plan.files:

@@ -46,9 +46,7 @@ def _wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
     )
 
 
-def train_bpe_tokenizer(
-    texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE
-) -> PreTrainedTokenizerFast:
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on ``texts`` (deterministic for the same input).
 
     Byte-level means every UTF-8 string round-trips exactly and nothing is ever unknown.
@@ -103,7 +101,8 @@ def _default_tokenizer(vocab_size: int, cache_dir: str | os.PathLike | None) -> 
 def _ensure_eos_pad(tok: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
     if tok.eos_token is None:
         # Prefer a token the tokenizer already has, so the vocabulary does not grow.
-        fallback = tok.sep_token or tok.bos_token
+        # special_tokens_map lists only the tokens that are set (no warnings for unset ones).
+        fallback = tok.special_tokens_map.get("sep_token") or tok.special_tokens_map.get("bos_token")
         if fallback is not None:
             tok.eos_token = fallback
         elif EOS_TOKEN in tok.get_vocab():
@@ -137,13 +136,17 @@ def load_tokenizer(
     if name_or_path is None:
         return _default_tokenizer(vocab_size, cache_dir)
     name = str(name_or_path)
-    if Path(name).expanduser().exists() and not Path(name).expanduser().is_dir():
+    local = Path(name).expanduser()
+    if local.exists() and not local.is_dir():
         raise ValueError(f"tokenizer path {name!r} is a file; pass the directory that holds tokenizer.json")
     try:
-        tok = AutoTokenizer.from_pretrained(
-            str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
-        )
+        tok = AutoTokenizer.from_pretrained(str(local) if local.is_dir() else name)
     except (OSError, ValueError) as exc:
+        if local.is_dir():
+            raise ValueError(
+                f"could not load a tokenizer from directory {name!r}; it should hold the files written by "
+                f"save_pretrained (tokenizer.json, tokenizer_config.json). Cause: {exc}"
+            ) from exc
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         raise FileNotFoundError(
             f"could not load tokenizer {name!r}: it is not a local directory and is not in the Hugging "

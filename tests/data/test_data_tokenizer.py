@@ -125,6 +125,11 @@ def test_hub_name_offline_is_a_clear_error(monkeypatch):
         load_tokenizer("no-such-user/no-such-tokenizer-infini-llama-test")
 
 
+def test_directory_without_tokenizer(tmp_path):
+    with pytest.raises(ValueError, match="could not load a tokenizer from directory"):
+        load_tokenizer(tmp_path)
+
+
 def test_file_instead_of_dir(tmp_path):
     f = tmp_path / "tokenizer.json"
     f.write_text(json.dumps({}))
