@@ -77,6 +77,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="benchmarks/results/data_cpu.json")
     ap.add_argument("--repeats", type=int, default=3, help="repeats of each throughput measurement")
+    ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. machine conditions)")
     args = ap.parse_args()
 
     load_start = os.getloadavg()[0]  # other processes' load makes timings noisier
@@ -175,6 +176,7 @@ def main() -> None:
         },
         "corpus": {"documents": len(all_texts), "bytes": n_bytes, "chars": sum(map(len, all_texts))},
         "repeats": args.repeats,
+        "note": args.note,
         "results": rows,
     }
     out = Path(args.out)
