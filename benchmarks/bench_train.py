@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -72,6 +73,8 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     lengths = [int(t) for t in args.lengths.split(",")]
     vocab = config_from_preset("tiny").vocab_size
+    # A busy machine (other jobs on the same cores) slows every row; the load average says whether it was.
+    load_before = os.getloadavg()[0]
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,8 +97,8 @@ def main() -> None:
         infini, full = by_key[("infini", r["T"])], by_key[("full", r["T"])]
         r["infini_over_full"] = infini["trainer_tok_s"] / full["trainer_tok_s"]
 
-    threads = torch.get_num_threads()
-    print(f"\ntiny recipe on the CPU ({threads} threads), {args.tokens} tokens per step, fp32")
+    threads, load = torch.get_num_threads(), os.getloadavg()[0]
+    print(f"\ntiny recipe, CPU ({threads} threads, load {load:.1f}), {args.tokens} tokens per step, fp32")
     print(f"{'arm':>6} {'T':>5} {'batch':>5} {'trainer tok/s':>14} {'bare tok/s':>11} {'trainer/bare':>13}")
     for r in rows:
         print(
@@ -117,6 +120,8 @@ def main() -> None:
             infini_llama=infini_llama.__version__,
             python=platform.python_version(),
         ),  # fmt: skip
+        cpu_count=os.cpu_count(),
+        load_average_1min=dict(before=load_before, after=os.getloadavg()[0]),
         settings=vars(args),
         rows=rows,
     )
