@@ -37,7 +37,7 @@ from infini_llama.eval import (
 )
 from infini_llama.eval.finetune import PasskeyBatchSource
 from infini_llama.study.config import Arm, StudyConfig, expand_arms
-from infini_llama.train import recipe, train
+from infini_llama.train import launch_env, recipe, train
 
 STUDY_FILE = "study.json"
 
@@ -118,9 +118,11 @@ def _stages(cfg: StudyConfig, arm: Arm, out: Path, device: str, progress: bool):
     def finetune():
         tokenizer = load_eval_tokenizer(pretrain_dir / "final")
         tcfg = training_config(cfg.finetune, finetune_dir, init_from=str(pretrain_dir / "final"))
+        rank, world_size, _ = launch_env()
         source = PasskeyBatchSource(
-            tokenizer, tcfg.seq_len, tcfg.batch_size, max(tcfg.grad_accum, 1), seed=cfg.seed,
-            exclude_eval_seed=cfg.seed, exclude_eval_samples=cfg.eval_samples * len(cfg.eval_depths), **cfg.passkey,
+            tokenizer, tcfg.seq_len, tcfg.batch_size, tcfg.accumulation(world_size), seed=cfg.seed, rank=rank,
+            world_size=world_size, exclude_eval_seed=cfg.seed,
+            exclude_eval_samples=cfg.eval_samples * len(cfg.eval_depths), **cfg.passkey,
         )  # fmt: skip
         result = train(tcfg, batches=source, tokenizer=tokenizer)
         _check_finished(result, "passkey fine-tuning")
