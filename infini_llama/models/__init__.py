@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from infini_llama.models.cache import InfiniCache
 from infini_llama.models.config import ATTENTIONS, InfiniLlamaConfig
 from infini_llama.models.modeling import (
     GATE_PARAMETER,
@@ -19,6 +20,7 @@ __all__ = [
     "ATTENTIONS",
     "GATE_PARAMETER",
     "PRESETS",
+    "InfiniCache",
     "InfiniLlamaConfig",
     "InfiniLlamaForCausalLM",
     "InfiniLlamaModel",
