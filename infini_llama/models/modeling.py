@@ -213,11 +213,12 @@ def as_infini_cache(cache: Cache | None) -> InfiniCache:
     return InfiniCache()
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of logits[:, t] against labels[:, t + 1], in at least float32; -100 labels are ignored."""
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of logits[:, t] against labels[:, t + 1], in at least float32; -100 labels are ignored.
+    `reduction="sum"` lets a trainer weigh every target token alike across accumulation steps and processes."""
     logits = logits[:, :-1].reshape(-1, logits.shape[-1])
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return F.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100)
+    return F.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100, reduction=reduction)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, gate_lr: float | None = None) -> list[dict]:

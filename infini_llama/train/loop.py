@@ -11,13 +11,12 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from infini_llama.layers import gate_value
-from infini_llama.models import InfiniLlamaForCausalLM
+from infini_llama.models import InfiniLlamaForCausalLM, causal_lm_loss
 from infini_llama.train import checkpoint as ckpt
 from infini_llama.train.batches import BatchSource, count_targets
 from infini_llama.train.config import TrainConfig, config_dict
@@ -82,13 +81,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # all CUDA devices too
-
-
-def sum_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed next-token loss of logits (B, T, V) against labels (B, T) shifted by one; -100 is ignored.
-    Summed, not averaged, so accumulation steps and processes weigh every target token alike."""
-    logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    return F.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
 
 
 class _StepStats(NamedTuple):
@@ -159,7 +151,7 @@ class _Trainer:
     def _forward_loss(self, model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with self.autocast or contextlib.nullcontext():
             logits = model(input_ids=input_ids.to(self.device), use_cache=False).logits
-            return sum_cross_entropy(logits, labels.to(self.device))
+            return causal_lm_loss(logits, labels.to(self.device), reduction="sum")
 
     def _train_step(self, step: int) -> _StepStats:
         """One optimizer step on the batches of `step`."""
