@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from .corpus import corpus_fingerprint, load_corpus
@@ -31,7 +31,7 @@ PAD_TOKEN = "<|pad|>"
 SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN)  # ids 0 and 1 in the default tokenizer
 DEFAULT_VOCAB_SIZE = 8192
 # Bump when the training recipe below changes, so cached tokenizers are rebuilt.
-_RECIPE_VERSION = "bpe-bytelevel-v1"
+_RECIPE_VERSION = "bpe-bytelevel-digits-v2"
 
 
 def default_cache_dir() -> Path:
@@ -49,16 +49,24 @@ def _wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on ``texts`` (deterministic for the same input).
 
-    Byte-level means every UTF-8 string round-trips exactly and nothing is ever unknown.
+    Byte-level means every UTF-8 string round-trips exactly and nothing is ever unknown; digits
+    are never merged, so numbers are one token per digit.
     ``vocab_size`` counts the 256 byte symbols and the two special tokens, so it must be
     at least 258.  Words seen fewer than twice produce no merges (``min_frequency=2``).
     """
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size={vocab_size} is too small: byte-level BPE needs at least 258")
     backend = Tokenizer(models.BPE())
-    # No normaliser: the text is kept byte-exact.  GPT-2 style splitting without an
-    # added prefix space, so a text's first word is encoded as it is written.
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # No normaliser: the text is kept byte-exact.  Every digit is its own piece (with the
+    # space before it, if any), as in LLaMA's tokenizer, so a number of n digits is n tokens
+    # whatever the vocabulary size; then GPT-2 style splitting without an added prefix
+    # space, so a text's first word is encoded as it is written.
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r" ?\p{N}"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -81,6 +81,17 @@ def test_round_trip_on_corpus_text(default_tok):
     assert len(default_tok(text)["input_ids"]) < 0.5 * len(text)
 
 
+def test_numbers_are_one_token_per_digit(default_tok):
+    # The corpus is full of years and chapter numbers; no merge may join digits, so a k-digit passkey is k
+    # tokens (the first may carry the space before it) whatever the key and the vocabulary size.
+    for text in (" 1851", " 40213", " 99999", "chapter 42.", "(1611)"):
+        ids = default_tok(text, add_special_tokens=False)["input_ids"]
+        pieces = default_tok.convert_ids_to_tokens(ids)
+        digits = [p for p in pieces if any(c.isdigit() for c in p)]
+        assert all(len(p.lstrip("Ġ")) == 1 for p in digits), pieces
+        assert len(digits) == sum(c.isdigit() for c in text)
+
+
 def test_train_bpe_is_deterministic_and_validates_size():
     texts = [d.text[:20_000] for d in load_corpus()[:6]]
     a, b = train_bpe_tokenizer(texts, 350), train_bpe_tokenizer(iter(texts), 350)
