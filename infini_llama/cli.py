@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 
 # subcommand name -> module holding its add_parser()
@@ -40,6 +41,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
+    if hasattr(args, "command_line"):  # a command that records its command line (set_defaults(command_line=None))
+        args.command_line = shlex.join(["infini-llama", *argv])
     return int(args.func(args) or 0)
 
 

@@ -36,7 +36,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     parser.add_argument("--overwrite", action="store_true", help="delete a study already in --out and start over")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.set_defaults(func=main)
+    parser.add_argument(
+        "--jobs", type=int, default=None,
+        help="arms trained at once, each in its own process with a share of the CPU threads (default: one per "
+        "CPU core up to the number of arms on CPU, 1 on a GPU)",
+    )  # fmt: skip
+    parser.set_defaults(func=main, command_line=None)
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -60,7 +65,15 @@ def main(args: argparse.Namespace) -> int:
     try:
         sweeps = dict(parse_sweep(s) for s in args.sweep)
         cfg = study_config(args.preset, sweeps=sweeps, seed=args.seed, **parse_sets(args.set))
-        run_study(cfg, args.out, overwrite=args.overwrite, device=args.device, progress=not args.no_progress)
+        run_study(
+            cfg,
+            args.out,
+            overwrite=args.overwrite,
+            device=args.device,
+            progress=not args.no_progress,
+            jobs=args.jobs,
+            command=args.command_line,
+        )
     except (StudyError, ValueError, TypeError, FileNotFoundError) as exc:
         print(f"infini-llama study: error: {exc}", file=sys.stderr)
         return 2

@@ -18,11 +18,18 @@ cell), so a study killed anywhere continues where it stopped when run again with
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import multiprocessing
+import os
 import shutil
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from infini_llama.data import held_out_book
 from infini_llama.eval import (
@@ -35,6 +42,7 @@ from infini_llama.eval import (
     run_gates,
     run_passkey_grid,
 )
+from infini_llama.eval.diagnostics import bucket_order
 from infini_llama.eval.finetune import PasskeyBatchSource
 from infini_llama.study.config import Arm, StudyConfig, expand_arms
 from infini_llama.train import launch_env, recipe, train
@@ -47,30 +55,80 @@ class StudyError(ValueError):
 
 
 def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, device: str = "auto",
-              progress: bool = True) -> Path:  # fmt: skip
-    """Run (or continue) the study `cfg` in the folder `out`; returns the path of REPORT.md."""
+              progress: bool = True, jobs: int | None = None, command: str | None = None) -> Path:  # fmt: skip
+    """Run (or continue) the study `cfg` in the folder `out`; returns the path of REPORT.md.
+
+    `jobs` arms run at once, each in its own process with an equal share of the CPU threads (default: on CPU
+    as many as there are arms and cores, since the small CPU models gain little from a second thread; on a GPU
+    one, so arms do not compete for its memory). Progress bars are shown only when one arm runs at a time.
+    `command`, the command line that ran the study, is written into the report."""
     out = Path(out)
     _claim_folder(out, cfg, overwrite)
     arms = expand_arms(cfg)
+    jobs = default_jobs(len(arms), device) if jobs is None else jobs
+    if jobs < 1:
+        raise StudyError(f"jobs must be at least 1, got {jobs}")
+    jobs = min(jobs, len(arms))
     started = time.time()
-    for arm in arms:
-        for stage, run in _stages(cfg, arm, out, device, progress):
-            marker = out / arm.name / f"{stage}.done"
-            if marker.exists():
-                print(f"[study] {arm.name}: {stage} already done")
-                continue
-            print(f"[study] {arm.name}: {stage} ...", flush=True)
-            t0 = time.time()
-            info = run() or {}
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps({"seconds": time.time() - t0, **info}, indent=2) + "\n")
+    if jobs == 1:
+        for arm in arms:
+            _run_arm(cfg, arm, out, device, progress)
+    else:
+        threads = max(1, torch.get_num_threads() // jobs)
+        print(f"[study] {len(arms)} arms, {jobs} at a time, {threads} CPU thread(s) each", flush=True)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_run_arm, cfg, arm, out, device, False, threads) for arm in arms]
+            for future in futures:
+                future.result()
     eval_dirs = [d for arm in arms for d in sorted((out / arm.name / "eval").iterdir()) if d.is_dir()]
     build_report(eval_dirs, out / "report")
     results = _results(cfg, arms, out)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    path = _write_report(cfg, arms, out, results)
+    path = _write_report(cfg, arms, out, results, command)
     print(f"[study] done in {time.time() - started:.0f} s this run; report: {path}")
     return path
+
+
+def default_jobs(arms: int, device: str) -> int:
+    """Arms to run at once: one per CPU core on CPU (at most one per arm), one on a GPU."""
+    on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return 1 if on_gpu else max(1, min(arms, os.cpu_count() or 1))
+
+
+def _run_arm(cfg: StudyConfig, arm: Arm, out: Path, device: str, progress: bool, threads: int | None = None) -> None:
+    """Every unfinished stage of `arm`, in order; a `<stage>.done` marker records each finished one."""
+    if threads is not None:  # a worker process of a parallel study: tell the arms' output lines apart
+        torch.set_num_threads(threads)
+        sys.stdout = _LinePrefix(sys.stdout, f"[{arm.name}] ")
+    for stage, run in _stages(cfg, arm, out, device, progress):
+        marker = out / arm.name / f"{stage}.done"
+        if marker.exists():
+            print(f"[study] {arm.name}: {stage} already done", flush=True)
+            continue
+        print(f"[study] {arm.name}: {stage} ...", flush=True)
+        t0 = time.time()
+        info = run() or {}
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"seconds": time.time() - t0, **info}, indent=2) + "\n")
+        print(f"[study] {arm.name}: {stage} done in {time.time() - t0:.0f} s", flush=True)
+
+
+class _LinePrefix(io.TextIOBase):
+    """A text stream that writes `prefix` at the start of every line into `stream`."""
+
+    def __init__(self, stream, prefix: str):
+        self.stream, self.prefix, self.at_line_start = stream, prefix, True
+
+    def write(self, text: str) -> int:
+        for piece in text.splitlines(keepends=True):
+            if self.at_line_start and not piece.startswith("[study]"):
+                self.stream.write(self.prefix)
+            self.stream.write(piece)
+            self.at_line_start = piece.endswith("\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def _claim_folder(out: Path, cfg: StudyConfig, overwrite: bool) -> None:
@@ -196,7 +254,8 @@ def _results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
             if summary is not None:
                 entry[task] = {
                     "by_length": [
-                        {"length": r["length"], "exact": r["exact"]} for r in summary["results"]["by_length"]
+                        {"length": r["length"], "exact": r["exact"], "digit_acc": r["digit_acc"]}
+                        for r in summary["results"]["by_length"]
                     ],
                     "by_memory_updates": [
                         {"memory_updates": r["memory_updates"], "exact": r["exact"]}
@@ -217,7 +276,7 @@ def _results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
     return {"study": dataclasses.asdict(cfg), "arms": rows}
 
 
-def _write_report(cfg: StudyConfig, arms: list[Arm], out: Path, results: dict) -> Path:
+def _write_report(cfg: StudyConfig, arms: list[Arm], out: Path, results: dict, command: str | None) -> Path:
     pre, fin = recipe(cfg.preset, **cfg.pretrain), recipe(cfg.preset, **cfg.finetune)
     data = ", ".join(pre.data) if pre.data else (pre.dataset or "the embedded corpus")
     lines = [
@@ -232,6 +291,7 @@ def _write_report(cfg: StudyConfig, arms: list[Arm], out: Path, results: dict) -
         f"(length, depth) cell at depths {', '.join(f'{d:g}' for d in cfg.eval_depths)}, greedy exact match, "
         "Wilson 95% intervals in brackets.",
         "",
+        *([f"Command: `{command}`", ""] if command else []),
         "## Passkey accuracy by length (all depths)",
         "",
     ]
@@ -242,6 +302,20 @@ def _write_report(cfg: StudyConfig, arms: list[Arm], out: Path, results: dict) -
             if task in entry:
                 cells = [_pct(r["exact"]) for r in entry[task]["by_length"]]
                 lines.append(f"| {name}{suffix} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Digit accuracy (share of answer tokens right under teacher forcing, mean ± standard error): partial "
+        "retrieval that exact match does not show.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for name, entry in results["arms"].items():
+        for task, suffix in (("passkey", ""), ("passkey-memory-off", " (memory off)")):
+            if task in entry:
+                cells = [_mean(r["digit_acc"]) for r in entry[task]["by_length"]]
+                lines.append(f"| {name}{suffix} | " + " | ".join(cells) + " |")
+    lines += _compression_table(results)
     lines += [
         "",
         "## Training",
@@ -261,6 +335,32 @@ def _write_report(cfg: StudyConfig, arms: list[Arm], out: Path, results: dict) -
     return path
 
 
+def _compression_table(results: dict) -> list[str]:
+    """Exact accuracy of the Infini arms by the number of memory updates (compressions) between needle and
+    question, over every cell of the grid."""
+    rows = {
+        name: {r["memory_updates"]: r["exact"] for r in entry["passkey"]["by_memory_updates"]}
+        for name, entry in results["arms"].items()
+        if entry["attention"] == "infini" and "passkey" in entry
+    }
+    labels = sorted({label for row in rows.values() for label in row} - {"n/a"}, key=bucket_order)
+    if not labels:
+        return []
+    lines = [
+        "",
+        "## Passkey accuracy by number of memory compressions",
+        "",
+        "Memory updates between the needle's segment and the question's (0: both in one segment, read by local "
+        "attention), over every length and depth; exact match [Wilson 95%].",
+        "",
+        "| arm | " + " | ".join(labels) + " |",
+        "|" + "---|" * (len(labels) + 1),
+    ]
+    for name, row in rows.items():
+        lines.append(f"| {name} | " + " | ".join(_pct(row[label]) if label in row else "–" for label in labels) + " |")
+    return lines
+
+
 def _relink(line: str) -> str:
     """Point the detail report's relative image links at report/."""
     return line.replace("](", "](report/") if "![" in line and "](http" not in line else line
@@ -268,6 +368,10 @@ def _relink(line: str) -> str:
 
 def _pct(p: dict) -> str:
     return f"{100 * p['rate']:.0f}% [{100 * p['ci_low']:.0f}–{100 * p['ci_high']:.0f}]"
+
+
+def _mean(p: dict) -> str:
+    return f"{p['mean']:.2f} ± {p['stderr']:.2f}"
 
 
 def _num(value: float | None, digits: int = 3) -> str:

@@ -45,14 +45,14 @@ def test_study_runs_end_to_end_and_resumes(micro_config, tmp_path, monkeypatch):
 
     monkeypatch.setattr(study_runner, "train", dying_train)
     with pytest.raises(KeyboardInterrupt):
-        run_study(micro_config, out, device="cpu", progress=False)
+        run_study(micro_config, out, device="cpu", progress=False, jobs=1)
     assert (out / "infini" / "gates.done").exists() and (out / "full" / "pretrain.done").exists()
     assert not (out / "full" / "finetune.done").exists()
 
     monkeypatch.setattr(study_runner, "train", real_train)
     calls.clear()
     monkeypatch.setattr(study_runner, "train", lambda cfg, **kw: (calls.append(cfg.out), real_train(cfg, **kw))[1])
-    report = run_study(micro_config, out, device="cpu", progress=False)
+    report = run_study(micro_config, out, device="cpu", progress=False, jobs=1)
     assert [c.split("/")[-2:] for c in calls] == [["full", "finetune"]]  # only the unfinished stage ran again
 
     for arm, stages in (
@@ -68,6 +68,21 @@ def test_study_runs_end_to_end_and_resumes(micro_config, tmp_path, monkeypatch):
     results = json.loads((out / "results.json").read_text())
     assert set(results["arms"]) == {"infini", "full"}
     assert [r["length"] for r in results["arms"]["full"]["passkey"]["by_length"]] == [128, 256]
+
+
+def test_arms_run_in_parallel_processes(micro_config, tmp_path):
+    """--jobs 2: each arm in its own process; the same stages finish and the report names every arm."""
+    out = tmp_path / "study"
+    command = "infini-llama study --preset tiny --out study --jobs 2"
+    report = run_study(micro_config, out, device="cpu", progress=False, jobs=2, command=command)
+    assert f"Command: `{command}`" in report.read_text()
+    assert (out / "infini" / "gates.done").exists() and (out / "full" / "perplexity.done").exists()
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["arms"]) == {"infini", "full"}
+    assert all(results["arms"][arm]["finetune"]["steps"] == 3 for arm in ("infini", "full"))
+    assert "| infini |" in report.read_text() and "| full |" in report.read_text()
+    with pytest.raises(StudyError, match="jobs must be at least 1"):
+        run_study(micro_config, out, device="cpu", progress=False, jobs=0)
 
 
 def test_folder_of_another_study_is_refused(micro_config, tmp_path):
