@@ -92,7 +92,8 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
 def default_jobs(arms: int, device: str) -> int:
     """Arms to run at once: one per CPU core on CPU (at most one per arm), one on a GPU."""
     on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    return 1 if on_gpu else max(1, min(arms, os.cpu_count() or 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if on_gpu else max(1, min(arms, cores))
 
 
 def _run_arm(cfg: StudyConfig, arm: Arm, out: Path, device: str, progress: bool, threads: int | None = None) -> None:

@@ -85,6 +85,14 @@ def test_arms_run_in_parallel_processes(micro_config, tmp_path):
         run_study(micro_config, out, device="cpu", progress=False, jobs=0)
 
 
+def test_default_jobs(monkeypatch):
+    monkeypatch.setattr(study_runner.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert study_runner.default_jobs(2, "cpu") == 2
+    assert study_runner.default_jobs(5, "cpu") == 2  # one arm per core
+    assert study_runner.default_jobs(1, "cpu") == 1
+    assert study_runner.default_jobs(3, "cuda") == 1  # arms share one GPU only when asked (--jobs)
+
+
 def test_folder_of_another_study_is_refused(micro_config, tmp_path):
     out = tmp_path / "study"
     out.mkdir()
