@@ -41,6 +41,27 @@ from infini_llama.train.setup import ConfigError, RunPlan, model_fields, plan_ru
 from infini_llama.train.signals import StopRequest, stop_on_signals
 
 
+class _StatusLines:
+    """Without a progress bar (--no-progress, logs redirected to a file, parallel study arms): a line with step,
+    loss, tokens/s and time left, at most every `every_s` seconds and at the last step."""
+
+    def __init__(self, start: int, steps: int, every_s: float = 30.0):
+        self.start, self.steps, self.every_s = start, steps, every_s
+        self.began = self.printed = time.monotonic()
+
+    def maybe_print(self, step: int, loss: float, tokens_per_s: float, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.printed < self.every_s:
+            return
+        self.printed = now
+        left = (now - self.began) / max(step - self.start, 1) * (self.steps - step)
+        print(
+            f"step {step}/{self.steps}: loss {loss:.4f}, {tokens_per_s:,.0f} tokens/s, "
+            f"{int(left // 60)} min {int(left % 60):02d} s left",
+            flush=True,
+        )
+
+
 @dataclass
 class TrainResult:
     """What a `train` call did. `losses` maps each optimizer step run by this call (1-based: the update it
@@ -324,6 +345,7 @@ class _Trainer:
         if start == 0:
             result.val_loss = self._log_eval(0, logger, bar)
         pending: list[tuple[int, torch.Tensor]] = []  # losses not yet read back from the device
+        status = _StatusLines(start, cfg.steps) if bar.disable and info.is_main else None  # logs, not a terminal
         saved_at = start if self.plan.checkpoint else None
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -349,6 +371,8 @@ class _Trainer:
                 rate = record["tokens_per_s"]
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{rate:,.0f}", refresh=False)
                 result.tokens_per_s = record["tokens_per_s"]
+                if status is not None:
+                    status.maybe_print(done, losses[-1], rate, force=last)
             else:
                 meter.add(stats.tokens, time.perf_counter() - began)
             bar.update(1)

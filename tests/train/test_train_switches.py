@@ -8,8 +8,10 @@ from transformers import AutoModelForCausalLM
 from infini_llama.train import read_metrics, train
 
 
-def test_activation_checkpointing_gives_the_same_losses(micro_cfg, tmp_path):
+def test_activation_checkpointing_gives_the_same_losses(micro_cfg, tmp_path, capsys):
     plain = train(micro_cfg(out=str(tmp_path / "plain"), steps=3, eval_every=0))
+    # Without a progress bar the run still says where it is: a status line at least at the last step.
+    assert f"step 3/3: loss {plain.losses[3]:.4f}," in capsys.readouterr().out
     checkpointed = train(micro_cfg(out=str(tmp_path / "ckpt"), steps=3, eval_every=0, checkpointing=True))
     for step, loss in plain.losses.items():
         assert checkpointed.losses[step] == pytest.approx(loss, rel=1e-6)
@@ -48,3 +50,21 @@ def test_init_from_starts_where_the_source_run_ended(micro_cfg, tmp_path):
     shorter = train(micro_cfg(out=str(tmp_path / "seg8"), init_from=str(source.final_dir), tokenizer=None,
                               steps=1, eval_every=0, model={"segment_len": 8}))  # fmt: skip
     assert shorter.step == 1
+
+
+def test_status_lines_are_rate_limited(capsys, monkeypatch):
+    from infini_llama.train import loop
+
+    clock = [100.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
+    status = loop._StatusLines(start=0, steps=100, every_s=30)
+    clock[0] = 110.0
+    status.maybe_print(10, 2.5, 1000.0)  # 10 s after the start: too soon
+    clock[0] = 140.0
+    status.maybe_print(20, 2.25, 1234.0)
+    status.maybe_print(21, 2.2, 1234.0)  # 0 s after the last line
+    status.maybe_print(100, 2.0, 1300.0, force=True)  # the last step always prints
+    lines = capsys.readouterr().out.splitlines()
+    # 40 s for 20 steps: 80 steps left take 160 s
+    assert lines == ["step 20/100: loss 2.2500, 1,234 tokens/s, 2 min 40 s left",
+                     "step 100/100: loss 2.0000, 1,300 tokens/s, 0 min 00 s left"]  # fmt: skip
