@@ -47,12 +47,13 @@ def test_interrupt_then_resume_repeats_the_uninterrupted_losses(micro_cfg, tmp_p
     assert sorted(straight.losses) == list(range(1, 9))
 
     cfg = micro_cfg(out=str(tmp_path / "split"), save_every=3, model=model)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # SIG_IGN in a background job
     first = train(cfg, batches=SignalAt(window_source(cfg), at=3, signum=signum))
     # The signal arrives during the 4th update: that step finishes, then a checkpoint, then return.
     assert first.stopped_by == signal.Signals(signum).name
     assert first.step == 4 and first.final_dir is None
     assert first.checkpoint.name == "step_0000004"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers given back
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # handlers given back
 
     second = train(micro_cfg(out=str(tmp_path / "split"), save_every=3, model=model, resume=True))
     assert sorted(second.losses) == [5, 6, 7, 8]
