@@ -83,7 +83,7 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
         passkey=dict(key_digits=5, loss="answer", depths=FINE_DEPTHS),
         eval_multiples=(0.5, 1, 2, 4, 8), eval_samples=16, perplexity_windows=4, perplexity_bucket=128,
     ),
-    # One GPU, ~10 minutes with both arms at once (--jobs 2): the 42M-parameter mini model pretrained and
+    # One H100, 12 minutes with both arms at once (--jobs 2): the 42M-parameter mini model pretrained and
     # passkey fine-tuned at 1,024 tokens, 16 segments of 64 as in the tiny study.
     "mini": dict(
         model=dict(segment_len=64),
