@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from infini_llama.layers import gate_value
 from infini_llama.models import InfiniLlamaForCausalLM, causal_lm_loss
@@ -92,10 +94,22 @@ def train(
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     try:
-        plan = plan_run(cfg, info, batches=batches, tokenizer=tokenizer)
-        return _Trainer(plan).run()
+        with hf_progress_bars(cfg.progress):
+            plan = plan_run(cfg, info, batches=batches, tokenizer=tokenizer)
+            return _Trainer(plan).run()
     finally:
         close_distributed(info)
+
+
+@contextlib.contextmanager
+def hf_progress_bars(enabled: bool) -> Iterator[None]:
+    """Transformers' own progress bars (loading and writing weights) on or off inside the block."""
+    was = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
 
 
 def seed_everything(seed: int) -> None:

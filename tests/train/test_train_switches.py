@@ -68,3 +68,17 @@ def test_status_lines_are_rate_limited(capsys, monkeypatch):
     # 40 s for 20 steps: 80 steps left take 160 s
     assert lines == ["step 20/100: loss 2.2500, 1,234 tokens/s, 2 min 40 s left",
                      "step 100/100: loss 2.0000, 1,300 tokens/s, 0 min 00 s left"]  # fmt: skip
+
+
+def test_hf_progress_bars_switch_and_restore():
+    from transformers.utils import logging as hf_logging
+
+    from infini_llama.train import hf_progress_bars
+
+    assert hf_logging.is_progress_bar_enabled()
+    with hf_progress_bars(False):
+        assert not hf_logging.is_progress_bar_enabled()
+        with hf_progress_bars(True):
+            assert hf_logging.is_progress_bar_enabled()
+        assert not hf_logging.is_progress_bar_enabled()
+    assert hf_logging.is_progress_bar_enabled()
