@@ -45,7 +45,7 @@ from infini_llama.eval import (
 from infini_llama.eval.diagnostics import bucket_order
 from infini_llama.eval.finetune import PasskeyBatchSource
 from infini_llama.study.config import Arm, StudyConfig, expand_arms
-from infini_llama.train import hf_progress_bars, launch_env, recipe, train
+from infini_llama.train import hf_progress_bars_off, launch_env, recipe, train
 
 STUDY_FILE = "study.json"
 
@@ -108,7 +108,7 @@ def _run_arm(cfg: StudyConfig, arm: Arm, out: Path, device: str, progress: bool,
             continue
         print(f"[study] {arm.name}: {stage} ...", flush=True)
         t0 = time.time()
-        with hf_progress_bars(progress):
+        with hf_progress_bars_off():  # the stages' own bars and status lines say where they are
             info = run() or {}
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"seconds": time.time() - t0, **info}, indent=2) + "\n")

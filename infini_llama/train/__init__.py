@@ -33,7 +33,7 @@ Run folder: see `infini_llama.train.rundir`; checkpoint folders: see `infini_lla
 from infini_llama.train.batches import BatchSource, TokenWindowSource
 from infini_llama.train.config import RECIPES, TrainConfig, recipe
 from infini_llama.train.distributed import launch_env
-from infini_llama.train.loop import TrainResult, hf_progress_bars, train
+from infini_llama.train.loop import TrainResult, hf_progress_bars_off, train
 from infini_llama.train.metrics import flops_per_token, read_metrics
 from infini_llama.train.optim import build_optimizer, build_scheduler, lr_factor
 from infini_llama.train.overrides import resolve_config
@@ -49,7 +49,7 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "flops_per_token",
-    "hf_progress_bars",
+    "hf_progress_bars_off",
     "launch_env",
     "lr_factor",
     "read_metrics",

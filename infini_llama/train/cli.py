@@ -101,7 +101,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Resolve the config, train, and turn a setting error into one line on stderr and exit status 2."""
-    from transformers.utils import logging as hf_logging
 
     from infini_llama.train.loop import train
     from infini_llama.train.overrides import resolve_config
@@ -111,7 +110,6 @@ def run(args: argparse.Namespace) -> int:
     if "attention" in flags:
         flags["model.attention"] = flags.pop("attention")
     main_process = os.environ.get("RANK", "0") == "0"
-    hf_logging.disable_progress_bar()  # per-file bars of save/load would break the training bar
     try:
         cfg = resolve_config(flags, config_file=args.config, sets=args.sets)
     except (ValueError, FileNotFoundError) as exc:

@@ -94,7 +94,7 @@ def train(
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     try:
-        with hf_progress_bars(cfg.progress):
+        with hf_progress_bars_off():  # per-file bars of loading and saving would break the training bar
             plan = plan_run(cfg, info, batches=batches, tokenizer=tokenizer)
             return _Trainer(plan).run()
     finally:
@@ -102,14 +102,15 @@ def train(
 
 
 @contextlib.contextmanager
-def hf_progress_bars(enabled: bool) -> Iterator[None]:
-    """Transformers' own progress bars (loading and writing weights) on or off inside the block."""
+def hf_progress_bars_off() -> Iterator[None]:
+    """Transformers' own progress bars (loading and writing weights) off inside the block, as they were after."""
     was = hf_logging.is_progress_bar_enabled()
-    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
-        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def seed_everything(seed: int) -> None:

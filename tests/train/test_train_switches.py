@@ -70,15 +70,13 @@ def test_status_lines_are_rate_limited(capsys, monkeypatch):
                      "step 100/100: loss 2.0000, 1,300 tokens/s, 0 min 00 s left"]  # fmt: skip
 
 
-def test_hf_progress_bars_switch_and_restore():
+def test_hf_progress_bars_are_off_inside_and_restored_after():
     from transformers.utils import logging as hf_logging
 
-    from infini_llama.train import hf_progress_bars
+    from infini_llama.train import hf_progress_bars_off
 
-    assert hf_logging.is_progress_bar_enabled()
-    with hf_progress_bars(False):
-        assert not hf_logging.is_progress_bar_enabled()
-        with hf_progress_bars(True):
-            assert hf_logging.is_progress_bar_enabled()
-        assert not hf_logging.is_progress_bar_enabled()
-    assert hf_logging.is_progress_bar_enabled()
+    for before in (True, False):
+        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
+        with hf_progress_bars_off():
+            assert not hf_logging.is_progress_bar_enabled()
+        assert hf_logging.is_progress_bar_enabled() == before
