@@ -101,7 +101,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Resolve the config, train, and turn a setting error into one line on stderr and exit status 2."""
-
     from infini_llama.train.loop import train
     from infini_llama.train.overrides import resolve_config
     from infini_llama.train.setup import ConfigError
