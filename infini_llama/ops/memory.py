@@ -9,7 +9,7 @@ over anything token-sized:
 - Delta rule: σ(K_s)ᵀ σ(K_s) M_{s-1} / (σ(K_s) z_{s-1}) = A_s M_{s-1} with the D×D matrix
   A_s = Σ_t σ(k_t) σ(k_t)ᵀ / (σ(k_t)·z_{s-1}); z does not depend on M, so every A_s and every
   B_s = σ(K_s)ᵀ V_s is computed batched, and only the small recurrence M_s = M_{s-1} + B_s − A_s M_{s-1}
-  (D×D times D×Dv per segment) loops over segments.
+  (D×D times D×Dv per segment) loops over segments, inside one operator (`recurrence.py`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from infini_llama.ops.recurrence import delta_recurrence
 from infini_llama.ops.state import (
     MemoryState,
     check_memory_inputs,
@@ -78,7 +79,7 @@ def compressive_memory(
         else:
             key_norm = sk @ z_before.unsqueeze(-1)  # σ(k_t)·z_{s-1}: (B, Hkv, S, L, 1)
             A = sk.transpose(-1, -2) @ guarded_divide(sk, key_norm)  # (B, Hkv, S, D, D)
-            M_before, M_final = _delta_recurrence(A, kv, M0, detach_every)
+            M_before, M_final = delta_recurrence(A, kv, M0, detach_every)
 
         # Numerator and denominator of the retrieval in one matmul: z rides along as an extra value column.
         memory = torch.cat([M_before, z_before.unsqueeze(-1)], dim=-1)  # (B, Hkv, S, D, Dv + 1)
@@ -120,21 +121,3 @@ def _exclusive_prefix_sum(
     final = starts[:, :, -1] + totals[:, :, -1]
     before = (starts.unsqueeze(3) + within).reshape(B, H, windows * k, *rest)[:, :, :S]
     return before, final
-
-
-def _delta_recurrence(
-    A: torch.Tensor, kv: torch.Tensor, M0: torch.Tensor, detach_every: int | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """M_s = M_{s-1} + kv_s − A_s M_{s-1} over segments (dim 2); returns the stack of M_{s-1} and M_S.
-
-    The only loop over segments: it touches D×D and D×Dv matrices, never tokens.
-    """
-    M = M0
-    before = []
-    # unbind once: indexing A[:, :, s] inside the loop would make backward zero-fill a full-size gradient per step.
-    for s, (A_s, kv_s) in enumerate(zip(A.unbind(dim=2), kv.unbind(dim=2), strict=True)):
-        if detach_every is not None and s > 0 and s % detach_every == 0:
-            M = M.detach()
-        before.append(M)
-        M = M + kv_s - A_s @ M
-    return torch.stack(before, dim=2), M
