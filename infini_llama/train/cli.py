@@ -51,7 +51,8 @@ VALUE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--wandb-project", "wandb_project", str, "W&B project (with --wandb)"),
 )
 SWITCHES: tuple[tuple[str, str, bool, str], ...] = (
-    ("--compile", "compile", True, "torch.compile each decoder layer"),
+    ("--compile", "compile", True, "torch.compile each decoder layer (the default on CUDA; this flag: also on CPU)"),
+    ("--no-compile", "compile", False, "run eagerly, also on CUDA"),
     ("--checkpointing", "checkpointing", True, "activation checkpointing (less memory, ~30%% more compute)"),
     ("--resume", "resume", True, "continue the run in --out from its latest checkpoint"),
     ("--overwrite", "overwrite", True, "delete the run in --out and start over"),

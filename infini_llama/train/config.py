@@ -68,7 +68,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     # numerics and speed
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
-    compile: bool = False
+    compile: bool | None = None  # torch.compile each decoder layer; None: on CUDA, off elsewhere
     checkpointing: bool = False  # activation checkpointing per decoder layer
     device: str = "auto"  # auto: cuda if available, else cpu
     dist: str = "ddp"  # under torchrun: "ddp" or "fsdp" (FSDP2 fully_shard)

@@ -21,6 +21,7 @@ from infini_llama.layers import gate_value
 from infini_llama.models import InfiniLlamaForCausalLM, causal_lm_loss
 from infini_llama.train import checkpoint as ckpt
 from infini_llama.train.batches import BatchSource, count_targets
+from infini_llama.train.compile import compile_decoder_layers
 from infini_llama.train.config import TrainConfig, config_dict
 from infini_llama.train.distributed import (
     all_reduce_sum,
@@ -178,9 +179,9 @@ class _Trainer:
                 enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if cfg.compile:
-            for layer in model.model.layers:
-                layer.compile()
+        if plan.compile:
+            autocast_dtype = torch.bfloat16 if plan.precision == "bf16" else None
+            compile_decoder_layers(model.model.layers, cfg.batch_size, cfg.seq_len, autocast_dtype=autocast_dtype)
         return model
 
     # ------------------------------------------------------------------ steps

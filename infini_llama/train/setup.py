@@ -20,6 +20,7 @@ from infini_llama.models import PRESETS, InfiniLlamaConfig, config_from_preset
 from infini_llama.models.presets import CONFIG_FIELDS
 from infini_llama.train.batches import BatchSource, TokenWindowSource
 from infini_llama.train.checkpoint import latest_checkpoint, read_trainer_state
+from infini_llama.train.compile import resolve_compile
 from infini_llama.train.config import TrainConfig, config_changes
 from infini_llama.train.distributed import DistInfo, main_process_first
 from infini_llama.train.rundir import RUN_FILE, check_run_dir, read_run_file
@@ -49,6 +50,7 @@ class RunPlan:
     source: BatchSource
     grad_accum: int
     precision: str  # "bf16" or "fp32"
+    compile: bool  # compile the decoder layers (cfg.compile, resolved for the device)
 
 
 def plan_run(
@@ -108,6 +110,7 @@ def _plan(cfg, info, batches, tokenizer) -> RunPlan:
         source=batches,
         grad_accum=grad_accum,
         precision=precision,
+        compile=resolve_compile(cfg.compile, info.device),
     )
 
 
