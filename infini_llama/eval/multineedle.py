@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase
 from infini_llama.eval.grid import run_grid
 from infini_llama.eval.inference import ChunkedLM, equal_length_batches
 from infini_llama.eval.passkey import EVAL_STREAM, draw_key, memory_updates, sample_rng
-from infini_llama.eval.prompts import HAYSTACKS, Haystack, build_prompt
+from infini_llama.eval.prompts import HAYSTACKS, Haystack, build_prompt, last_token_of
 from infini_llama.eval.scoring import mean_and_stderr, proportion, string_match_all
 
 MULTI_TASKS = ("multikey", "multivalue", "multiquery")
@@ -56,6 +56,7 @@ class Needle:
     depth: float
     start: int
     end: int
+    value_last_token: int  # the last token of the value: where the memory updates before the question count from
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,10 @@ def make_multineedle_sample(
         needles=[(d, NEEDLE.format(key=k, value=v)) for d, k, v in placed],
         haystack=Haystack(tokenizer, haystack, rng, book_text=book_text),
     )
-    needles = [Needle(k, v, d, *span) for (d, k, v), span in zip(placed, prompt.needle_spans, strict=True)]
+    needles = [
+        Needle(k, v, d, *span, last_token_of(tokenizer, prompt.input_ids, *span, v))
+        for (d, k, v), span in zip(placed, prompt.needle_spans, strict=True)
+    ]
     return MultiNeedleSample(
         prompt.input_ids, task, length, seed, index, needles, queried, expected, prompt.roundtrip, prompt.text
     )
@@ -251,7 +255,7 @@ def evaluate_multineedle(
                     {
                         **dataclasses.asdict(n),
                         "queried": n.key in s.queried,
-                        "memory_updates": memory_updates(n.start, len(s.input_ids), segment_len),
+                        "memory_updates": memory_updates(n.value_last_token, len(s.input_ids), segment_len),
                     }
                     for n in s.needles
                 ],

@@ -19,6 +19,7 @@ from infini_llama.eval.prompts import (
     build_prompt,
     encode,
     encode_continuation,
+    last_token_of,
 )
 
 TASK = (
@@ -29,6 +30,9 @@ NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = " What is the pass key? The pass key is"
 ANSWER = " {key}"
 LENGTH_UNITS = ("tokens", "chars")
+# One default for fine-tuning and evaluation: five digits, uniform over 10000-99999, so every answer of a grid has
+# the same token count (the 300M study fine-tuned on 4-digit keys; its preset sets key_digits=4 for both).
+DEFAULT_KEY_DIGITS = 5
 
 # Seed streams: the first word of every per-sample seed. Evaluation and training never share one.
 EVAL_STREAM = 0
@@ -57,7 +61,8 @@ def key_range(digits: int) -> tuple[int, int]:
 @dataclass(frozen=True)
 class PasskeySample:
     """One passkey prompt. `length` is what was asked (tokens, or characters in "chars" mode); `input_ids` is what
-    the model reads; `needle_start`/`needle_end` are the needle's token span in it."""
+    the model reads; `needle_start`/`needle_end` are the needle's token span in it, and `key_last_token` is the
+    position of the last token of the key's last copy in the needle (the needle holds the key twice)."""
 
     input_ids: list[int]
     answer_ids: list[int]
@@ -69,6 +74,8 @@ class PasskeySample:
     stream: int
     needle_start: int
     needle_end: int
+    key_last_token: int
+    haystack: str
     roundtrip: bool
     text: str
 
@@ -91,7 +98,7 @@ def make_passkey_sample(
     seed: int = 0,
     index: int = 0,
     stream: int = EVAL_STREAM,
-    key_digits: int = 5,
+    key_digits: int = DEFAULT_KEY_DIGITS,
     haystack: str = "repeat",
     unit: str = "tokens",
     bos: bool | None = None,
@@ -102,7 +109,8 @@ def make_passkey_sample(
     the needle after the fraction `depth` of the filler (0: right after the task line; 1: right before the
     question). unit="chars" reproduces the character-based construction of Landmark Attention (length in
     characters, needle at a character offset that may fall inside a word; repeated filler only); the resulting
-    token count is in `len(input_ids)`. `key` replaces the drawn key (the haystack stays the one of this seed)."""
+    token count is in `len(input_ids)`. `key` replaces the drawn key (the haystack stays the one of this seed).
+    `haystack` is the kind of filler (`prompts.HAYSTACKS`); distractor numbers are never the key."""
     if unit not in LENGTH_UNITS:
         raise ValueError(f"unit must be one of {LENGTH_UNITS}, got {unit!r}")
     rng = sample_rng(stream, seed, index)
@@ -113,16 +121,16 @@ def make_passkey_sample(
         if haystack != "repeat":
             raise ValueError("the character-based (Landmark) mode uses the repeated filler only: haystack='repeat'")
         ids, text, start, end = _character_prompt(tokenizer, length, depth, needle, bos)
-        return PasskeySample(
-            ids, answer_ids(tokenizer, key), key, length, depth, seed, index, stream, start, end, True, text
+        roundtrip = True
+    else:
+        hay = Haystack(tokenizer, haystack, rng, book_text=book_text, distractor_digits=key_digits, avoid=key)
+        prompt = build_prompt(
+            tokenizer, length, task=TASK, needles=[(depth, needle)], question=QUESTION, haystack=hay, bos=bos
         )
-    hay = Haystack(tokenizer, haystack, rng, book_text=book_text, distractor_digits=key_digits)
-    prompt = build_prompt(
-        tokenizer, length, task=TASK, needles=[(depth, needle)], question=QUESTION, haystack=hay, bos=bos
-    )
-    (start, end) = prompt.needle_spans[0]
+        ids, text, roundtrip = prompt.input_ids, prompt.text, prompt.roundtrip
+        (start, end) = prompt.needle_spans[0]
     return PasskeySample(
-        prompt.input_ids,
+        ids,
         answer_ids(tokenizer, key),
         key,
         length,
@@ -132,8 +140,10 @@ def make_passkey_sample(
         stream,
         start,
         end,
-        prompt.roundtrip,
-        prompt.text,
+        last_token_of(tokenizer, ids, start, end, key),
+        haystack,
+        roundtrip,
+        text,
     )
 
 
@@ -168,9 +178,11 @@ def evaluation_keys(seed: int, samples: int, key_digits: int) -> list[str]:
     return [draw_key(sample_rng(EVAL_STREAM, seed, i), key_digits) for i in range(samples)]
 
 
-def memory_updates(needle_start: int, prompt_len: int, segment_len: int | None) -> int | None:
-    """Segment boundaries (memory updates) between the needle's first token and the last prompt token, from
-    which the answer is predicted: 0 means the needle starts in the question's own segment."""
+def memory_updates(key_last_token: int, prompt_len: int, segment_len: int | None) -> int | None:
+    """Segment boundaries (memory updates) between the segment holding the last token of the key's last copy and
+    the segment of the last prompt token, from which the answer is predicted: 0 means that key copy ends in the
+    question's own segment, within local attention's reach. (Counted from the needle's first token instead, a
+    needle longer than a segment would add one or two updates the key never went through.)"""
     if segment_len is None:
         return None
-    return (prompt_len - 1) // segment_len - needle_start // segment_len
+    return (prompt_len - 1) // segment_len - key_last_token // segment_len

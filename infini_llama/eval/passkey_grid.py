@@ -16,7 +16,14 @@ from transformers import PreTrainedTokenizerBase
 from infini_llama.eval.diagnostics import bucket_order, updates_bucket
 from infini_llama.eval.grid import run_grid
 from infini_llama.eval.inference import ChunkedLM, equal_length_batches
-from infini_llama.eval.passkey import EVAL_STREAM, LENGTH_UNITS, PasskeySample, make_passkey_sample, memory_updates
+from infini_llama.eval.passkey import (
+    DEFAULT_KEY_DIGITS,
+    EVAL_STREAM,
+    LENGTH_UNITS,
+    PasskeySample,
+    make_passkey_sample,
+    memory_updates,
+)
 from infini_llama.eval.prompts import HAYSTACKS, decode
 from infini_llama.eval.scoring import mean_and_stderr, passkey_scores, proportion
 
@@ -32,7 +39,7 @@ class PasskeyGridConfig:
     depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)
     samples: int = 16
     seed: int = 0
-    key_digits: int = 5
+    key_digits: int = DEFAULT_KEY_DIGITS
     haystack: str = "repeat"
     unit: str = "tokens"
     bos: bool | None = None
@@ -127,7 +134,7 @@ def evaluate_passkey(
     rows: list[dict] = [{} for _ in samples]
     for indices in equal_length_batches([len(s.input_ids) for s in samples], batch_size):
         for i, row in zip(indices, _passkey_batch(runner, tokenizer, [samples[i] for i in indices]), strict=True):
-            row["memory_updates"] = memory_updates(row["needle_position"], row["prompt_tokens"], segment_len)
+            row["memory_updates"] = memory_updates(row["key_last_token"], row["prompt_tokens"], segment_len)
             rows[i] = row
     return rows
 
@@ -162,6 +169,8 @@ def _passkey_batch(runner: ChunkedLM, tokenizer: PreTrainedTokenizerBase, batch:
                 "prompt_tokens": len(s.input_ids),
                 "needle_position": s.needle_start,
                 "needle_end": s.needle_end,
+                "key_last_token": s.key_last_token,
+                "haystack": s.haystack,
                 "roundtrip": s.roundtrip,
                 "prompt_sha256": hashlib.sha256(str(s.input_ids).encode()).hexdigest()[:16],
                 "prediction": prediction,

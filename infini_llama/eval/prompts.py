@@ -17,12 +17,25 @@ from dataclasses import dataclass
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from infini_llama.data import held_out_book
+from infini_llama.data import held_out_book, load_corpus
 
 # What every later part follows: the end of a sentence. Encoding "." + part and removing the ids of "." gives the
 # ids the part has inside running text, also for tokenizers that mark word starts (SentencePiece's "▁").
 _JOIN_ANCHOR = "."
-HAYSTACKS = ("repeat", "book", "distractors")
+# Haystack kinds. Evaluation uses "repeat" (the classic filler) and "book" (held-out text: a document used in
+# neither pretraining nor fine-tuning); fine-tuning draws from the others too, so that retrieval is not learned
+# inside one repeated filler only.
+HAYSTACKS = ("repeat", "styles", "corpus", "distractors", "book")
+HAYSTACK_LABELS = {
+    "repeat": "classic filler",
+    "styles": "filler styles",
+    "corpus": "training-corpus text",
+    "distractors": "filler with distractor numbers",
+    "book": "held-out text",
+}
+# Book and corpus sentences longer than this are skipped: one such sentence could fill the whole haystack of a
+# short prompt, and the needle could then not be placed at the asked depth.
+MAX_SENTENCE_WORDS = 40
 
 # Our own five-sentence filler block (same structure as the classic passkey prompt, different words).
 FILLER_BLOCK = (
@@ -32,12 +45,44 @@ FILLER_BLOCK = (
     " On we walk, and here we go.",
     " Out we travel, there and back again.",
 )
+# Other blocks of the same shape in other settings: the "styles" and "distractors" haystacks of fine-tuning.
+FILLER_STYLES = (
+    (
+        " The kettle sings on the old stove.",
+        " Bread cools by the open window.",
+        " A cat sleeps under the wooden table.",
+        " Someone hums a tune while washing cups.",
+        " The clock in the hall ticks on.",
+    ),
+    (
+        " Boats rock against the long pier.",
+        " Gulls circle over the drying nets.",
+        " The tide rolls in and the tide rolls out.",
+        " Ropes creak as the wind picks up.",
+        " Lanterns glow along the quiet water.",
+    ),
+    (
+        " Buses hum along the wide avenue.",
+        " Shop lights flicker on at dusk.",
+        " People hurry past with their umbrellas.",
+        " A violin plays by the fountain.",
+        " Trains rattle over the iron bridge.",
+    ),
+    (
+        " Tall pines sway in the cold wind.",
+        " A stream runs over smooth grey stones.",
+        " Birds call to each other from the branches.",
+        " Moss covers the fallen logs.",
+        " The path winds up and over the ridge.",
+    ),
+)
 # Distractor sentences hold numbers too, so a model cannot find the key by looking for any number.
 DISTRACTOR_TEMPLATES = (
     " The old gate code was {n}, but nobody uses it now.",
     " Room {n} is at the end of the corridor.",
     " The ferry ticket said {n} in faded ink.",
 )
+DISTRACTOR_EVERY = 4  # one distractor sentence in every four
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -70,9 +115,11 @@ def bos_ids(tokenizer: PreTrainedTokenizerBase, bos: bool | None) -> list[int]:
 class Haystack:
     """Filler sentences for one sample, already encoded, in the order they are used.
 
-    kinds: "repeat" (the five-sentence block over and over), "book" (consecutive sentences of a long text from a
-    seeded starting sentence), "distractors" (the block, with a sentence holding another number every few
-    sentences).
+    kinds: "repeat" (the classic five-sentence block over and over), "styles" (another block of the same shape,
+    drawn per sample), "corpus" (consecutive sentences of the embedded corpus's training split from a seeded
+    start), "distractors" (the classic or a styled block, with a sentence holding another number in every four;
+    never the number `avoid`), "book" (consecutive sentences of `book_text`, by default the held-out book, from a
+    seeded start).
     """
 
     def __init__(
@@ -83,49 +130,78 @@ class Haystack:
         *,
         book_text: str | None = None,
         distractor_digits: int = 5,
+        avoid: str | None = None,
     ):
         if kind not in HAYSTACKS:
             raise ValueError(f"haystack must be one of {HAYSTACKS}, got {kind!r}")
         self.tokenizer, self.kind, self.rng = tokenizer, kind, rng
-        self.distractor_digits = distractor_digits
-        self._cache: dict[str, list[int]] = {}
+        self.distractor_digits, self.avoid = distractor_digits, avoid
         self._sentences: list[str] = []
-        if kind == "book":
-            self._book = book_sentences(book_text) if book_text is not None else default_book_sentences()
-            self._book_start = int(rng.integers(len(self._book)))
+        self._text_pool: Sequence[str] = ()
+        self._start = 0
+        self._block = FILLER_BLOCK
+        if kind in ("book", "corpus"):
+            if kind == "corpus":
+                self._text_pool = training_sentences()
+            else:
+                self._text_pool = book_sentences(book_text) if book_text is not None else default_book_sentences()
+            self._start = int(rng.integers(len(self._text_pool)))
+        elif kind == "styles":
+            self._block = FILLER_STYLES[int(rng.integers(len(FILLER_STYLES)))]
+        elif kind == "distractors":
+            blocks = (FILLER_BLOCK, *FILLER_STYLES)
+            self._block = blocks[int(rng.integers(len(blocks)))]
 
     def _text(self, i: int) -> str:
-        if self.kind == "book":
-            return self._book[(self._book_start + i) % len(self._book)]
-        if self.kind == "distractors" and i % 4 == 3:
+        if self._text_pool:
+            return self._text_pool[(self._start + i) % len(self._text_pool)]
+        if self.kind == "distractors" and i % DISTRACTOR_EVERY == DISTRACTOR_EVERY - 1:
             low = 10 ** (self.distractor_digits - 1)
             template = DISTRACTOR_TEMPLATES[int(self.rng.integers(len(DISTRACTOR_TEMPLATES)))]
-            return template.format(n=int(self.rng.integers(low, 10 * low)))
-        return FILLER_BLOCK[i % len(FILLER_BLOCK)]
+            number = str(int(self.rng.integers(low, 10 * low)))
+            while number == self.avoid:
+                number = str(int(self.rng.integers(low, 10 * low)))
+            return template.format(n=number)
+        return self._block[i % len(self._block)]
 
     def sentence(self, i: int) -> tuple[str, list[int]]:
         """The i-th filler sentence and its ids (generated lazily, so the rng is consumed in order)."""
         while len(self._sentences) <= i:
             self._sentences.append(self._text(len(self._sentences)))
         text = self._sentences[i]
-        if text not in self._cache:
-            self._cache[text] = encode_continuation(self.tokenizer, text)
-        return text, self._cache[text]
+        return text, encoded_sentence(self.tokenizer, text)
 
 
-def book_sentences(text: str) -> list[str]:
-    """Sentences of a long text, whitespace collapsed, each with one leading space (filler form)."""
+# Fine-tuning builds tens of prompts per step from the same sentences: encode each once per process. The tokenizer
+# is part of the key (by identity: a tokenizer object is not changed once built). Callers never mutate the list.
+@functools.lru_cache(maxsize=1 << 16)
+def encoded_sentence(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return encode_continuation(tokenizer, text)
+
+
+@functools.lru_cache(maxsize=4)
+def book_sentences(text: str) -> tuple[str, ...]:
+    """Sentences of a long text of 3 to MAX_SENTENCE_WORDS words, whitespace collapsed, each with one leading space
+    (filler form). Cached: a sample of a book haystack asks for them every time."""
     parts = re.split(r"(?<=[.!?])\s+", re.sub(r"\s+", " ", text).strip())
-    sentences = [" " + p for p in parts if len(p.split()) >= 3]
+    sentences = tuple(" " + p for p in parts if 3 <= len(p.split()) <= MAX_SENTENCE_WORDS)
     if not sentences:
-        raise ValueError("book text has no sentences of three or more words to use as filler")
+        raise ValueError(f"book text has no sentences of 3 to {MAX_SENTENCE_WORDS} words to use as filler")
     return sentences
 
 
 @functools.lru_cache(maxsize=1)
 def default_book_sentences() -> tuple[str, ...]:
-    """Filler sentences of the embedded corpus's held-out book (split once per process)."""
-    return tuple(book_sentences(held_out_book().text))
+    """Filler sentences of the embedded corpus's held-out book (split once per process). The book is in the
+    corpus's validation split: neither the tokenizer, pretraining nor fine-tuning ever reads it."""
+    return book_sentences(held_out_book().text)
+
+
+@functools.lru_cache(maxsize=1)
+def training_sentences() -> tuple[str, ...]:
+    """Filler sentences of every document of the embedded corpus's training split, in document order (never the
+    held-out book: it is in the validation split)."""
+    return tuple(s for document in load_corpus("train") for s in book_sentences(document.text))
 
 
 @dataclass(frozen=True)
@@ -227,3 +303,22 @@ def _partial_sentence(tokenizer: PreTrainedTokenizerBase, haystack: Haystack, fi
     # Every nearby sentence is shorter than the gap (only possible for unusual haystacks): repeat one.
     _, ids = haystack.sentence(first)
     return (ids * (size // len(ids) + 1))[:size]
+
+
+def last_token_of(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], start: int, end: int, text: str) -> int:
+    """Position of the token that completes the last occurrence of `text` in the tokens ids[start:end] (a needle).
+
+    What a model must carry to the question is the needle's answer, which a needle may hold more than once: the
+    last token of its last copy is the last position from which it can be read. The occurrences in a decoded
+    prefix only grow with the prefix, so the first prefix holding all of them is found by bisection."""
+    total = decode(tokenizer, ids[start:end]).count(text)
+    if total == 0:
+        raise ValueError(f"{text!r} does not occur in the tokens [{start}, {end})")
+    low, high = start, end - 1
+    while low < high:
+        mid = (low + high) // 2
+        if decode(tokenizer, ids[start : mid + 1]).count(text) == total:
+            high = mid
+        else:
+            low = mid + 1
+    return low

@@ -221,7 +221,13 @@ def _passkey_lines(runs: list[dict], out: Path, figures: list[str]) -> list[str]
     buckets = sorted({b["memory_updates"] for r in runs for b in r["results"]["by_memory_updates"]}, key=bucket_order)
     if buckets == ["n/a"]:
         return md
-    md += ["### Accuracy against the number of memory updates between needle and question", ""]
+    md += [
+        "### Accuracy against the number of memory updates between the key and the question",
+        "",
+        "Segment boundaries between the segment holding the last token of the key's last copy in the needle and "
+        "the question's segment (0: that copy ends in the question's own segment, within local attention's reach).",
+        "",
+    ]
     table = {r["label"]: {b["memory_updates"]: b for b in r["results"]["by_memory_updates"]} for r in runs}
     md += _table(
         ["memory updates"] + [r["label"] for r in runs],
@@ -239,7 +245,7 @@ def _passkey_lines(runs: list[dict], out: Path, figures: list[str]) -> list[str]
         series,
         out / name,
         title="passkey accuracy against repeated compressions",
-        xlabel="memory updates between needle and question",
+        xlabel="memory updates between the key and the question",
         ylabel="accuracy (%)",
         categorical_x=buckets,
     )

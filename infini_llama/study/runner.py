@@ -352,8 +352,9 @@ def _compression_table(results: dict) -> list[str]:
         "",
         "## Passkey accuracy by number of memory compressions",
         "",
-        "Memory updates between the needle's segment and the question's (0: both in one segment, read by local "
-        "attention), over every length and depth; exact match [Wilson 95%].",
+        "Memory updates between the segment holding the last token of the key's last copy in the needle and the "
+        "question's segment (0: that copy ends in the question's own segment, within local attention's reach), "
+        "over every length and depth; exact match [Wilson 95%].",
         "",
         "| arm | " + " | ".join(labels) + " |",
         "|" + "---|" * (len(labels) + 1),

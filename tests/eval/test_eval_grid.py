@@ -18,6 +18,7 @@ from infini_llama.eval.records import read_rows
 
 ROW_FIELDS = {
     "cell", "length", "depth", "sample", "seed", "key", "prompt_tokens", "needle_position", "memory_updates",
+    "key_last_token", "haystack",
     "prediction", "exact", "token_exact", "digit_acc", "contains", "answer_logprob", "roundtrip",
 }  # fmt: skip
 
@@ -40,7 +41,10 @@ def test_passkey_grid_rows_and_summary(bpe_tok, micro_model, tmp_path):
     assert len(rows) == 2 * 3 * 3 and ROW_FIELDS <= set(rows[0])
     assert all(r["prompt_tokens"] == r["length"] for r in rows)
     for r in rows:
-        assert r["memory_updates"] == (r["length"] - 1) // 16 - r["needle_position"] // 16
+        # Counted from the last token of the key's last copy, not from the needle's first token.
+        assert r["needle_position"] < r["key_last_token"] < r["needle_end"] and r["haystack"] == "repeat"
+        assert bpe_tok.decode(r["answer_ids"]).strip() == r["key"]
+        assert r["memory_updates"] == (r["length"] - 1) // 16 - r["key_last_token"] // 16
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved == json.loads(json.dumps(summary, default=str))
     assert saved["status"] == "complete"
@@ -141,7 +145,9 @@ def test_multineedle_grid(bpe_tok, micro_model, tmp_path):
     assert len(rows) == 3 * 2
     assert {r["task"] for r in rows} == {"multikey", "multivalue", "multiquery"}
     assert all(0.0 <= r["score"] <= 1.0 and len(r["needles"]) == 4 for r in rows)
-    assert all(n["memory_updates"] == (399 // 16 - n["start"] // 16) for r in rows for n in r["needles"])
+    for n in (n for r in rows for n in r["needles"]):
+        assert n["start"] < n["value_last_token"] < n["end"]
+        assert n["memory_updates"] == 399 // 16 - n["value_last_token"] // 16
     assert [c["task"] for c in summary["results"]["by_task"]] == ["multikey", "multivalue", "multiquery"]
 
 

@@ -1,11 +1,16 @@
 """The prompt generators: token-exact lengths, needles at the asked depth between sentences, fixed seeds."""
 
+import re
+
+import numpy as np
 import pytest
 
+from infini_llama.data import held_out_book, load_corpus
+from infini_llama.data.corpus import HELD_OUT_BOOK
 from infini_llama.eval import make_multineedle_sample, make_passkey_sample, memory_updates
 from infini_llama.eval.multineedle import MULTI_TASKS, needle_keys
 from infini_llama.eval.passkey import NEEDLE, QUESTION, TASK, evaluation_keys
-from infini_llama.eval.prompts import FILLER_BLOCK, decode
+from infini_llama.eval.prompts import FILLER_BLOCK, FILLER_STYLES, Haystack, decode
 
 TOKENIZERS = ["bpe_tok", "char_tok", "metaspace_tok"]
 DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -83,13 +88,47 @@ def test_too_short_length_is_refused_with_the_minimum(bpe_tok):
         make_passkey_sample(bpe_tok, 200, 0.5, unit="words")
 
 
-@pytest.mark.parametrize("haystack", ["book", "distractors"])
-def test_other_haystacks_are_token_exact(bpe_tok, haystack):
-    s = make_passkey_sample(bpe_tok, 400, 0.5, haystack=haystack, index=2)
-    assert len(s.input_ids) == 400 and s.roundtrip
-    assert s.text.count(s.key) == 2, "the key appears only in the needle (twice)"
-    if haystack == "distractors":
-        assert "Room" in s.text or "ticket" in s.text or "gate code" in s.text
+@pytest.mark.parametrize("haystack", ["styles", "corpus", "distractors", "book"])
+def test_other_haystacks_are_token_exact_and_recorded(bpe_tok, haystack):
+    for depth in (0.0, 0.5, 1.0):
+        s = make_passkey_sample(bpe_tok, 400, depth, haystack=haystack, index=2)
+        assert len(s.input_ids) == 400 and s.roundtrip and s.haystack == haystack
+        assert s.text.count(s.key) == 2, "the key appears only in the needle (twice)"
+        before = s.text[: s.text.index(NEEDLE.format(key=s.key).strip())]
+        assert before.endswith(". ") or before.endswith("! ") or before.endswith("? "), "needle after a sentence"
+
+
+def filler_sentences(sample) -> list[str]:
+    """The whole filler sentences of a passkey prompt (task line, needle and question removed)."""
+    text = sample.text.replace(TASK, "").replace(NEEDLE.format(key=sample.key).strip(), "")
+    text = text[: text.index(QUESTION.strip())]
+    return [" " + p for p in re.split(r"(?<=[.!?])\s+", text.strip())][:-1]  # the last one may be partial
+
+
+def test_corpus_haystack_is_training_text_and_book_haystack_is_held_out(bpe_tok):
+    held_out = " ".join(held_out_book().text.split())
+    training = {name: " ".join(d.text.split()) for name, d in ((d.name, d) for d in load_corpus("train"))}
+    assert HELD_OUT_BOOK not in training, "the held-out book is never training text"
+    for index in range(4):
+        corpus = filler_sentences(make_passkey_sample(bpe_tok, 600, 0.5, haystack="corpus", index=index))
+        book = filler_sentences(make_passkey_sample(bpe_tok, 600, 0.5, haystack="book", index=index))
+        assert corpus and book
+        assert all(any(s.strip() in text for text in training.values()) for s in corpus)
+        assert all(s.strip() in held_out for s in book)
+        assert not any(s.strip() in held_out for s in corpus if len(s.split()) > 8)
+    styled = filler_sentences(make_passkey_sample(bpe_tok, 600, 0.5, haystack="styles", index=0))
+    assert any(set(styled) <= set(block) for block in FILLER_STYLES) and not set(styled) & set(FILLER_BLOCK)
+
+
+def test_distractor_numbers_are_never_the_key(bpe_tok):
+    # One-digit distractors: nine numbers only, so "3" would be drawn many times if it were not avoided.
+    hay = Haystack(bpe_tok, "distractors", np.random.default_rng(0), distractor_digits=1, avoid="3")
+    numbers = [re.findall(r"\d+", hay.sentence(i)[0]) for i in range(400)]
+    drawn = [n for found in numbers for n in found]
+    assert len(drawn) == 100 and len(set(drawn)) == 8 and "3" not in drawn
+    s = make_passkey_sample(bpe_tok, 600, 0.5, haystack="distractors", index=1)
+    numbers = re.findall(r"\d{5}", s.text)
+    assert len(numbers) > 2 and numbers.count(s.key) == 2, "distractors hold other numbers than the key"
 
 
 def test_character_mode_counts_characters_and_records_tokens(bpe_tok):
@@ -100,10 +139,35 @@ def test_character_mode_counts_characters_and_records_tokens(bpe_tok):
 
 
 def test_memory_updates_counts_segment_boundaries():
-    assert memory_updates(needle_start=70, prompt_len=128, segment_len=64) == 0  # same segment as the question
-    assert memory_updates(needle_start=63, prompt_len=128, segment_len=64) == 1
-    assert memory_updates(needle_start=0, prompt_len=1024, segment_len=64) == 15
-    assert memory_updates(needle_start=0, prompt_len=1024, segment_len=None) is None
+    assert memory_updates(key_last_token=70, prompt_len=128, segment_len=64) == 0  # same segment as the question
+    assert memory_updates(key_last_token=63, prompt_len=128, segment_len=64) == 1
+    assert memory_updates(key_last_token=0, prompt_len=1024, segment_len=64) == 15
+    assert memory_updates(key_last_token=0, prompt_len=1024, segment_len=None) is None
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_key_last_token_is_the_end_of_the_keys_last_copy(request, name):
+    tok = request.getfixturevalue(name)
+    for depth in DEPTHS:
+        s = make_passkey_sample(tok, lengths_for(name)[-1], depth, seed=2, index=3)
+        assert s.needle_start < s.key_last_token < s.needle_end
+        through = decode(tok, s.input_ids[s.needle_start : s.key_last_token + 1])
+        assert through.count(s.key) == 2 and through.rstrip().endswith(s.key)
+        assert decode(tok, s.input_ids[s.needle_start : s.key_last_token]).count(s.key) == 1
+        assert not re.search(r"\d", decode(tok, s.input_ids[s.key_last_token + 1 : s.needle_end]))
+
+
+def test_memory_updates_count_from_the_key_not_the_needle_start(bpe_tok):
+    """A needle (~40 tokens here) is longer than a segment: counted from its first token, a needle right before the
+    question was always 2 or more updates away at segment 32, though its key's last copy is only 1 away."""
+    counts = []
+    for length in range(200, 264):
+        s = make_passkey_sample(bpe_tok, length, 1.0, index=length)
+        assert s.needle_end - s.needle_start > 32
+        from_key = memory_updates(s.key_last_token, len(s.input_ids), 32)
+        assert from_key <= memory_updates(s.needle_start, len(s.input_ids), 32)
+        counts.append(from_key)
+    assert min(counts) == 1
 
 
 @pytest.mark.parametrize("task", MULTI_TASKS)
@@ -116,6 +180,7 @@ def test_multineedle_samples(bpe_tok, task):
     for n in s.needles:
         assert decode(bpe_tok, s.input_ids[n.start : n.end]).strip().endswith(f"{n.key} is: {n.value}.")
         assert n.key in needle_keys() and len(n.value) == 7
+        assert decode(bpe_tok, s.input_ids[n.start : n.value_last_token + 1]).endswith(n.value)
     expected_count = {"multikey": 1, "multivalue": 4, "multiquery": 4}[task]
     assert len(s.expected) == expected_count and len(set(s.expected)) == expected_count
     assert all(k in s.text[-300:] for k in s.queried), "the question names the queried keys"
