@@ -21,7 +21,7 @@ from pathlib import Path
 from infini_llama.eval.checkpoint import DTYPES, load_eval_tokenizer, load_model, training_length
 from infini_llama.eval.diagnostics import run_gates
 from infini_llama.eval.multineedle import MULTI_TASKS, MultiNeedleConfig, run_multineedle_grid
-from infini_llama.eval.passkey import LENGTH_UNITS
+from infini_llama.eval.passkey import DEFAULT_KEY_DIGITS, LENGTH_UNITS
 from infini_llama.eval.passkey_grid import PasskeyGridConfig, run_passkey_grid
 from infini_llama.eval.perplexity import PerplexityConfig, perplexity_by_position
 from infini_llama.eval.prompts import HAYSTACKS
@@ -107,7 +107,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=[0.0, 0.25, 0.5, 0.75, 1.0],
         help="needle depths, fractions of the filler before the needle",
     )
-    passkey.add_argument("--key-digits", type=int, default=5)
+    passkey.add_argument("--key-digits", type=int, default=DEFAULT_KEY_DIGITS)
     passkey.add_argument(
         "--unit",
         default="tokens",

@@ -1,9 +1,11 @@
 """Passkey fine-tuning: synthetic passkey sequences as a BatchSource for the trainer of `infini_llama.train`.
 
-Each training sequence is one token-exact passkey prompt followed by its answer and EOS, `seq_len` tokens in all.
-Samples come from the training seed stream (evaluation grids use another), and keys of the evaluation grid
+Each training sequence holds token-exact passkey prompts, each followed by its answer and EOS, `seq_len` tokens in
+all. Samples come from the training seed stream (evaluation grids use another), and keys of the evaluation grid
 named by `exclude_eval_seed` / `exclude_eval_samples` are never used as training answers, so no evaluation answer
-is trained on.
+is trained on. Haystacks vary from prompt to prompt (the classic filler, other filler styles, training-corpus
+text, distractor numbers), so that retrieval is not learned inside one repeated filler; the held-out text that
+evaluation also uses is never trained on.
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from transformers import PreTrainedTokenizerBase
 
 from infini_llama.data import tokenizer_fingerprint
 from infini_llama.eval.checkpoint import load_eval_tokenizer
-from infini_llama.eval.commands import parse_floats, reports_errors
+from infini_llama.eval.commands import parse_floats, parse_names, reports_errors
 from infini_llama.eval.passkey import (
+    DEFAULT_KEY_DIGITS,
     EVAL_STREAM,
+    SELECTION_STREAM,
     TRAIN_STREAM,
     TRAIN_VALIDATION_STREAM,
+    PasskeySample,
     answer_ids,
     draw_key,
     evaluation_keys,
@@ -37,7 +42,9 @@ from infini_llama.eval.prompts import HAYSTACKS, bos_ids
 LOSSES = ("all", "answer")
 STUDY_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_PACK_DIVISOR = 8  # packed prompts are at least seq_len / 8 tokens long
-assert len({EVAL_STREAM, TRAIN_STREAM, TRAIN_VALIDATION_STREAM}) == 3, "seed streams must be distinct"
+# Every haystack kind but the held-out text ("book"), which is kept for evaluation.
+FINETUNE_HAYSTACKS = tuple(kind for kind in HAYSTACKS if kind != "book")
+assert len({EVAL_STREAM, TRAIN_STREAM, TRAIN_VALIDATION_STREAM, SELECTION_STREAM}) == 4, "seed streams must differ"
 
 if TYPE_CHECKING:
     from infini_llama.train import TrainResult
@@ -59,9 +66,10 @@ class PasskeyBatchSource:
     at least `pack_min_len` tokens, default seq_len / 8, raised to what the shortest prompt with its answer
     needs), or with pack_min_len=0 one part filling the sequence. Packing varies the distance between needle and
     question; with one part of fixed length there are only as many distances as depths, and a small model can
-    learn those positions instead of retrieval. Depths are drawn from `depths`;
-    keys have `key_digits` digits, redrawn when they are keys of the excluded evaluation grid. loss="all" trains
-    on every token (the study); loss="answer" masks everything but the answers' tokens with -100.
+    learn those positions instead of retrieval. Depths are drawn from `depths` and haystack kinds from `haystacks`
+    (never "book", the held-out text of evaluation); keys have `key_digits` digits, redrawn when they are keys of
+    the excluded evaluation grid. loss="all" trains on every token (the study); loss="answer" masks everything
+    but the answers' tokens with -100.
     """
 
     def __init__(
@@ -74,9 +82,9 @@ class PasskeyBatchSource:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        key_digits: int = 4,
+        key_digits: int = DEFAULT_KEY_DIGITS,
         depths: Sequence[float] = STUDY_DEPTHS,
-        haystack: str = "repeat",
+        haystacks: Sequence[str] = FINETUNE_HAYSTACKS,
         loss: str = "all",
         pack_min_len: int | None = None,
         validation_batches: int = 2,
@@ -85,8 +93,12 @@ class PasskeyBatchSource:
     ):
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        if haystack not in HAYSTACKS:
-            raise ValueError(f"haystack must be one of {HAYSTACKS}, got {haystack!r}")
+        haystacks = (haystacks,) if isinstance(haystacks, str) else tuple(haystacks)
+        if not haystacks or not set(haystacks) <= set(FINETUNE_HAYSTACKS):
+            raise ValueError(
+                f"haystacks must be one or more of {FINETUNE_HAYSTACKS}, got {haystacks!r} (the held-out text "
+                "'book' is for evaluation only: a model trained on it would not be tested on unseen text)"
+            )
         if not depths or not all(0.0 <= d <= 1.0 for d in depths):
             raise ValueError(f"depths must be fractions in [0, 1], got {depths}")
         if tokenizer.eos_token_id is None:
@@ -96,7 +108,7 @@ class PasskeyBatchSource:
             raise ValueError(f"pack_min_len must be in [0 (no packing), seq_len={seq_len}], got {pack_min_len}")
         self.tokenizer, self.seq_len, self.batch_size, self.grad_accum = tokenizer, seq_len, batch_size, grad_accum
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.key_digits, self.depths, self.haystack, self.loss = key_digits, tuple(depths), haystack, loss
+        self.key_digits, self.depths, self.haystacks, self.loss = key_digits, tuple(depths), haystacks, loss
         shortest = shortest_prompt(tokenizer, key_digits, bos=False) + key_digits + 2  # + answer (≤ digits + 1), EOS
         self.pack_min_len = max(pack_min_len, shortest) if pack_min_len else 0
         self.num_validation_batches = validation_batches
@@ -135,28 +147,42 @@ class PasskeyBatchSource:
             left -= n
         return lengths + ([left] if left else [])
 
-    def _part(self, stream: int, index: int, length: int) -> tuple[list[int], list[int]]:
-        """`length` tokens: prompt (no BOS), answer, EOS; and the answer's positions in them."""
+    def _draw(self, stream: int, index: int) -> tuple[str, float, str]:
+        """Key (never an excluded evaluation key), depth and haystack kind of prompt `index` of `stream`."""
         rng = sample_rng(stream, self.seed, index)
         key = draw_key(rng, self.key_digits)
         while key in self.excluded_keys:
             key = draw_key(rng, self.key_digits)
         depth = self.depths[int(rng.integers(len(self.depths)))]
-        answer = answer_ids(self.tokenizer, key)
+        return key, depth, self.haystacks[int(rng.integers(len(self.haystacks)))]
+
+    def _prompt(self, stream: int, index: int, length: int, bos: bool) -> PasskeySample:
+        key, depth, haystack = self._draw(stream, index)
+        return make_passkey_sample(
+            self.tokenizer,
+            length,
+            depth,
+            seed=self.seed,
+            index=index,
+            stream=stream,
+            key_digits=self.key_digits,
+            haystack=haystack,
+            bos=bos,
+            key=key,
+        )
+
+    def selection_prompts(self, length: int, count: int) -> list[PasskeySample]:
+        """`count` prompts of exactly `length` tokens drawn like the training prompts (keys, depths, haystacks),
+        from a seed stream of their own: the validation split on which a fine-tuning LR is chosen. They start with
+        BOS as evaluation prompts do, and are scored as evaluation prompts are."""
+        return [self._prompt(SELECTION_STREAM, index, length, bos=None) for index in range(count)]
+
+    def _part(self, stream: int, index: int, length: int) -> tuple[list[int], list[int]]:
+        """`length` tokens: prompt (no BOS), answer, EOS; and the answer's positions in them."""
+        answer = answer_ids(self.tokenizer, self._draw(stream, index)[0])
         prompt_len = target = length - len(answer) - 1
         for _ in range(4):  # a tokenizer that merges across the joins may move the length: aim again
-            sample = make_passkey_sample(
-                self.tokenizer,
-                target,
-                depth,
-                seed=self.seed,
-                index=index,
-                stream=stream,
-                key_digits=self.key_digits,
-                haystack=self.haystack,
-                bos=False,
-                key=key,
-            )
+            sample = self._prompt(stream, index, target, bos=False)
             if len(sample.input_ids) == prompt_len:
                 break
             target -= len(sample.input_ids) - prompt_len
@@ -192,7 +218,7 @@ class PasskeyBatchSource:
             "sequences_per_step": self.batch_size * self.grad_accum * self.world_size,
             "key_digits": self.key_digits,
             "depths": list(self.depths),
-            "haystack": self.haystack,
+            "haystacks": list(self.haystacks),
             "loss": self.loss,
             "pack_min_len": self.pack_min_len,
             "excluded": self.exclusion,
@@ -212,7 +238,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "passkey",
         help="passkey fine-tuning (defaults: the 300M study's recipe)",
         description=__doc__ + "\nDefaults are the study's: 500 steps of 64 × 4096 tokens, LR 7.5e-5 (50 warm-up "
-        "steps, cosine to 3e-6), gate LR 1.5e-4, 4-digit keys at depths 0/25/50/75/100%, loss on every token.",
+        "steps, cosine to 3e-6), gate LR 1.5e-4, depths 0/25/50/75/100%, loss on every token; keys have 5 digits, "
+        "as in evaluation (the study's were 4: --key-digits 4, and evaluate with the same).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     passkey.add_argument("--checkpoint", required=True, help="Hugging Face model folder to start from")
@@ -231,11 +258,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     passkey.add_argument("--warmup-steps", type=int, default=STUDY_RECIPE["warmup_steps"])
     passkey.add_argument("--gate-lr", type=float, default=STUDY_RECIPE["gate_lr"])
     passkey.add_argument("--weight-decay", type=float, default=0.1)
-    passkey.add_argument("--key-digits", type=int, default=4)
+    passkey.add_argument("--key-digits", type=int, default=DEFAULT_KEY_DIGITS)
     passkey.add_argument(
         "--depths", type=parse_floats, default=list(STUDY_DEPTHS), help="needle depths; each prompt draws one"
     )
-    passkey.add_argument("--haystack", default="repeat", choices=HAYSTACKS)
+    passkey.add_argument(
+        "--haystacks",
+        type=parse_names,
+        default=list(FINETUNE_HAYSTACKS),
+        help=f"haystack kinds, one drawn per prompt, any of {', '.join(FINETUNE_HAYSTACKS)}",
+    )
     passkey.add_argument("--loss", default="all", choices=LOSSES, help="all tokens (the study) or the answer only")
     passkey.add_argument(
         "--pack-min-len",
@@ -308,7 +340,7 @@ def _finetune_passkey(args: argparse.Namespace) -> int:
             key_digits=args.key_digits,
             pack_min_len=args.pack_min_len,
             depths=args.depths,
-            haystack=args.haystack,
+            haystacks=args.haystacks,
             loss=args.loss,
             validation_batches=args.validation_batches,
             exclude_eval_seed=args.exclude_eval_seed,

@@ -38,6 +38,7 @@ DEFAULT_KEY_DIGITS = 5
 EVAL_STREAM = 0
 TRAIN_STREAM = 1
 TRAIN_VALIDATION_STREAM = 2
+SELECTION_STREAM = 3  # the validation prompts on which a study chooses each arm's fine-tuning LR
 
 
 def sample_rng(stream: int, seed: int, index: int) -> np.random.Generator:

@@ -5,9 +5,10 @@ import json
 import pytest
 import torch
 
-from infini_llama.eval.finetune import PasskeyBatchSource
-from infini_llama.eval.passkey import EVAL_STREAM, evaluation_keys, make_passkey_sample
-from infini_llama.eval.prompts import decode
+from infini_llama.eval import PasskeyGridConfig
+from infini_llama.eval.finetune import FINETUNE_HAYSTACKS, PasskeyBatchSource
+from infini_llama.eval.passkey import DEFAULT_KEY_DIGITS, EVAL_STREAM, evaluation_keys, make_passkey_sample
+from infini_llama.eval.prompts import FILLER_BLOCK, FILLER_STYLES, decode
 
 
 def source(tok, **overrides):
@@ -103,3 +104,44 @@ def test_packed_sequences_hold_several_prompts_of_varied_lengths(bpe_tok):
     # A minimum shorter than any prompt is raised to what a prompt needs; packing is the default.
     assert source(bpe_tok, pack_min_len=1).pack_min_len > 100
     assert PasskeyBatchSource(bpe_tok, 2048, 2).pack_min_len == 2048 // 8
+
+
+def test_haystacks_vary_and_never_use_the_held_out_text(bpe_tok):
+    src = source(bpe_tok, seq_len=1024, pack_min_len=150)
+    kinds = [src._draw(1, i)[2] for i in range(200)]
+    assert set(kinds) == set(FINETUNE_HAYSTACKS) and "book" not in FINETUNE_HAYSTACKS
+    text = " ".join(decode(bpe_tok, row) for row in src.batch(0, 0)[0].tolist())
+    assert any(sentence in text for block in FILLER_STYLES for sentence in block), "other filler styles are used"
+    assert any(sentence in text for sentence in FILLER_BLOCK), "and the classic filler"
+    assert src.state_dict()["haystacks"] == list(FINETUNE_HAYSTACKS)
+    only = source(bpe_tok, haystacks=("corpus",))
+    assert {only._draw(1, i)[2] for i in range(20)} == {"corpus"}
+    with pytest.raises(ValueError, match="'book' is for evaluation only"):
+        source(bpe_tok, haystacks=("repeat", "book"))
+
+
+def test_selection_prompts_are_a_split_of_their_own(bpe_tok):
+    src = source(bpe_tok, exclude_eval_seed=0, exclude_eval_samples=64)
+    prompts = src.selection_prompts(200, 12)
+    assert all(len(p.input_ids) == 200 and p.input_ids[0] == bpe_tok.bos_token_id for p in prompts)
+    assert [p.key for p in prompts] == [p.key for p in src.selection_prompts(200, 12)], "fixed"
+    assert not {p.key for p in prompts} & set(evaluation_keys(0, 64, 4))
+    assert len({p.haystack for p in prompts}) > 1 and len({p.depth for p in prompts}) > 1
+    assert [p.key for p in prompts] != [src._draw(1, i)[0] for i in range(12)], "not the training prompts"
+
+
+def test_one_default_key_length_for_fine_tuning_and_evaluation(bpe_tok):
+    from infini_llama.cli import build_parser
+
+    defaults = {
+        "source": PasskeyBatchSource(bpe_tok, 256, 2).key_digits,
+        "grid": PasskeyGridConfig().key_digits,
+        "sample": len(make_passkey_sample(bpe_tok, 200, 0.5).key),
+        "finetune CLI": build_parser(["finetune"]).parse_args(
+            ["finetune", "passkey", "--checkpoint", "c", "--out", "o"]
+        ),
+        "eval CLI": build_parser(["eval"]).parse_args(["eval", "passkey", "--checkpoint", "c", "--out", "o"]),
+    }
+    defaults["finetune CLI"] = defaults["finetune CLI"].key_digits
+    defaults["eval CLI"] = defaults["eval CLI"].key_digits
+    assert set(defaults.values()) == {DEFAULT_KEY_DIGITS}, defaults
