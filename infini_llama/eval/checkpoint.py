@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -33,11 +34,26 @@ def require_checkpoint(checkpoint: str | os.PathLike) -> Path:
 
 def load_model(checkpoint: str | os.PathLike, *, dtype: str = "float32", device: str | None = None) -> nn.Module:
     """`AutoModelForCausalLM.from_pretrained(checkpoint)` in eval mode, with a clear error for a missing folder.
-    (Importing this package registered model_type "infini_llama" with the Auto classes.)"""
+    (Importing this package registered model_type "infini_llama" with the Auto classes.)
+
+    A folder the trainer wrote (it has a `manifest.json`) is first checked against its checksums: a damaged
+    file raises CheckpointError (a ValueError) naming it. Weights load from safetensors or, for other
+    models' pickled `pytorch_model.bin`, through `torch.load(weights_only=True)`, which refuses anything but
+    tensors and plain data."""
+    from infini_llama.train.manifest import MANIFEST, CheckpointError, verify_folder
+
     path = require_checkpoint(checkpoint)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
+    if (path / MANIFEST).is_file():
+        verify_folder(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refusing to load {path}: its weights file holds pickled objects other than tensors and plain data, "
+            "which could run code when loaded; use a copy saved as safetensors (save_pretrained writes one)"
+        ) from exc
     return model.to(device or default_device()).eval()
 
 

@@ -7,24 +7,37 @@ Layout of `<run>/checkpoints/step_0000200/` (200 = optimizer steps done):
     trainer_state/state.json      step, tokens seen, scheduler, data source, world size, train + model config
     trainer_state/optimizer.pt    AdamW state, keyed by parameter name (loads under 1 process, DDP or FSDP2)
     trainer_state/rng.pt          python / numpy / torch / cuda RNG states of every process
+    manifest.json                 size and SHA-256 of every file above (`infini_llama.train.manifest`)
 
-A folder is written under a temporary name and renamed into place when complete, so a run killed while
-saving never leaves a checkpoint that looks complete; the newest `keep` checkpoints are kept.
+What survives what:
+
+- A folder is written under a temporary name, hashed into its manifest, flushed to disk and renamed into place
+  when complete, so a run killed (or out of disk) while saving never leaves a checkpoint that looks complete,
+  and the previous checkpoint is not touched until the new one is in place.
+- Resuming takes the newest checkpoint whose files match its manifest; a damaged one is reported by name
+  (a warning) and the one before it is used.
+- Weights load only from safetensors and the trainer state only through `torch.load(weights_only=True)`:
+  a file that carries a pickled object other than tensors and plain data is refused, never run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from infini_llama.models import InfiniLlamaForCausalLM
+from infini_llama.train.manifest import MANIFEST, CheckpointError, manifest_problems, write_manifest
 
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state"
@@ -38,30 +51,49 @@ def checkpoint_path(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"step_{step:07d}"
 
 
+def checkpoint_step(path: Path) -> int:
+    return int(_NAME.fullmatch(path.name).group(1))
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
+    """Checkpoints of a run that were completely written (they have a manifest), oldest first; whether their
+    files are still intact is `latest_checkpoint`'s question."""
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    complete = [p for p in root.iterdir() if (p / TRAINER_STATE / STATE_FILE).is_file()]
-    steps = {p: int(m.group(1)) for p in complete if (m := _NAME.fullmatch(p.name))}
-    return sorted(steps, key=steps.get)
+    complete = [p for p in root.iterdir() if _NAME.fullmatch(p.name) and (p / MANIFEST).is_file()]
+    return sorted(complete, key=checkpoint_step)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
+    """The newest checkpoint whose files match its manifest. Each newer one that does not is named in a
+    warning with what is wrong, and skipped: a run resumes from the last good checkpoint."""
+    for path in reversed(list_checkpoints(run_dir)):
+        problems = manifest_problems(path)
+        if not problems:
+            return path
+        warnings.warn(
+            f"skipping damaged checkpoint {path}: {'; '.join(problems)}; resuming from the one before it",
+            UserWarning,
+            stacklevel=2,
+        )
+    return None
 
 
 def write_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    """Run `write(folder)` on a fresh temporary folder beside `target`, then rename it to `target` (replacing
-    an existing `target` only once the new one is complete)."""
+    """Run `write(folder)` on a fresh temporary folder beside `target`, add its manifest, flush it to disk, then
+    rename it to `target` (replacing an existing `target` only once the new one is complete).
+
+    An OSError (a full disk, a read-only folder) leaves `target` and its siblings as they were and is raised
+    again, naming `target` when it named no file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         write(tmp)
+        write_manifest(tmp)
+        _fsync_tree(tmp)
         if target.exists():
             old = target.with_name(f".old-{target.name}-{os.getpid()}")
             os.replace(target, old)
@@ -69,13 +101,35 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> None:
             shutil.rmtree(old)
         else:
             os.replace(tmp, target)
+        _fsync(target.parent)  # the rename itself, so a power cut cannot undo it
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:  # a failed write() names no file: say which folder
+            exc.filename = str(target)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file and folder under `folder` to disk: the page cache survives a killed process but not a
+    power cut, and the rename must never publish a folder whose bytes are still only in memory."""
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        _fsync(path)
+    _fsync(folder)
+
+
 def recover_interrupted_writes(folder: Path) -> None:
-    """Tidy what a run killed inside `write_atomically` left in `folder`: drop half-written temporary
-    folders; put back a replaced checkpoint whose successor never arrived."""
+    """Tidy what a run killed inside `write_atomically` or `prune_checkpoints` left in `folder`: drop
+    half-written or half-deleted temporary folders; put back a replaced checkpoint whose successor never
+    arrived."""
     if not folder.is_dir():
         return
     for path in folder.iterdir():
@@ -89,10 +143,17 @@ def recover_interrupted_writes(folder: Path) -> None:
                 os.replace(path, folder / name)
 
 
-def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
-    """Delete all but the newest `keep` checkpoints."""
-    for path in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(path)
+def prune_checkpoints(run_dir: str | Path, keep: int, newest: Path) -> None:
+    """Keep `newest` (just written) and the `keep` - 1 checkpoints before it; delete older ones.
+
+    Checkpoints after `newest` are left alone: they exist only when a run resumed from an older checkpoint
+    because a newer one was damaged, and are replaced as the run reaches them. Each folder is renamed to a
+    temporary name before it is deleted, so a run killed half-way never leaves a half-deleted checkpoint."""
+    up_to = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) <= checkpoint_step(newest)]
+    for path in up_to[:-keep]:
+        doomed = path.with_name(f".tmp-{path.name}-pruned")
+        os.replace(path, doomed)
+        shutil.rmtree(doomed)
 
 
 def save_checkpoint(
@@ -121,11 +182,24 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
 
 
 def load_optimizer_state(path: Path) -> dict:
-    return torch.load(path / TRAINER_STATE / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+    return _load_data(path / TRAINER_STATE / OPTIMIZER_FILE)
 
 
 def load_rng_states(path: Path) -> list[dict]:
-    return torch.load(path / TRAINER_STATE / RNG_FILE, map_location="cpu", weights_only=True)
+    return _load_data(path / TRAINER_STATE / RNG_FILE)
+
+
+def _load_data(file: Path) -> Any:
+    """Tensors and plain data from a `torch.save` file; a pickled object of any other kind is refused, never
+    constructed (`weights_only=True`)."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refusing to load {file}: it holds pickled objects other than tensors and plain data, which this "
+            f"trainer never writes, so the file was altered. Delete its checkpoint folder to resume from the one "
+            f"before. ({str(exc).splitlines()[0]})"
+        ) from exc
 
 
 def capture_rng(device: torch.device) -> dict[str, Any]:
@@ -148,3 +222,15 @@ def restore_rng(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and state["cuda"] is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def load_weights(folder: str | Path, **kwargs: Any) -> InfiniLlamaForCausalLM:
+    """`InfiniLlamaForCausalLM.from_pretrained(folder, **kwargs)` from safetensors only: a folder whose weights
+    are a pickle is refused, not loaded."""
+    try:
+        return InfiniLlamaForCausalLM.from_pretrained(folder, use_safetensors=True, **kwargs)
+    except OSError as exc:
+        raise CheckpointError(
+            f"{folder} has no model.safetensors; weights are only loaded from safetensors files (a pickled "
+            f"pytorch_model.bin could run code when loaded): convert it with save_pretrained. ({exc})"
+        ) from exc

@@ -101,8 +101,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Resolve the config, train, and turn a setting error into one line on stderr and exit status 2."""
+    """Resolve the config, train, and turn a setting error into one line on stderr and exit status 2 (a run
+    that had to stop part-way, or a checkpoint it refused to load: exit status 1)."""
+    from infini_llama.train.faults import RunError
     from infini_llama.train.loop import train
+    from infini_llama.train.manifest import CheckpointError
     from infini_llama.train.overrides import resolve_config
     from infini_llama.train.setup import ConfigError
 
@@ -118,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         result = train(cfg)
     except ConfigError as exc:
         return _error(exc, main_process)
+    except (RunError, CheckpointError) as exc:
+        return _error(exc, main_process, status=1)
     if result.stopped_by:
         return 130 if result.stopped_by == "SIGINT" else 143
     if main_process:
@@ -125,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _error(exc: Exception, main_process: bool) -> int:
+def _error(exc: Exception, main_process: bool, status: int = 2) -> int:
     if main_process:  # every process hits the same error; say it once
         print(f"infini-llama train: error: {exc}", file=sys.stderr)
-    return 2
+    return status

@@ -21,7 +21,7 @@ RESUMABLE_CHANGES = frozenset(
     {
         "out", "resume", "overwrite", "progress", "tensorboard", "wandb", "wandb_project", "log_every",
         "eval_every", "eval_windows", "save_every", "keep", "compile", "checkpointing", "device", "dist",
-        "cache_dir",
+        "cache_dir", "max_bad_steps",
     }
 )  # fmt: skip
 
@@ -66,6 +66,7 @@ class TrainConfig:
     adam_eps: float = 1e-8
     weight_decay: float = 0.1
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    max_bad_steps: int = 5  # steps with a non-finite loss or gradient are skipped; this many in a row stop the run
     # numerics and speed
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     compile: bool | None = None  # torch.compile each decoder layer; None: on CUDA, off elsewhere
@@ -112,6 +113,7 @@ class TrainConfig:
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         positive = ("seq_len", "batch_size", "grad_accum", "steps", "log_every", "keep", "eval_windows")
+        positive += ("max_bad_steps",)
         for name in positive:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:

@@ -37,32 +37,12 @@ from infini_llama.train.distributed import (
     unwrap,
     wrap_model,
 )
-from infini_llama.train.metrics import MetricsLogger, Throughput, flops_per_token, peak_flops
+from infini_llama.train.faults import NonFiniteGuard, RunError, check_token_ids
+from infini_llama.train.metrics import MetricsLogger, StatusLines, Throughput, flops_per_token, open_logger, peak_flops
 from infini_llama.train.optim import build_optimizer, build_scheduler
 from infini_llama.train.rundir import FINAL_DIR, RUN_FILE, clear_run_dir, environment, write_json_atomically
 from infini_llama.train.setup import ConfigError, RunPlan, model_fields, plan_run
 from infini_llama.train.signals import StopRequest, stop_on_signals
-
-
-class _StatusLines:
-    """Without a progress bar (--no-progress, logs redirected to a file, parallel study arms): a line with step,
-    loss, tokens/s and time left, at most every `every_s` seconds and at the last step."""
-
-    def __init__(self, start: int, steps: int, every_s: float = 30.0):
-        self.start, self.steps, self.every_s = start, steps, every_s
-        self.began = self.printed = time.monotonic()
-
-    def maybe_print(self, step: int, loss: float, tokens_per_s: float, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.printed < self.every_s:
-            return
-        self.printed = now
-        left = (now - self.began) / max(step - self.start, 1) * (self.steps - step)
-        print(
-            f"step {step}/{self.steps}: loss {loss:.4f}, {tokens_per_s:,.0f} tokens/s, "
-            f"{int(left // 60)} min {int(left % 60):02d} s left",
-            flush=True,
-        )
 
 
 @dataclass
@@ -78,6 +58,7 @@ class TrainResult:
     checkpoint: Path | None = None
     final_dir: Path | None = None
     stopped_by: str | None = None  # "SIGINT" / "SIGTERM" when interrupted
+    skipped_steps: list[int] = field(default_factory=list)  # non-finite loss or gradient: no update made
 
 
 def train(
@@ -88,7 +69,10 @@ def train(
 ) -> TrainResult:
     """Train (or, with `cfg.resume`, continue) the run `cfg` describes; see the package docstring.
 
-    Raises ConfigError (a ValueError) before writing anything if a setting or input cannot work.
+    Raises ConfigError (a ValueError) before writing anything if a setting or input cannot work; RunError
+    if the run has to stop part-way (too many non-finite steps in a row, a batch with ids outside the
+    vocabulary, a full disk), leaving every checkpoint written before as it was; CheckpointError if the
+    checkpoint to resume from holds something other than tensors and plain data.
     """
     try:
         info = init_distributed(cfg.device)
@@ -126,6 +110,7 @@ class _StepStats(NamedTuple):
     tokens: int  # input tokens of the step, all processes
     lr: float  # learning rate of the step (gate group: gate_lr)
     gate_lr: float | None
+    finite: bool  # False: loss or gradient not finite, no update made
 
 
 class _Trainer:
@@ -161,14 +146,11 @@ class _Trainer:
     def _build_model(self) -> InfiniLlamaForCausalLM:
         plan, cfg = self.plan, self.cfg
         seed_everything(cfg.seed)
+        # Weights only ever come from safetensors: a pickled weights file could run code when loaded.
         if plan.checkpoint is not None:
-            model = InfiniLlamaForCausalLM.from_pretrained(plan.checkpoint, dtype=torch.float32)
+            model = ckpt.load_weights(plan.checkpoint, dtype=torch.float32)
         elif cfg.init_from is not None:
-            model = InfiniLlamaForCausalLM.from_pretrained(
-                cfg.init_from,
-                config=plan.model_config,
-                dtype=torch.float32,
-            )
+            model = ckpt.load_weights(cfg.init_from, config=plan.model_config, dtype=torch.float32)
         else:
             model = InfiniLlamaForCausalLM(plan.model_config)
         model.to(self.device).train()
@@ -191,8 +173,10 @@ class _Trainer:
             return causal_lm_loss(logits, labels.to(self.device), reduction="sum")
 
     def _train_step(self, step: int) -> _StepStats:
-        """One optimizer step on the batches of `step`."""
+        """One optimizer step on the batches of `step`, or none if its loss or gradient is not finite."""
         micro = [self.plan.source.batch(step, m) for m in range(self.plan.grad_accum)]
+        for m, (input_ids, labels) in enumerate(micro):
+            check_token_ids(input_ids, labels, self.plan.model_config.vocab_size, f"batch {m} of step {step + 1}")
         targets = torch.tensor(
             float(sum(count_targets(labels) for _, labels in micro)), dtype=torch.float64, device=self.device
         )
@@ -209,16 +193,22 @@ class _Trainer:
             total += loss_sum.detach()
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        loss = all_reduce_sum(total, self.info) / targets
         lrs = {group.get("name"): group["lr"] for group in self.optimizer.param_groups}
-        self.optimizer.step()
+        # One wait for the device per step: whether to update must be known before updating. The loss is
+        # summed over processes and the norm is global, so every process decides alike.
+        finite = bool(torch.isfinite(torch.stack([loss.float(), grad_norm.float().to(loss.device)])).all())
+        if finite:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        self.scheduler.step()  # also after a skipped step: the LR stays a function of the step number
         return _StepStats(
-            loss=all_reduce_sum(total, self.info) / targets,
+            loss=loss,
             grad_norm=grad_norm,
             tokens=sum(input_ids.numel() for input_ids, _ in micro) * self.info.world_size,
             lr=lrs["decay"],
             gate_lr=lrs.get("gates"),
+            finite=finite,
         )
 
     @torch.no_grad()
@@ -228,6 +218,7 @@ class _Trainer:
         model.eval()
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)
         for input_ids, labels in self.plan.source.validation_batches():
+            check_token_ids(input_ids, labels, self.plan.model_config.vocab_size, "a validation batch")
             sums[0] += self._forward_loss(model, input_ids, labels).double()
             sums[1] += count_targets(labels)
         model.train()
@@ -272,7 +263,7 @@ class _Trainer:
                 trainer_state=state,
                 rng_states=rng_states,
             )
-            ckpt.prune_checkpoints(self.plan.run_dir, self.cfg.keep)
+            ckpt.prune_checkpoints(self.plan.run_dir, self.cfg.keep, newest=path)
         barrier(self.info)
         return path
 
@@ -297,6 +288,19 @@ class _Trainer:
 
     # ------------------------------------------------------------------ the run
     def run(self) -> TrainResult:
+        result = TrainResult(run_dir=self.plan.run_dir, step=0, checkpoint=self.plan.checkpoint)
+        try:
+            self._run(result)
+        except OSError as exc:  # a full disk, a folder made read-only under the run, ...
+            where = exc.filename or self.plan.run_dir
+            kept = f"its last checkpoint, {result.checkpoint}, is intact" if result.checkpoint else "no checkpoint"
+            raise RunError(
+                f"{where}: {exc.strerror or exc}; the run stopped after step {result.step} and {kept}. Free some "
+                "space or fix the folder's permissions, then continue with --resume"
+            ) from exc
+        return result
+
+    def _run(self, result: TrainResult) -> None:
         cfg, plan, info = self.cfg, self.plan, self.info
         self._prepare_folder()
         self.model = self._build_model()
@@ -305,31 +309,22 @@ class _Trainer:
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         start, tokens = self._restore() if plan.checkpoint is not None else (0, 0)
-        result = TrainResult(run_dir=plan.run_dir, step=start, checkpoint=plan.checkpoint)
-        logger = self._logger(start)
+        result.step = start
+        logger = open_logger(
+            plan.run_dir if info.is_main else None,
+            tensorboard=cfg.tensorboard,
+            wandb_project=cfg.wandb_project if cfg.wandb else None,
+            config={"train": config_dict(cfg), "model": model_fields(plan.model_config)},
+            purge_step=start or None,
+        )
         try:
             with stop_on_signals() as stop:
                 self._loop(start, tokens, result, logger, stop)
+        except RunError as exc:
+            logger.log({"kind": "event", "step": result.step, "event": f"stopped: {exc}"})
+            raise
         finally:
             logger.close()
-        return result
-
-    def _logger(self, start: int) -> MetricsLogger:
-        if not self.info.is_main:
-            return MetricsLogger(None)
-        wandb_run = None
-        if self.cfg.wandb:
-            import wandb
-
-            wandb_run = wandb.init(
-                project=self.cfg.wandb_project,
-                name=self.plan.run_dir.name,
-                dir=str(self.plan.run_dir),
-                config={"train": config_dict(self.cfg), "model": model_fields(self.plan.model_config)},
-            )
-        return MetricsLogger(
-            self.plan.run_dir, tensorboard=self.cfg.tensorboard, wandb_run=wandb_run, purge_step=start or None
-        )
 
     def _log_eval(self, step: int, logger: MetricsLogger, bar: tqdm) -> float:
         val_loss = self.evaluate()
@@ -361,19 +356,26 @@ class _Trainer:
         if start == 0:
             result.val_loss = self._log_eval(0, logger, bar)
         pending: list[tuple[int, torch.Tensor]] = []  # losses not yet read back from the device
-        status = _StatusLines(start, cfg.steps) if bar.disable and info.is_main else None  # logs, not a terminal
+        status = StatusLines(start, cfg.steps) if bar.disable and info.is_main else None  # logs, not a terminal
         saved_at = start if self.plan.checkpoint else None
+        guard = NonFiniteGuard(cfg.max_bad_steps)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         for step in range(start, cfg.steps):
             began = time.perf_counter()
             stats = self._train_step(step)
-            done = step + 1
+            done = result.step = step + 1
             tokens += stats.tokens
             pending.append((done, stats.loss))
             stopping = any_process(stop.signal_name is not None, info)
             last = done == cfg.steps
-            if done % cfg.log_every == 0 or last or stopping:
+            if not stats.finite:
+                result.skipped_steps.append(done)
+                note = f"skipped step {done}: loss {float(stats.loss)}, gradient norm {float(stats.grad_norm)}"
+                logger.log({"kind": "event", "step": done, "event": note})
+                if info.is_main:
+                    bar.write(note + " (not finite; no update made)")
+            if done % cfg.log_every == 0 or last or stopping or not stats.finite:
                 losses = torch.stack([loss for _, loss in pending]).tolist()  # waits for the device
                 result.losses.update({s: v for (s, _), v in zip(pending, losses, strict=True)})
                 pending.clear()
@@ -392,7 +394,7 @@ class _Trainer:
             else:
                 meter.add(stats.tokens, time.perf_counter() - began)
             bar.update(1)
-            result.step = done
+            guard.record(done, stats.finite, result.checkpoint)
             if last:
                 break
             if cfg.eval_every and done % cfg.eval_every == 0 and not stopping:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,7 @@ class MetricsLogger:
         self.wandb_run = wandb_run
         if run_dir is None:
             return
+        drop_torn_line(run_dir / METRICS_FILE)
         self.file = open(run_dir / METRICS_FILE, "a", encoding="utf-8")
         if tensorboard:
             try:
@@ -128,6 +130,26 @@ class MetricsLogger:
             self.wandb_run.finish()
 
 
+def open_logger(
+    run_dir: Path | None,
+    *,
+    tensorboard: bool,
+    wandb_project: str | None,
+    config: dict[str, Any],
+    purge_step: int | None,
+) -> MetricsLogger:
+    """The run's logger (`run_dir` None: a process other than rank 0, no sinks); with `wandb_project`, also a
+    W&B run named after the folder, holding `config`."""
+    if run_dir is None:
+        return MetricsLogger(None)
+    wandb_run = None
+    if wandb_project is not None:
+        import wandb
+
+        wandb_run = wandb.init(project=wandb_project, name=run_dir.name, dir=str(run_dir), config=config)
+    return MetricsLogger(run_dir, tensorboard=tensorboard, wandb_run=wandb_run, purge_step=purge_step)
+
+
 def _scalars(record: dict[str, Any]) -> dict[str, float]:
     kind = record.get("kind", "train")
     out = {}
@@ -143,11 +165,37 @@ def _scalars(record: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def drop_torn_line(path: Path) -> None:
+    """Cut off a last line that has no newline: a run killed while appending leaves one. Its record is from
+    after the last checkpoint, so the resumed run logs that step again."""
+    if not path.is_file():
+        return
+    with open(path, "rb+") as f:
+        end = f.seek(0, 2)
+        if end == 0 or (f.seek(end - 1), f.read(1))[1] == b"\n":
+            return
+        pos = end
+        while pos > 0:
+            size = min(1 << 16, pos)
+            pos -= size
+            f.seek(pos)
+            newline = f.read(size).rfind(b"\n")
+            if newline >= 0:
+                f.truncate(pos + newline + 1)
+                return
+        f.truncate(0)
+
+
 def read_metrics(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
     """Records of a metrics.jsonl (of one `kind` if given); for a step logged twice (a run resumed from a
-    checkpoint older than its last log), the later record."""
+    checkpoint older than its last log), the later record. A torn last line (a run killed mid-write) is
+    ignored."""
     by_key: dict[tuple[str, int], dict] = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    text = Path(path).read_text(encoding="utf-8")
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines.pop()
+    for line in lines:
         if not line.strip():
             continue
         record = json.loads(line)
@@ -177,3 +225,24 @@ class Throughput:
             "mfu": self.flops_per_token * rate / (peak * self.world_size) if peak else None,
             "peak_mem_gib": (torch.cuda.max_memory_allocated(device) / 2**30) if on_gpu else None,
         }
+
+
+class StatusLines:
+    """Without a progress bar (--no-progress, logs redirected to a file, parallel study arms): a line with step,
+    loss, tokens/s and time left, at most every `every_s` seconds and at the last step."""
+
+    def __init__(self, start: int, steps: int, every_s: float = 30.0):
+        self.start, self.steps, self.every_s = start, steps, every_s
+        self.began = self.printed = time.monotonic()
+
+    def maybe_print(self, step: int, loss: float, tokens_per_s: float, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.printed < self.every_s:
+            return
+        self.printed = now
+        left = (now - self.began) / max(step - self.start, 1) * (self.steps - step)
+        print(
+            f"step {step}/{self.steps}: loss {loss:.4f}, {tokens_per_s:,.0f} tokens/s, "
+            f"{int(left // 60)} min {int(left % 60):02d} s left",
+            flush=True,
+        )

@@ -31,9 +31,15 @@ FINAL_DIR = "final"
 
 def check_run_dir(path: Path, *, resume: bool, overwrite: bool) -> str:
     """What starting in `path` means: "new" (missing or empty), "resume" or "overwrite" (it holds a run and
-    that flag was given). Anything else raises ValueError before a single file is touched."""
+    that flag was given). Anything else, a folder that cannot be written included, raises ValueError before a
+    single file is touched."""
     if path.exists() and not path.is_dir():
         raise ValueError(f"--out {str(path)!r} is a file; pass a folder for the run")
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--out {str(path)!r} cannot be created: {str(existing)!r} is a file; pass another folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {str(path)!r} is not writable ({str(existing)!r} is read-only); pass another folder")
     if not path.exists() or not any(path.iterdir()):
         return "new"
     if not (path / RUN_FILE).is_file():

@@ -7,19 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import snapshot
 from transformers import LlamaConfig
 
 from infini_llama.cli import main
 from infini_llama.train import ConfigError, train
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file under `folder` and the hash of its bytes."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture

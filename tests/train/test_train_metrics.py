@@ -73,7 +73,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert not target.exists() and list(target.parent.iterdir()) == []
     ckpt.write_atomically(target, lambda folder: (folder / "a.txt").write_text("1"))
     ckpt.write_atomically(target, lambda folder: (folder / "b.txt").write_text("2"))  # replaces
-    assert [p.name for p in target.iterdir()] == ["b.txt"]
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt", "manifest.json"]
 
 
 def test_recover_interrupted_writes(tmp_path):
@@ -86,14 +86,20 @@ def test_recover_interrupted_writes(tmp_path):
 
 
 def test_prune_keeps_the_newest_complete_checkpoints(tmp_path):
+    def write_state(folder, step):
+        (folder / ckpt.TRAINER_STATE).mkdir()
+        (folder / ckpt.TRAINER_STATE / ckpt.STATE_FILE).write_text(json.dumps({"step": step}))
+
     for step in (2, 10, 4, 8):
-        state = ckpt.checkpoint_path(tmp_path, step) / ckpt.TRAINER_STATE
-        state.mkdir(parents=True)
-        (state / ckpt.STATE_FILE).write_text(json.dumps({"step": step}))
-    (tmp_path / "checkpoints" / "step_0000012").mkdir()  # incomplete: ignored
-    ckpt.prune_checkpoints(tmp_path, keep=2)
+        ckpt.write_atomically(ckpt.checkpoint_path(tmp_path, step), lambda folder, s=step: write_state(folder, s))
+    (tmp_path / "checkpoints" / "step_0000012").mkdir()  # incomplete (no manifest): ignored
+    ckpt.prune_checkpoints(tmp_path, keep=2, newest=ckpt.checkpoint_path(tmp_path, 10))
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_0000008", "step_0000010"]
     assert ckpt.latest_checkpoint(tmp_path).name == "step_0000010"
+    # Checkpoints after the one just written (left by a resume from an older one) are not counted or deleted.
+    ckpt.prune_checkpoints(tmp_path, keep=1, newest=ckpt.checkpoint_path(tmp_path, 8))
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_0000008", "step_0000010"]
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
 def test_rng_states_round_trip_through_weights_only_load(tmp_path):

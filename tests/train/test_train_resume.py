@@ -7,36 +7,12 @@ import signal
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import SignalAt, window_source
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import infini_llama  # noqa: F401  (registers the model type with the Auto classes)
-from infini_llama.data import load_tokenizer, prepare_tokens
-from infini_llama.train import TokenWindowSource, train
+from infini_llama.train import train
 from infini_llama.train.checkpoint import list_checkpoints, read_trainer_state
-
-
-class SignalAt:
-    """The default batches, with `signum` raised while the first batch of step `at` is fetched."""
-
-    def __init__(self, inner: TokenWindowSource, at: int, signum: int) -> None:
-        self.inner, self.at, self.signum = inner, at, signum
-
-    def batch(self, step: int, micro_step: int):
-        if step == self.at and micro_step == 0:
-            signal.raise_signal(self.signum)
-        return self.inner.batch(step, micro_step)
-
-    def validation_batches(self):
-        return self.inner.validation_batches()
-
-    def state_dict(self):
-        return self.inner.state_dict()
-
-
-def window_source(cfg) -> TokenWindowSource:
-    tokenizer = load_tokenizer(cfg.tokenizer)
-    data = prepare_tokens(tokenizer, data=cfg.data, cache_dir=cfg.cache_dir, show_progress=False)
-    return TokenWindowSource(data, cfg.seq_len, cfg.batch_size, cfg.grad_accum, eval_windows=cfg.eval_windows)
 
 
 @pytest.mark.parametrize("attention", ["infini", "full"])

@@ -53,11 +53,11 @@ def test_init_from_starts_where_the_source_run_ended(micro_cfg, tmp_path):
 
 
 def test_status_lines_are_rate_limited(capsys, monkeypatch):
-    from infini_llama.train import loop
+    from infini_llama.train import metrics
 
     clock = [100.0]
-    monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
-    status = loop._StatusLines(start=0, steps=100, every_s=30)
+    monkeypatch.setattr(metrics.time, "monotonic", lambda: clock[0])
+    status = metrics.StatusLines(start=0, steps=100, every_s=30)
     clock[0] = 110.0
     status.maybe_print(10, 2.5, 1000.0)  # 10 s after the start: too soon
     clock[0] = 140.0
