@@ -25,6 +25,8 @@ from infini_llama.eval.passkey import DEFAULT_KEY_DIGITS, LENGTH_UNITS
 from infini_llama.eval.passkey_grid import PasskeyGridConfig, run_passkey_grid
 from infini_llama.eval.perplexity import PerplexityConfig, perplexity_by_position
 from infini_llama.eval.prompts import HAYSTACKS
+from infini_llama.eval.rope_scaling import rope_scaling
+from infini_llama.layers.rope import ROPE_SCALINGS
 
 EVAL_TASKS = ("passkey", "multineedle", "perplexity", "gates")
 
@@ -114,6 +116,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=LENGTH_UNITS,
         help="length unit: tokens (exact), or chars (Landmark-style, token count recorded)",
     )
+    passkey.add_argument(
+        "--rope-scaling",
+        choices=ROPE_SCALINGS,
+        help="full-attention models: RoPE scaled as transformers defines it (dynamic NTK or YaRN), no training",
+    )
+    passkey.add_argument("--rope-factor", type=float, default=1.0, help="the scaling's factor (default 1)")
+    passkey.add_argument(
+        "--train-len", type=int, help="length the model was trained at (default: from its training run's run.json)"
+    )
     passkey.set_defaults(func=_passkey)
 
     multi = tasks.add_parser("multineedle", help="RULER-style multi-key / multi-value / multi-query retrieval")
@@ -166,6 +177,12 @@ def _load(args: argparse.Namespace):
 
 @reports_errors
 def _passkey(args: argparse.Namespace) -> int:
+    scaling = None
+    if args.rope_scaling:
+        train_len = args.train_len or training_length(args.checkpoint)
+        if train_len is None:
+            raise ValueError("--rope-scaling needs the training length: pass --train-len")
+        scaling = rope_scaling(args.rope_scaling, train_len, args.rope_factor)
     config = PasskeyGridConfig(
         lengths=args.lengths,
         depths=args.depths,
@@ -176,6 +193,7 @@ def _passkey(args: argparse.Namespace) -> int:
         unit=args.unit,
         bos=args.bos,
         memory_off=args.memory_off,
+        rope_scaling=scaling,
         segment_len=args.segment_len,
         batch_size=args.batch_size,
         chunk_len=args.chunk_len,

@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from infini_llama.eval.checkpoint import check_vocab
 from infini_llama.eval.diagnostics import memory_off
 from infini_llama.eval.records import ResumableRun, run_header
+from infini_llama.eval.rope_scaling import rope_scaled
 
 # Settings that change how fast a run goes, not its results: a run may resume with other values.
 SPEED_SETTINGS = ("batch_size", "chunk_len", "progress")
@@ -37,7 +38,8 @@ def run_grid(
     returns the `rows_per_cell` rows of each cell it is given), append each cell's rows as soon as they are done,
     then write the summary with `summarize(all rows in cell order)`.
 
-    `settings["memory_off"]` runs everything with every memory gate closed; `settings["progress"]` shows a bar.
+    `settings["memory_off"]` runs everything with every memory gate closed, `settings["rope_scaling"]` with RoPE
+    scaled (`eval.rope_scaling`); `settings["progress"]` shows a bar.
     """
     check_vocab(model, tokenizer)
     header = run_header(model, tokenizer, settings, label=label, checkpoint=checkpoint)
@@ -50,8 +52,9 @@ def run_grid(
     rows_by_cell = run.finished_cells(lambda cell: rows_per_cell)
     todo = [cell for cell in cells if cell not in rows_by_cell]
     ablation = memory_off(model) if settings.get("memory_off") else contextlib.nullcontext(model)
+    scaled = rope_scaled(model, settings["rope_scaling"]) if settings.get("rope_scaling") else contextlib.nullcontext()
     bar = tqdm(total=len(todo) * rows_per_cell, desc=task, unit="sample", disable=not settings.get("progress", True))
-    with ablation, bar:
+    with ablation, scaled, bar:
         for start in range(0, len(todo), cells_per_call):
             group = todo[start : start + cells_per_call]
             bar.set_postfix_str(group[0])

@@ -26,14 +26,18 @@ from infini_llama.eval.passkey import (
 )
 from infini_llama.eval.prompts import HAYSTACKS, decode
 from infini_llama.eval.scoring import mean_and_stderr, passkey_scores, proportion
+from infini_llama.layers.rope import check_rope_scaling
 
 
 @dataclass
 class PasskeyGridConfig:
     """One passkey grid. `lengths` are in tokens (characters with unit="chars"); `depths` are fractions of the
     filler before the needle; the same `samples` per-sample seeds are used in every cell. `segment_len` is the
-    segment used to count memory updates between needle and question (None: the model's `segment_len`, which our
-    full-attention baseline also records, so both arms are bucketed alike)."""
+    segment used to count memory updates between the key and the question (None: the model's `segment_len`, which
+    our full-attention baseline also records, so both arms are bucketed alike). `haystack` is the filler kind
+    (`prompts.HAYSTACKS`; "repeat" is the classic filler, "book" held-out text). `rope_scaling` (None: none) runs
+    a full-attention model with RoPE scaled (`eval.rope_scaling`); each prompt is then read in one forward call,
+    as `generate` reads a prompt, since dynamic scaling depends on the longest position of a call."""
 
     lengths: Sequence[int] = (256, 512, 1024)
     depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -44,6 +48,7 @@ class PasskeyGridConfig:
     unit: str = "tokens"
     bos: bool | None = None
     memory_off: bool = False
+    rope_scaling: dict | None = None
     segment_len: int | None = None
     batch_size: int = 8
     chunk_len: int | None = None
@@ -64,6 +69,7 @@ class PasskeyGridConfig:
             raise ValueError(f"haystack must be one of {HAYSTACKS}, got {self.haystack!r}")
         if self.unit not in LENGTH_UNITS:
             raise ValueError(f"unit must be one of {LENGTH_UNITS}, got {self.unit!r}")
+        self.rope_scaling = check_rope_scaling(self.rope_scaling)
 
 
 def passkey_cell(length: int, depth: float) -> str:
@@ -82,7 +88,7 @@ def run_passkey_grid(
 ) -> dict:
     """Run (or resume) the grid into `out_dir` (summary.json + samples.jsonl) and return the summary."""
     segment_len = config.segment_len or getattr(model.config, "segment_len", None)
-    runner = ChunkedLM(model, config.chunk_len)
+    runner = ChunkedLM(model, max(config.lengths) if config.rope_scaling else config.chunk_len)
     cells = {passkey_cell(length, depth): (length, depth) for length in config.lengths for depth in config.depths}
 
     def sample(length: int, depth: float, index: int) -> PasskeySample:

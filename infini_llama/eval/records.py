@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from infini_llama.data import tokenizer_fingerprint
 from infini_llama.eval.checkpoint import checkpoint_label
+from infini_llama.eval.rope_scaling import rope_scaling_label
 
 SUMMARY = "summary.json"
 SAMPLES = "samples.jsonl"
@@ -188,6 +189,8 @@ def run_header(
             label = f"{model_info['class']}-{model_info['fingerprint'][:8]}"
         if settings.get("memory_off"):
             label += " (memory off)"
+        if settings.get("rope_scaling"):
+            label += f" ({rope_scaling_label(settings['rope_scaling'])})"
     return {
         "label": label,
         "settings": settings,

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from infini_llama.layers.rope import apply_rope, rope_tables
+from infini_llama.layers.rope import apply_rope, check_rope_scaling, rope_tables
 from infini_llama.ops import (
     MEMORY_UPDATES,
     MemoryState,
@@ -53,12 +53,22 @@ def gate_value(beta: torch.Tensor, activation: str) -> torch.Tensor:
 
 
 class _Projections(nn.Module):
-    """q/k/v/o projections without biases, with GQA head bookkeeping."""
+    """q/k/v/o projections without biases, with GQA head bookkeeping. `rope_scaling` (None: plain RoPE) is a
+    length-extension setting of `rope_tables`; evaluation switches it on for the full-attention baseline."""
 
-    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, rope_theta: float):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        rope_theta: float,
+        rope_scaling: dict | None = None,
+    ):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.rope_theta = rope_theta
+        self.rope_scaling = check_rope_scaling(rope_scaling)
         self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=False)
         self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=False)
@@ -79,7 +89,7 @@ class _Projections(nn.Module):
         return self.o_proj(heads.transpose(1, 2).reshape(B, T, H * D))
 
     def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        cos, sin = rope_tables(positions, self.head_dim, self.rope_theta, x.dtype)
+        cos, sin = rope_tables(positions, self.head_dim, self.rope_theta, x.dtype, self.rope_scaling)
         return apply_rope(x, cos, sin)
 
 

@@ -39,6 +39,8 @@ def test_finetune_evaluate_and_report(tmp_path, checkpoints):
     assert run("eval", "passkey", "--checkpoint", final, "--out", ev / "pk", *grid) == 0
     assert run("eval", "passkey", "--checkpoint", final, "--out", ev / "pk-off", "--memory-off", *grid) == 0
     assert run("eval", "passkey", "--checkpoint", checkpoints["full"], "--out", ev / "pk-full", *grid) == 0
+    assert run("eval", "passkey", "--checkpoint", checkpoints["full"], "--out", ev / "pk-full-ntk", "--rope-scaling",
+               "dynamic", "--train-len", 128, *grid) == 0  # fmt: skip
     assert run("eval", "multineedle", "--checkpoint", final, "--out", ev / "mn", "--lengths", 400, "--samples", 1,
                "--max-new-tokens", 4, "--no-progress") == 0  # fmt: skip
     # --train-len comes from the fine-tuning run's run.json (160), windows reach 8x that.
@@ -63,7 +65,8 @@ def test_finetune_evaluate_and_report(tmp_path, checkpoints):
     assert run("report", ev, "--out", report) == 0
     text = (report / "report.md").read_text()
     for heading in ("## Runs", "## Passkey retrieval", "## Multi-needle retrieval", "## Perplexity by position",
-                    "## Memory gates", "### ft (memory off)", "### base-full"):  # fmt: skip
+                    "## Memory gates", "### ft (memory off)", "### base-full",
+                    "### base-full (RoPE dynamic NTK)"):  # fmt: skip
         assert heading in text, heading
     assert "| depth \\ length | 160 | 224 |" in text
     assert "(0/2) [0–66]" in text or "(1/2)" in text or "(2/2)" in text, "cells show counts and intervals"
@@ -90,6 +93,8 @@ def test_bad_input_gives_a_clear_error(tmp_path, checkpoints, bpe_tok, micro_mod
     assert "holds no tokenizer" in capsys.readouterr().err
     assert run("eval", "gates", "--checkpoint", checkpoints["full"], "--out", out) == 2
     assert "no memory gates" in capsys.readouterr().err
+    assert run("eval", "passkey", "--checkpoint", checkpoints["full"], "--out", out, "--rope-scaling", "yarn") == 2
+    assert "pass --train-len" in capsys.readouterr().err
     assert run("eval", "multineedle", "--checkpoint", checkpoints["infini"], "--out", out, "--tasks", "x") == 2
     assert "unknown task" in capsys.readouterr().err
     with pytest.raises(SystemExit):
