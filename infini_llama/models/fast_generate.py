@@ -38,7 +38,7 @@ def fast_generate(
     model,
     inputs: torch.Tensor | None = None,
     generation_config: GenerationConfig | None = None,
-    *,
+    *more_positional,
     streamer=None,
     cache: InfiniCache | None = None,
     **kwargs,
@@ -46,13 +46,15 @@ def fast_generate(
     """`model.generate(inputs, ...)` through `StaticDecoder`, or None when a setting needs transformers' loop.
 
     Applies to an Infini-attention model with a (B, T) prompt, `max_new_tokens` given, greedy or sampled
-    decoding, no padding, no autocast, and (optionally) an `InfiniCache` holding the first tokens of the prompt,
-    which is left holding the state after the returned tokens, as `generate` leaves it.
+    decoding, plain RoPE, no padding, no autocast, and (optionally) an `InfiniCache` holding the first tokens of
+    the prompt, which is left holding the state after the returned tokens, as `generate` leaves it.
     """
     input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
     attention_mask = kwargs.pop("attention_mask", None)
     if (
-        model.config.attention != "infini"
+        more_positional
+        or model.config.attention != "infini"
+        or getattr(model.model.layers[0].self_attn, "rope_scaling", None) is not None
         or not isinstance(input_ids, torch.Tensor)
         or input_ids.dim() != 2
         or (attention_mask is not None and not bool(attention_mask.all()))
@@ -64,6 +66,7 @@ def fast_generate(
         config, model_kwargs = model._prepare_generation_config(generation_config, **kwargs)
     except (AttributeError, TypeError):  # a transformers release without this helper: its own loop decides
         return None
+    model_kwargs = {name: value for name, value in model_kwargs.items() if value is not None}
     model_kwargs.pop("use_cache", None)
     seen = 0 if cache is None else cache.get_seq_length()
     if model_kwargs or not _plain_decoding(config) or config.max_new_tokens is None or seen >= input_ids.shape[1]:
@@ -111,7 +114,8 @@ def _generate(model, input_ids, config, streamer, cache, seen) -> torch.LongTens
     device = input_ids.device
     states = None if cache is None else cache.states
     chunk = PREFILL_SEGMENTS * model.config.segment_len
-    for part in input_ids[:, seen:-1].split(chunk, dim=1):  # the prompt's state, all but its last token
+    prompt = input_ids[:, seen:-1]  # the prompt's state, all but its last token (the first decode step)
+    for part in prompt.split(chunk, dim=1) if prompt.shape[1] else ():
         _, states = model.stream(part, states)
     decoder = decoder_for(model, B)
     decoder.load(states)
