@@ -110,3 +110,18 @@ def test_rng_states_round_trip_through_weights_only_load(tmp_path):
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
     ckpt.restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True)[0], torch.device("cpu"))
     assert (random.random(), np.random.rand(), torch.rand(1)) == expected
+
+
+def test_a_line_torn_by_a_kill_is_dropped(tmp_path):
+    """kill -9 in the middle of an append leaves a last line without its newline; the resumed run's logger cuts
+    it off before appending, and a reader skips it meanwhile."""
+    good = json.dumps({"kind": "train", "step": 1, "loss": 4.0}) + "\n"
+    (tmp_path / "metrics.jsonl").write_text(good + '{"kind": "train", "step": 2, "lo')
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1]
+    logger = MetricsLogger(tmp_path, tensorboard=False)
+    logger.log({"kind": "train", "step": 2, "loss": 3.5})
+    logger.close()
+    assert (tmp_path / "metrics.jsonl").read_text() == good + json.dumps(
+        {"kind": "train", "step": 2, "loss": 3.5}
+    ) + "\n"
+    assert [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [4.0, 3.5]
