@@ -13,16 +13,16 @@ import argparse
 import datetime
 import json
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from infini_llama.eval import plots
-from infini_llama.eval.diagnostics import bucket_order, plot_trajectory
+from infini_llama.eval.diagnostics import plot_trajectory
+from infini_llama.eval.markdown import image, slug, table
 from infini_llama.eval.records import SUMMARY, write_json
+from infini_llama.eval.report_passkey import haystack_of, passkey_section
 
-HEADLINE_DEPTHS = (0.0, 0.5, 1.0)  # accuracy-vs-length plots: needle farthest from, midway to, next to the question
 RUN_COLUMNS = (
     "run",
     "task",
@@ -50,34 +50,13 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> list[dict]:
             summary = json.loads(file.read_text())
             summary["run_dir"] = str(file.parent)
             summaries.append(summary)
-    seen: dict[tuple[str, str], int] = {}
-    for summary in summaries:  # labels must be unique within a task: they name columns and lines
+    seen: dict[tuple[str, str, str], int] = {}
+    for summary in summaries:  # labels must be unique within a task and haystack: they name columns and lines
         label = summary.get("label") or Path(summary["run_dir"]).name
-        key = (summary.get("task", "?"), label)
+        key = (summary.get("task", "?"), haystack_of(summary), label)
         seen[key] = seen.get(key, 0) + 1
         summary["label"] = label if seen[key] == 1 else f"{label} #{seen[key]}"
     return summaries
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "run"
-
-
-def _pct(p: dict) -> str:
-    return f"{100 * p['rate']:.0f}% ({p['successes']}/{p['n']}) [{100 * p['ci_low']:.0f}–{100 * p['ci_high']:.0f}]"
-
-
-def _pct_or_dash(scores: dict | None) -> str:
-    return _pct(scores["exact"]) if scores is not None else "–"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
-def _image(name: str, alt: str) -> list[str]:
-    return [f"![{alt}]({name})", ""]
 
 
 def build_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
@@ -91,7 +70,7 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     by_task = {task: [r for r in runs if r.get("task") == task] for task in ("passkey", "multineedle", "perplexity")}
     figures: list[str] = []
     if by_task["passkey"]:
-        md += _passkey_section(by_task["passkey"], out, figures)
+        md += passkey_section(by_task["passkey"], out, figures)
     if by_task["multineedle"]:
         md += _multineedle_section(by_task["multineedle"])
     if by_task["perplexity"]:
@@ -123,134 +102,7 @@ def _runs_section(runs: list[dict]) -> list[str]:
                 r["run_dir"],
             ]
         )
-    return ["## Runs", ""] + _table(RUN_COLUMNS, rows) + [""]
-
-
-def _passkey_section(runs: list[dict], out: Path, figures: list[str]) -> list[str]:
-    complete = [r for r in runs if r.get("status") == "complete"]
-    md = ["## Passkey retrieval", ""]
-    md += [
-        "Score: `exact` (the first integer of the greedy answer equals the key). Cells: accuracy (correct/samples) "
-        "[Wilson 95% interval]. Lengths are in tokens unless a run says otherwise.",
-        "",
-    ]
-    if len(complete) < len(runs):
-        md += [f"Runs still running (not shown): {', '.join(r['label'] for r in runs if r not in complete)}", ""]
-    if not complete:
-        return md
-    lengths = sorted({c["length"] for r in complete for c in r["results"]["by_length"]})
-    md += ["### Accuracy by length, all depths", ""]
-    by_length = {r["label"]: {c["length"]: c for c in r["results"]["by_length"]} for r in complete}
-    rows = [[str(n)] + [_pct_or_dash(by_length[r["label"]].get(n)) for r in complete] for n in lengths]
-    md += _table(["length"] + [r["label"] for r in complete], rows) + [""]
-    if any(c["depth"] == 0.0 for r in complete for c in r["results"]["cells"]):
-        md += ["### Depth 0 (needle farthest from the question: the study's headline cell)", ""]
-        at_zero = {r["label"]: {c["length"]: c for c in r["results"]["cells"] if c["depth"] == 0.0} for r in complete}
-        rows = [[str(n)] + [_pct_or_dash(at_zero[r["label"]].get(n)) for r in complete] for n in lengths]
-        md += _table(["length"] + [r["label"] for r in complete], rows) + [""]
-    for r in complete:
-        md += _passkey_run(r, out, figures)
-    md += _passkey_lines(complete, out, figures)
-    return md
-
-
-def _passkey_run(run: dict, out: Path, figures: list[str]) -> list[str]:
-    settings, results = run["settings"], run["results"]
-    lengths = sorted({c["length"] for c in results["cells"]})
-    depths = sorted({c["depth"] for c in results["cells"]})
-    cell = {(c["length"], c["depth"]): c for c in results["cells"]}
-    md = [f"### {run['label']}", ""]
-    memory = "OFF (ablation)" if settings.get("memory_off") else "on"
-    md += [
-        f"{settings['samples']} samples per cell, {settings['key_digits']}-digit keys, haystack "
-        f"`{settings['haystack']}`, lengths in {settings['unit']}, seed {settings['seed']}, memory {memory}, "
-        f"segment length for counting memory updates: {settings.get('segment_len')}.",
-        "",
-    ]
-    rows = [[f"{d:g}"] + [_pct_or_dash(cell.get((n, d))) for n in lengths] for d in depths]
-    md += _table(["depth \\ length"] + [str(n) for n in lengths], rows) + [""]
-    name = f"passkey_heatmap_{_slug(run['label'])}.png"
-    plots.heatmap(
-        [[100 * cell[n, d]["exact"]["rate"] if (n, d) in cell else None for n in lengths] for d in depths],
-        [f"{d:g}" for d in depths],
-        [str(n) for n in lengths],
-        out / name,
-        title=f"passkey accuracy (%): {run['label']}",
-        xlabel=f"length ({settings['unit']})",
-        ylabel="depth",
-    )
-    figures.append(name)
-    md += _image(name, f"passkey heatmap of {run['label']}")
-    md += ["All scores by length (`digit_acc` = share of answer tokens right under teacher forcing):", ""]
-    md += _table(
-        ["length", "exact", "token_exact", "contains", "digit_acc"],
-        [
-            [
-                str(c["length"]),
-                _pct(c["exact"]),
-                _pct(c["token_exact"]),
-                _pct(c["contains"]),
-                f"{100 * c['digit_acc']['mean']:.1f}% ± {100 * c['digit_acc']['stderr']:.1f}",
-            ]
-            for c in results["by_length"]
-        ],
-    ) + [""]
-    return md
-
-
-def _passkey_lines(runs: list[dict], out: Path, figures: list[str]) -> list[str]:
-    md = ["### Accuracy against length", ""]
-    for depth in HEADLINE_DEPTHS:
-        series = {}
-        for r in runs:
-            cells = sorted((c for c in r["results"]["cells"] if c["depth"] == depth), key=lambda c: c["length"])
-            if cells:
-                series[r["label"]] = ([c["length"] for c in cells], [100 * c["exact"]["rate"] for c in cells])
-        if series:
-            name = f"passkey_vs_length_depth{depth:g}.png"
-            plots.lines(
-                series,
-                out / name,
-                title=f"passkey accuracy at depth {depth:g}",
-                xlabel="length",
-                ylabel="accuracy (%)",
-                xlog=True,
-            )
-            figures.append(name)
-            md += _image(name, f"accuracy vs length at depth {depth:g}")
-    buckets = sorted({b["memory_updates"] for r in runs for b in r["results"]["by_memory_updates"]}, key=bucket_order)
-    if buckets == ["n/a"]:
-        return md
-    md += [
-        "### Accuracy against the number of memory updates between the key and the question",
-        "",
-        "Segment boundaries between the segment holding the last token of the key's last copy in the needle and "
-        "the question's segment (0: that copy ends in the question's own segment, within local attention's reach).",
-        "",
-    ]
-    table = {r["label"]: {b["memory_updates"]: b for b in r["results"]["by_memory_updates"]} for r in runs}
-    md += _table(
-        ["memory updates"] + [r["label"] for r in runs],
-        [[b] + [_pct(table[r["label"]][b]["exact"]) if b in table[r["label"]] else "–" for r in runs] for b in buckets],
-    ) + [""]
-    series = {
-        r["label"]: (
-            [buckets.index(b) for b in buckets if b in table[r["label"]]],
-            [100 * table[r["label"]][b]["exact"]["rate"] for b in buckets if b in table[r["label"]]],
-        )
-        for r in runs
-    }
-    name = "passkey_vs_memory_updates.png"
-    plots.lines(
-        series,
-        out / name,
-        title="passkey accuracy against repeated compressions",
-        xlabel="memory updates between the key and the question",
-        ylabel="accuracy (%)",
-        categorical_x=buckets,
-    )
-    figures.append(name)
-    return md + _image(name, "accuracy vs memory updates")
+    return ["## Runs", ""] + table(RUN_COLUMNS, rows) + [""]
 
 
 def _multineedle_section(runs: list[dict]) -> list[str]:
@@ -268,7 +120,7 @@ def _multineedle_section(runs: list[dict]) -> list[str]:
         s, a = c["score"], c["all_found"]
         return f"{100 * s['mean']:.0f}% ± {100 * s['stderr']:.0f} ({a['successes']}/{a['n']})"
 
-    md += _table(
+    md += table(
         ["task", "length"] + [r["label"] for r in complete],
         [
             [t, str(n)] + [show(cells[r["label"]][t, n]) if (t, n) in cells[r["label"]] else "–" for r in complete]
@@ -290,12 +142,12 @@ def _perplexity_section(runs: list[dict], out: Path, figures: list[str]) -> list
         "",
     ]
     spans = sorted({(b["start"], b["end"]) for r in complete for b in r["results"]["buckets"]})
-    table = {r["label"]: {(b["start"], b["end"]): b for b in r["results"]["buckets"]} for r in complete}
-    md += _table(
+    ppl = {r["label"]: {(b["start"], b["end"]): b for b in r["results"]["buckets"]} for r in complete}
+    md += table(
         ["positions"] + [r["label"] for r in complete],
         [
             [f"{s}–{e}"]
-            + [f"{table[r['label']][s, e]['perplexity']:.2f}" if (s, e) in table[r["label"]] else "–" for r in complete]
+            + [f"{ppl[r['label']][s, e]['perplexity']:.2f}" if (s, e) in ppl[r["label"]] else "–" for r in complete]
             for s, e in spans
         ],
     ) + [""]
@@ -320,7 +172,7 @@ def _perplexity_section(runs: list[dict], out: Path, figures: list[str]) -> list
         vline_label=f"training length {train_len}" if train_len else None,
     )
     figures.append(name)
-    return md + _image(name, "loss vs position")
+    return md + image(name, "loss vs position")
 
 
 def _gates_section(runs: list[dict], out: Path, figures: list[str]) -> list[str]:
@@ -334,16 +186,16 @@ def _gates_section(runs: list[dict], out: Path, figures: list[str]) -> list[str]
     for r in runs:
         g = r["results"]
         md += [f"### {r['label']}", "", f"activation `{g['activation']}`, mean g = {g['mean']:.3f}", ""]
-        md += _table(
+        md += table(
             ["layer"] + [f"head {h}" for h in range(g["heads"])] + ["mean"],
             [[str(i)] + [f"{v:.3f}" for v in row] + [f"{g['layer_mean'][i]:.3f}"] for i, row in enumerate(g["gates"])],
         ) + [""]
-        slug = _slug(r["label"])
+        name = slug(r["label"])
         plots.heatmap(
             g["gates"],
             [str(i) for i in range(g["layers"])],
             [str(h) for h in range(g["heads"])],
-            out / f"gates_{slug}.png",
+            out / f"gates_{name}.png",
             title=f"memory gates g: {r['label']}",
             xlabel="head",
             ylabel="layer",
@@ -353,16 +205,16 @@ def _gates_section(runs: list[dict], out: Path, figures: list[str]) -> list[str]
         )
         plots.histogram(
             [v for row in g["gates"] for v in row],
-            out / f"gates_hist_{slug}.png",
+            out / f"gates_hist_{name}.png",
             title=f"gate values: {r['label']}",
             xlabel="g",
         )
-        figures += [f"gates_{slug}.png", f"gates_hist_{slug}.png"]
+        figures += [f"gates_{name}.png", f"gates_hist_{name}.png"]
         if g.get("trajectory"):
-            plot_trajectory(g["trajectory"], out / f"gates_trajectory_{slug}.png", title=r["label"])
-            figures.append(f"gates_trajectory_{slug}.png")
-            md += _image(f"gates_trajectory_{slug}.png", "gates during training")
-        md += _image(f"gates_{slug}.png", f"gates of {r['label']}") + _image(f"gates_hist_{slug}.png", "histogram")
+            plot_trajectory(g["trajectory"], out / f"gates_trajectory_{name}.png", title=r["label"])
+            figures.append(f"gates_trajectory_{name}.png")
+            md += image(f"gates_trajectory_{name}.png", "gates during training")
+        md += image(f"gates_{name}.png", f"gates of {r['label']}") + image(f"gates_hist_{name}.png", "histogram")
     return md
 
 

@@ -71,8 +71,9 @@ def test_finetune_evaluate_and_report(tmp_path, checkpoints):
     assert "| depth \\ length | 160 | 224 |" in text
     assert "(0/2) [0–66]" in text or "(1/2)" in text or "(2/2)" in text, "cells show counts and intervals"
     figures = json.loads((report / "report.json").read_text())["figures"]
-    assert "passkey_vs_length_depth0.png" in figures and "perplexity_vs_position.png" in figures
-    assert "passkey_vs_memory_updates.png" in figures and "passkey_heatmap_ft-memory-off.png" in figures
+    assert "passkey_vs_length_depth0_repeat.png" in figures and "perplexity_vs_position.png" in figures
+    assert "passkey_vs_memory_updates_repeat.png" in figures and "passkey_heatmap_ft-memory-off_repeat.png" in figures
+    assert "### Haystack: classic filler (`repeat`)" in text and "### Haystack: held-out" not in text
     for name in figures:
         assert (report / name).stat().st_size > 1000, name
 
@@ -101,3 +102,17 @@ def test_bad_input_gives_a_clear_error(tmp_path, checkpoints, bpe_tok, micro_mod
         run("eval", "needles", "--checkpoint", checkpoints["infini"], "--out", out)
     assert "invalid choice" in capsys.readouterr().err
     assert run("report", tmp_path / "empty-nothing", "--out", out) == 2
+
+
+def test_report_shows_each_haystack_in_its_own_section(tmp_path, checkpoints, bpe_tok):
+    from infini_llama.eval import PasskeyGridConfig, build_report, load_model, run_passkey_grid
+
+    model = load_model(checkpoints["full"], device="cpu")
+    for haystack in ("repeat", "book"):
+        grid = PasskeyGridConfig(lengths=(160,), depths=(0.0,), samples=1, haystack=haystack, progress=False)
+        run_passkey_grid(model, bpe_tok, grid, tmp_path / "ev" / haystack, label="full")
+    text = build_report([tmp_path / "ev"], tmp_path / "report").read_text()
+    classic, held_out = text.index("### Haystack: classic filler"), text.index("### Haystack: held-out text")
+    assert classic < held_out and "#### full" in text[classic:held_out] and "#### full" in text[held_out:]
+    assert "full #2" not in text, "the same label in two haystacks is not a duplicate"
+    assert (tmp_path / "report" / "passkey_heatmap_full_book.png").is_file()
