@@ -3,7 +3,8 @@
 Same definition as `compressive_memory_reference` (a loop over segments), computed without a Python loop
 over anything token-sized:
 
-- z before segment s is an exclusive prefix sum over segments of Σ_t σ(K_t).
+- z before segment s is an exclusive prefix sum over segments of Σ_t σ(K_t) (a shifted cumulative sum, so
+  a segment's own tokens never reach its reads, not even through rounding).
 - Linear rule: M before segment s is an exclusive prefix sum of σ(K_j)ᵀ V_j, so the retrieval of every
   segment is one batched matmul against the stack of "memory before s".
 - Delta rule: σ(K_s)ᵀ σ(K_s) M_{s-1} / (σ(K_s) z_{s-1}) = A_s M_{s-1} with the D×D matrix
@@ -101,23 +102,33 @@ def _exclusive_prefix_sum(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of `initial` and delta[:, :, :s] for every s (dim 2 = segments), and the total.
 
+    Exclusive sums are inclusive ones shifted by one segment, never "inclusive minus own term": the subtraction
+    rounds differently for every value of the segment's own delta, so a later token of a segment would move the
+    earlier tokens' reads by an ulp, and causality would hold only approximately.
+
     With `detach_every=k`, the running sum is cut from the graph at every k-th segment: segments in a window
     of k see a detached copy of the sum at the window's start plus their own window's earlier deltas.
     """
     B, H, S = delta.shape[:3]
     if detach_every is None or detach_every >= S:
         inclusive = delta.cumsum(dim=2)
-        return initial.unsqueeze(2) + (inclusive - delta), initial + inclusive[:, :, -1]
+        return initial.unsqueeze(2) + _shift_one(inclusive, dim=2), initial + inclusive[:, :, -1]
     rest = delta.shape[3:]
     k = detach_every
     windows = math.ceil(S / k)
     padded = F.pad(delta, (0, 0) * len(rest) + (0, windows * k - S)).view(B, H, windows, k, *rest)
     inclusive = padded.cumsum(dim=3)
-    within = inclusive - padded  # exclusive sum inside each window
+    within = _shift_one(inclusive, dim=3)  # exclusive sum inside each window
     totals = inclusive[:, :, :, -1]  # (B, H, windows, ...)
-    starts = initial.unsqueeze(2) + totals.cumsum(dim=2) - totals  # sum before each window
+    starts = initial.unsqueeze(2) + _shift_one(totals.cumsum(dim=2), dim=2)  # sum before each window
     if windows > 1:
         starts = torch.cat([starts[:, :, :1], starts[:, :, 1:].detach()], dim=2)
     final = starts[:, :, -1] + totals[:, :, -1]
     before = (starts.unsqueeze(3) + within).reshape(B, H, windows * k, *rest)[:, :, :S]
     return before, final
+
+
+def _shift_one(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """x moved one step along `dim`: a zero slice enters first and the last slice drops out."""
+    first = torch.zeros_like(x.narrow(dim, 0, 1))
+    return torch.cat([first, x.narrow(dim, 0, x.shape[dim] - 1)], dim=dim)

@@ -86,17 +86,28 @@ def test_model_with_fast_op_equals_model_with_reference_op(monkeypatch, update, 
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("attention", ["infini", "full"])
-def test_causality(attention):
-    m = model(attention=attention, gate_init=1.0)
-    x = tokens(T=40)
-    t = 21  # inside the third segment
-    y = x.clone()
-    y[:, t] = (y[:, t] + 1) % VOCAB
+CAUSALITY_ARMS = [
+    pytest.param({"attention": "full"}, id="full"),
+    pytest.param({"memory_update": "delta"}, id="infini-delta"),
+    pytest.param({"memory_update": "linear"}, id="infini-linear"),
+    pytest.param({"memory_update": "delta", "bptt": 2}, id="infini-delta-bptt2"),
+]
+
+
+@pytest.mark.parametrize("overrides", CAUSALITY_ARMS)
+def test_causality_is_bit_exact_in_float32(overrides):
+    # The memory open (g = 0.7), five segments of 8 and a short sixth one: changing token t leaves every logit
+    # before t bit-identical, not only close.
+    m = model(dtype=torch.float32, gate_init=1.0, **overrides)
+    x = tokens(T=43)
     with torch.no_grad():
-        a, b = m(x).logits, m(y).logits
-    assert torch.equal(a[:, :t], b[:, :t])
-    assert not torch.allclose(a[:, t:], b[:, t:])
+        a = m(x).logits
+        for t in (5, 21, 30, 42):  # first segment, mid third, late fourth, the last token
+            y = x.clone()
+            y[:, t] = (y[:, t] + 1) % VOCAB
+            b = m(y).logits
+            assert torch.equal(a[:, :t], b[:, :t]), f"logits before token {t} moved"
+            assert not torch.allclose(a[:, t:], b[:, t:])
 
 
 @pytest.mark.parametrize("bptt,expect_gradient", [("full", True), (3, True), (2, False), ("none", False)])

@@ -165,3 +165,28 @@ def test_bad_inputs_raise_clear_errors():
         compressive_memory(q, k, v, SEGMENT, initial_state=MemoryState(torch.zeros(1, 2, D, D), torch.zeros(1, 2, D)))
     with pytest.raises(ValueError, match="disagree"):
         compressive_memory(q, k[:, :, :-1], v, SEGMENT)
+
+
+CAUSAL = list(itertools.product(["linear", "delta"], [None, 2], [False, True]))
+
+
+@pytest.mark.parametrize(
+    "update,detach_every,initial",
+    CAUSAL,
+    ids=[f"{u}-bptt{d}-{'init' if i else 'empty'}" for u, d, i in CAUSAL],
+)
+def test_changing_token_t_leaves_every_earlier_output_bit_identical(update, detach_every, initial):
+    # Exact in float32, not only to a tolerance: no sum over a segment's tokens may reach its earlier tokens.
+    T = 5 * SEGMENT + 3  # several segments and a short last one
+    q, k, v, state = _inputs(2, 4, 2, T, initial=initial, dtype=torch.float32)
+    out, _ = compressive_memory(q, k, v, SEGMENT, update=update, initial_state=state, detach_every=detach_every)
+    g = torch.Generator().manual_seed(7)
+    for t in (SEGMENT + 2, 3 * SEGMENT + 5, T - 1):  # mid-segment, late in a segment, the last token
+        q2, k2, v2 = (x.clone() for x in (q, k, v))
+        for x in (q2, k2, v2):
+            x[:, :, t:] = torch.randn(x[:, :, t:].shape, generator=g)
+        out2, _ = compressive_memory(q2, k2, v2, SEGMENT, update=update, initial_state=state, detach_every=detach_every)
+        assert torch.equal(out[:, :, :t], out2[:, :, :t])
+        later_segment = (t // SEGMENT + 1) * SEGMENT
+        if later_segment < T:  # the memory carries the change to the next segments
+            assert not torch.equal(out[:, :, later_segment:], out2[:, :, later_segment:])
