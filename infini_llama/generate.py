@@ -23,6 +23,7 @@ from transformers.cache_utils import Cache
 from infini_llama.data import load_tokenizer
 from infini_llama.models import InfiniLlamaForCausalLM
 from infini_llama.models.cache import InfiniCache
+from infini_llama.models.hf_compat import GENERATE_CACHE_NAME, forward_cache_name
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -85,7 +86,7 @@ def prefill(model: nn.Module, input_ids: torch.Tensor, chunk_size: int, progress
     cache = InfiniCache() if isinstance(model, InfiniLlamaForCausalLM) else DynamicCache()
     chunks = input_ids.split(chunk_size, dim=1)
     for chunk in tqdm(chunks, desc="prompt", unit="chunk", disable=not progress or len(chunks) < 2):
-        model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=chunk, **{forward_cache_name(model): cache}, use_cache=True, logits_to_keep=1)
     return cache
 
 
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     sampling = args.temperature > 0
     model.generate(
         input_ids,
-        past_key_values=cache,
+        **{GENERATE_CACHE_NAME: cache},
         max_new_tokens=args.max_new_tokens,
         do_sample=sampling,
         temperature=args.temperature if sampling else None,

@@ -3,7 +3,7 @@
 An Infini model carries its streaming state (memory plus the keys and values of the unfinished segment) from
 chunk to chunk, so peak memory does not grow with the input length and any chunking gives the logits of one
 forward pass. Other `transformers` causal LMs carry their KV cache the same way. A model whose forward takes no
-`past_key_values` is run on the whole sequence at once (and re-run for every generated token).
+cache is run on the whole sequence at once (and re-run for every generated token).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import inspect
 import torch
 from torch import nn
 
+from infini_llama.models.hf_compat import forward_cache_name, output_cache
+
 DEFAULT_CHUNK_LEN = 1024
 
 
@@ -21,7 +23,7 @@ class ChunkedLM:
     """Feeds (B, T) token ids to `model` in chunks of `chunk_len` tokens (None: the model's `segment_len` if it
     has one, else 1024), carrying the model's state between chunks.
 
-    The state is what `model.stream` passes around (`forward(past_key_values=state, use_cache=True)`): calling
+    The state is what `model.stream` passes around (`forward(cache=state, use_cache=True)`): calling
     the forward directly lets us ask for the logits of the last position only (`logits_to_keep`), which skips the
     vocabulary projection of every other prompt token.
     """
@@ -32,9 +34,9 @@ class ChunkedLM:
         self.model = model
         default = getattr(model.config, "segment_len", None) or DEFAULT_CHUNK_LEN
         self.chunk_len = chunk_len or default
-        params = inspect.signature(model.forward).parameters
-        self.cached = "past_key_values" in params
-        self.keeps_logits = "logits_to_keep" in params
+        self.cache_name = forward_cache_name(model)  # `cache` from transformers 5.24 on, `past_key_values` before
+        self.cached = self.cache_name is not None
+        self.keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     @property
     def device(self) -> torch.device:
@@ -50,9 +52,10 @@ class ChunkedLM:
             logits = self.model(input_ids=seen).logits[:, -n:]
             return (logits[:, -keep:] if keep else logits), seen
         kwargs = {"logits_to_keep": keep} if keep and self.keeps_logits else {}
-        out = self.model(input_ids=input_ids, past_key_values=state, use_cache=True, **kwargs)
+        kwargs[self.cache_name] = state
+        out = self.model(input_ids=input_ids, use_cache=True, **kwargs)
         logits = out.logits[:, -keep:] if keep else out.logits
-        return logits, out.past_key_values
+        return logits, output_cache(out)
 
     def prefill(self, input_ids: torch.Tensor, state=None) -> tuple[torch.Tensor, object]:
         """Run a long prompt (B, T) chunk by chunk; returns the last position's logits (B, V) and the state."""

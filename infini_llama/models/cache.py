@@ -75,7 +75,9 @@ class StreamingLayer(CacheLayerMixin):
         return self.seen_tokens + query_length, 0
 
     def get_max_length(self) -> int:
-        return -1
+        return -1  # no maximum: the memory takes any number of tokens
+
+    get_max_cache_shape = get_max_length  # the same method's name before transformers 5.24
 
     def reset(self) -> None:
         self.state, self.seen_tokens, self.is_initialized = None, 0, False
@@ -106,7 +108,7 @@ class InfiniCache(Cache):
 
     `InfiniCache()` starts empty; `InfiniCache(states, seen_tokens)` wraps the tuple returned by
     `InfiniLlamaForCausalLM.stream` after `seen_tokens` tokens, so a long prompt streamed chunk by chunk can be
-    continued with `generate(prompt_ids, past_key_values=cache)` (generate feeds only the tokens the cache has
+    continued with `generate(prompt_ids, cache=cache)` (generate feeds only the tokens the cache has
     not seen). `states` gives the tuple back. The model updates the cache in place.
     """
 

@@ -21,6 +21,8 @@ from infini_llama.layers import CausalSelfAttention, DecoderLayer, InfiniAttenti
 from infini_llama.models.cache import InfiniCache
 from infini_llama.models.config import InfiniLlamaConfig
 from infini_llama.models.convert import copy_llama_weights, infini_config_from_llama, load_llama
+from infini_llama.models.fast_generate import fast_generate
+from infini_llama.models.hf_compat import GENERATE_CACHE_NAME, OUTPUT_CACHE_NAME, output_cache, pick_cache
 
 GATE_PARAMETER = "memory_gate"
 
@@ -91,19 +93,20 @@ class InfiniLlamaModel(InfiniLlamaPreTrainedModel):
         self,
         input_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        past_key_values: tuple | None = None,
+        states: tuple | None = None,
         use_cache: bool = False,
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        states = [None] * len(self.layers) if past_key_values is None else list(past_key_values)
+        keep = use_cache or states is not None
+        states = [None] * len(self.layers) if states is None else list(states)
         if len(states) != len(self.layers):
-            raise ValueError(f"past_key_values holds {len(states)} layer states, the model has {len(self.layers)}")
-        keep = use_cache or past_key_values is not None
+            raise ValueError(f"the state holds {len(states)} layer states, the model has {len(self.layers)}")
         for i, layer in enumerate(self.layers):
             x, states[i] = layer(x, states[i], keep)
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(x), past_key_values=tuple(states) if keep else None)
+        cache = {OUTPUT_CACHE_NAME: tuple(states) if keep else None}
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(x), **cache)
 
 
 class InfiniLlamaForCausalLM(InfiniLlamaPreTrainedModel, GenerationMixin):
@@ -120,32 +123,34 @@ class InfiniLlamaForCausalLM(InfiniLlamaPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
-        past_key_values: Cache | tuple | None = None,
+        cache: Cache | tuple | None = None,
         use_cache: bool | None = None,
         inputs_embeds: torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        past_key_values: Cache | tuple | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits (B, T, V) and, with `labels` (B, T), the mean next-token loss (labels shifted inside, as in HF;
         -100 is ignored).
 
-        `past_key_values` continues a stream, in one of two forms: the tuple of per-layer states that `stream`
-        uses (`use_cache=True` without one starts a new tuple; a new tuple is returned, the old one is left as it
-        was), or an `InfiniCache`, updated in place and returned. An empty `transformers` Cache of another class,
-        which `generate` hands to every model, is replaced by an `InfiniCache`. Padding is not supported (see
-        `check_no_padding`).
+        `cache` (or its older name `past_key_values`, which `generate` uses before transformers 5.24) continues a
+        stream, in one of two forms: the tuple of per-layer states that `stream` uses (`use_cache=True` without
+        one starts a new tuple; a new tuple is returned, the old one is left as it was), or an `InfiniCache`,
+        updated in place and returned. An empty `transformers` Cache of another class, which `generate` hands to
+        every model, is replaced by an `InfiniCache`. The output holds it under the installed release's name
+        (`cache` from 5.24 on). Padding is not supported (see `check_no_padding`).
         """
         check_no_padding(attention_mask)
-        cache = None
-        states = past_key_values
-        if isinstance(past_key_values, Cache):
-            cache = as_infini_cache(past_key_values)
-            states = cache.states
-        out = self.model(input_ids, inputs_embeds, states, bool(use_cache) or cache is not None)
-        new_states = out.past_key_values
-        if cache is not None:
-            cache.set_states(new_states, (input_ids if inputs_embeds is None else inputs_embeds).shape[1])
-            new_states = cache
+        states = pick_cache(cache, past_key_values)
+        infini_cache = None
+        if isinstance(states, Cache):
+            infini_cache = as_infini_cache(states)
+            states = infini_cache.states
+        out = self.model(input_ids, inputs_embeds, states, bool(use_cache) or infini_cache is not None)
+        new_states = output_cache(out)
+        if infini_cache is not None:
+            infini_cache.set_states(new_states, (input_ids if inputs_embeds is None else inputs_embeds).shape[1])
+            new_states = infini_cache
         hidden = out.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
@@ -153,7 +158,26 @@ class InfiniLlamaForCausalLM(InfiniLlamaPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = causal_lm_loss(logits, labels)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=new_states)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{OUTPUT_CACHE_NAME: new_states})
+
+    def generate(self, *args, cache: Cache | None = None, past_key_values: Cache | None = None, **kwargs):
+        """`GenerationMixin.generate` with an `InfiniCache`, given or new, on every supported transformers release.
+
+        A cache to continue from is accepted as `cache` or `past_key_values` and handed on under the name the
+        installed release reads. Without one, a new `InfiniCache` is handed in: releases before 5.24 leave the
+        cache to the model, and the tuple of states `forward` would start has no `reorder_cache` for beam search.
+        """
+        given = pick_cache(cache, past_key_values)
+        # Greedy and sampled decoding of an Infini model run on the fixed-shape decoder (CUDA graphs on CUDA).
+        fast = fast_generate(self, *args, cache=given, **kwargs)
+        if fast is not None:
+            return fast
+        config = kwargs.get("generation_config") or self.generation_config
+        if given is None and kwargs.get("use_cache", config.use_cache) is not False:  # None: the default, on
+            given = InfiniCache()
+        if given is not None:
+            kwargs[GENERATE_CACHE_NAME] = given
+        return super().generate(*args, **kwargs)
 
     @torch.no_grad()
     def stream(self, input_ids: torch.LongTensor, state: tuple | None = None) -> tuple[torch.Tensor, tuple]:
@@ -165,7 +189,7 @@ class InfiniLlamaForCausalLM(InfiniLlamaPreTrainedModel, GenerationMixin):
         into the cache `generate` continues from.
         """
         out = self.model(input_ids, None, state, True)
-        return self.lm_head(out.last_hidden_state), out.past_key_values
+        return self.lm_head(out.last_hidden_state), output_cache(out)
 
     @classmethod
     def from_llama(
@@ -207,7 +231,7 @@ def as_infini_cache(cache: Cache | None) -> InfiniCache:
         return cache
     if cache is not None and cache.get_seq_length() > 0:
         raise ValueError(
-            f"past_key_values is a {type(cache).__name__} holding {cache.get_seq_length()} tokens; InfiniLlama "
+            f"the cache is a {type(cache).__name__} holding {cache.get_seq_length()} tokens; InfiniLlama "
             "keeps its state (memory + unfinished segment) in an InfiniCache: pass an InfiniCache or nothing"
         )
     return InfiniCache()

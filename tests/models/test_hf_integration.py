@@ -8,6 +8,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
 from infini_llama import InfiniLlamaConfig, InfiniLlamaForCausalLM
 from infini_llama.models.cache import InfiniCache
+from infini_llama.models.hf_compat import output_cache
 
 VOCAB = 97
 SEGMENT = 8
@@ -102,15 +103,16 @@ def test_beam_search_reorders_the_cache():
 
 
 @pytest.mark.parametrize("overrides", ARMS)
-def test_generate_continues_a_streamed_prompt(overrides):
+@pytest.mark.parametrize("keyword", ["cache", "past_key_values"])  # the name before transformers 5.24 still works
+def test_generate_continues_a_streamed_prompt(overrides, keyword):
     m = make_model(**overrides)
     x = tokens(length=45)
-    expected = m.generate(x, max_new_tokens=10, do_sample=False)
+    expected = greedy_by_hand(m, x, 10)
     state = None
     for chunk in x[:, :-1].split(7, dim=1):  # generate() feeds the last prompt token itself
         _, state = m.stream(chunk, state)
     cache = InfiniCache(state, seen_tokens=x.shape[1] - 1)
-    assert torch.equal(m.generate(x, past_key_values=cache, max_new_tokens=10, do_sample=False), expected)
+    assert torch.equal(m.generate(x, **{keyword: cache}, max_new_tokens=10, do_sample=False), expected)
     assert torch.equal(m.generate(x, max_new_tokens=10, do_sample=False, prefill_chunk_size=6), expected)
 
 
@@ -128,15 +130,24 @@ def test_foreign_cache_with_content_is_refused():
     cache = DynamicCache()
     cache.update(torch.zeros(2, 2, 3, 8, dtype=torch.float64), torch.zeros(2, 2, 3, 8, dtype=torch.float64), 0)
     with pytest.raises(ValueError, match="InfiniCache"):
-        m(tokens(), past_key_values=cache, use_cache=True)
+        m(tokens(), cache=cache, use_cache=True)
+
+
+def test_a_cache_under_both_names_is_refused():
+    m = make_model()
+    with pytest.raises(ValueError, match="not both"):
+        m(tokens(), cache=InfiniCache(), past_key_values=InfiniCache(), use_cache=True)
+    with pytest.raises(ValueError, match="not both"):
+        m.generate(tokens(), cache=InfiniCache(), past_key_values=InfiniCache(), max_new_tokens=2)
 
 
 def test_infini_cache_refuses_to_crop():
     m = make_model()
-    out = m(tokens(), past_key_values=InfiniCache(), use_cache=True)
-    out.past_key_values.crop(0)  # a no-op is fine
+    cache = InfiniCache()
+    assert output_cache(m(tokens(), cache=cache, use_cache=True)) is cache
+    cache.crop(0)  # a no-op is fine
     with pytest.raises(ValueError, match="cannot drop tokens"):
-        out.past_key_values.crop(-1)
+        cache.crop(-1)
 
 
 def test_readme_use_with_transformers(tmp_path, monkeypatch):
@@ -161,7 +172,7 @@ def test_readme_use_with_transformers(tmp_path, monkeypatch):
     for chunk in prompt[:, :-1].split(64, dim=1):
         logits, state = model.stream(chunk, state)
     cache = InfiniCache(state, seen_tokens=prompt.shape[1] - 1)
-    same = model.generate(prompt, past_key_values=cache, max_new_tokens=20, do_sample=False)
+    same = model.generate(prompt, cache=cache, max_new_tokens=20, do_sample=False)
     assert torch.equal(out, same)
     # --- end of README snippet ---
 
@@ -227,7 +238,7 @@ def test_generate_command_streams_the_prompt_and_prints_the_greedy_continuation(
     argv = ["generate", "--checkpoint", str(tmp_path / "ckpt"), "--prompt-file", str(tmp_path / "prompt.txt")]
     assert main([*argv, "--max-new-tokens", "12", "--temperature", "0", "--chunk-size", "5"]) == 0
     ids = tok(prompt, return_tensors="pt")["input_ids"]
-    expected = m.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+    expected = greedy_by_hand(m, ids, 12)
     assert capsys.readouterr().out == tok.decode(expected[0, ids.shape[1] :]) + "\n"
 
 

@@ -10,6 +10,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from infini_llama import InfiniLlamaConfig, InfiniLlamaForCausalLM
 from infini_llama.layers import InfiniState, KVState
 from infini_llama.models.cache import InfiniCache, state_tensors
+from infini_llama.models.hf_compat import output_cache
 
 VOCAB = 97
 SEGMENT = 8
@@ -77,8 +78,8 @@ def test_forward_with_infini_cache_in_chunks_equals_one_forward(overrides):
         expected = m(x).logits
         parts = []
         for start in range(0, T, 6):
-            out = m(x[:, start : start + 6], past_key_values=cache, use_cache=True)
-            assert out.past_key_values is cache  # updated in place, as transformers caches are
+            out = m(x[:, start : start + 6], cache=cache, use_cache=True)
+            assert output_cache(out) is cache  # updated in place, as transformers caches are
             parts.append(out.logits)
     assert relative_error(torch.cat(parts, dim=1), expected) < TOL
     assert cache.get_seq_length() == T
@@ -122,7 +123,7 @@ def generation_cache_sizes(m: InfiniLlamaForCausalLM, new_tokens: int) -> list[i
     cache = InfiniCache()
     recorder = CacheSizeRecorder(cache)
     m.generate(
-        tokens(length=5), past_key_values=cache, max_new_tokens=new_tokens, do_sample=False,
+        tokens(length=5), cache=cache, max_new_tokens=new_tokens, do_sample=False,
         logits_processor=LogitsProcessorList([recorder]),
     )  # fmt: skip
     return recorder.sizes
