@@ -12,6 +12,12 @@ Layout of one cache entry, ``<cache_dir>/tokens/<key>/``:
 the data or the tokenizer builds a new entry, and a second call with the same inputs
 only opens the files.  An entry is built in a temporary folder and renamed into place
 when complete, so a killed run never leaves a cache entry that looks valid.
+
+An entry is checked every time it is opened (a pass over the files at memory speed): a
+``meta.json`` that cannot be read, a ``.bin`` whose size is not the promised number of
+tokens (truncated), or a token id ``>= vocab_size`` (damaged, or written for another
+tokenizer) makes :func:`load_token_data` raise ``ValueError`` naming the file;
+:func:`prepare_tokens` then warns with that message and builds the entry again.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +43,7 @@ from .tokenizer import DEFAULT_VOCAB_SIZE, default_cache_dir, load_tokenizer, to
 _FORMAT_VERSION = 1
 _CHUNK_CHARS = 32_768  # long documents are cut into pieces this size so both cores work
 _BATCH_CHARS = 4_000_000  # text handed to one encode_batch call (bounds memory)
+_SCAN_TOKENS = 1 << 24  # ids checked at a time when an entry is opened (bounds memory, not speed)
 # A piece boundary is a single newline between two non-space characters: for GPT-2
 # style byte-level pre-tokenization no pre-token crosses it, so cutting there does not
 # change the ids.  _chunking_is_exact() checks this for the tokenizer actually in use.
@@ -77,19 +85,31 @@ class TokenData:
 
 
 def load_token_data(path: str | os.PathLike) -> TokenData:
-    """Open a cache entry written by :func:`prepare_tokens`."""
+    """Open a cache entry written by :func:`prepare_tokens`, after checking it (see the module docstring)."""
     path = Path(path)
     meta_file = path / "meta.json"
     if not meta_file.is_file():
         raise FileNotFoundError(f"{meta_file} not found: {path} is not a complete token cache; run prepare_tokens")
-    meta = json.loads(meta_file.read_text())
-    dtype = np.dtype(meta["dtype"])
+    try:
+        meta = json.loads(meta_file.read_text())
+        dtype, vocab = np.dtype(meta["dtype"]), int(meta["vocab_size"])
+        counts = {split: int(meta[f"num_{split}_tokens"]) for split in ("train", "validation")}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{meta_file} is unreadable ({exc}); delete {path} to rebuild the cache entry") from exc
 
     def _open(split: str) -> np.memmap:
-        n = meta[f"num_{split}_tokens"]
+        n, file = counts[split], path / f"{split}.bin"
+        size = file.stat().st_size if file.is_file() else 0
+        if size != n * dtype.itemsize:
+            raise ValueError(
+                f"{file} holds {size} bytes but meta.json promises {n} tokens of {dtype} ({n * dtype.itemsize} "
+                f"bytes): the file is truncated or damaged; delete {path} to rebuild the cache entry"
+            )
         if n == 0:  # np.memmap refuses empty files
             return np.zeros(0, dtype=dtype)
-        return np.memmap(path / f"{split}.bin", dtype=dtype, mode="r", shape=(n,))
+        tokens = np.memmap(file, dtype=dtype, mode="r", shape=(n,))
+        _check_ids(tokens, vocab, file)
+        return tokens
 
     return TokenData(
         train=_open("train"),
@@ -105,6 +125,19 @@ def load_token_data(path: str | os.PathLike) -> TokenData:
         sources_fingerprint=meta["sources_fingerprint"],
         path=path,
     )
+
+
+def _check_ids(tokens: np.ndarray, vocab_size: int, file: Path) -> None:
+    """Every id must have a row in the embedding: one past it is an opaque index error on the CPU and a
+    device-side assert on a GPU, steps later."""
+    for start in range(0, len(tokens), _SCAN_TOKENS):
+        block = np.asarray(tokens[start : start + _SCAN_TOKENS])
+        if int(block.max()) >= vocab_size:
+            at = start + int(np.argmax(block >= vocab_size))
+            raise ValueError(
+                f"{file} holds token id {int(tokens[at])} at position {at}, but its tokenizer has {vocab_size} ids: "
+                f"the file is damaged or was written with another tokenizer; delete {file.parent} to rebuild it"
+            )
 
 
 def _encoder(tokenizer: PreTrainedTokenizerFast) -> Tokenizer:
@@ -242,7 +275,11 @@ def prepare_tokens(
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = root / "tokens" / key
     if (target / "meta.json").is_file():
-        return load_token_data(target)
+        try:
+            return load_token_data(target)
+        except ValueError as exc:
+            warnings.warn(f"rebuilding a damaged token cache entry: {exc}", UserWarning, stacklevel=2)
+            shutil.rmtree(target, ignore_errors=True)
 
     vocab = len(tokenizer)
     dtype = dtype_for_vocab(vocab)

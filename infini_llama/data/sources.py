@@ -20,9 +20,12 @@ Bad input:
 * a path that does not exist, or a glob that matches nothing: ``FileNotFoundError``;
 * a file with an unsupported suffix, or a JSONL/parquet file without ``text_field``:
   ``ValueError``;
-* an unreadable, non-UTF-8, malformed or empty file: with ``on_bad_file="skip"`` (the
-  default) a ``UserWarning`` naming the file and the file is skipped; with
+* an unreadable, binary (it holds a NUL byte: no text does, while UTF-16 text and most
+  binary formats do), non-UTF-8, malformed or empty file: with ``on_bad_file="skip"``
+  (the default) a ``UserWarning`` naming the file and the file is skipped; with
   ``on_bad_file="error"`` a ``ValueError`` naming the file;
+* a very long line (a whole book without a line break, a minified JSON record) is no
+  problem: it is tokenized like any other text;
 * no usable document at all: ``ValueError`` naming the files that were skipped.
 """
 
@@ -89,6 +92,8 @@ def _read_file(path: Path, text_field: str) -> list[str]:
         if path.suffix == ".parquet":
             return _read_parquet(path, text_field)
         raw = path.read_bytes()
+        if (nul := raw.find(b"\0")) >= 0:  # valid UTF-8 may hold NULs, text never does
+            raise _BadFile(f"{path} looks binary, not text (a NUL byte at offset {nul})")
         text = raw.decode("utf-8")  # strict: a non-UTF-8 file is reported, not mangled
     except UnicodeDecodeError as exc:
         raise _BadFile(f"{path} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
