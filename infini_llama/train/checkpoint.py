@@ -127,14 +127,16 @@ def _fsync_tree(folder: Path) -> None:
 
 
 def recover_interrupted_writes(folder: Path) -> None:
-    """Tidy what a run killed inside `write_atomically` or `prune_checkpoints` left in `folder`: drop
-    half-written or half-deleted temporary folders; put back a replaced checkpoint whose successor never
-    arrived."""
+    """Tidy what a run killed inside `write_atomically`, `prune_checkpoints` or `write_json_atomically` left in
+    `folder`: drop half-written or half-deleted temporary files and folders; put back a replaced folder whose
+    successor never arrived."""
     if not folder.is_dir():
         return
     for path in folder.iterdir():
-        if path.name.startswith(".tmp-"):
+        if path.name.startswith(".tmp-") and path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
+        elif path.name.startswith(".tmp-"):
+            path.unlink(missing_ok=True)
         elif path.name.startswith(".old-"):
             name = path.name.removeprefix(".old-").rsplit("-", 1)[0]
             if (folder / name).exists():

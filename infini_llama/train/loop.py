@@ -127,7 +127,8 @@ class _Trainer:
             if plan.mode == "overwrite":
                 clear_run_dir(plan.run_dir)
             plan.run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.recover_interrupted_writes(plan.run_dir / ckpt.CHECKPOINTS)
+            for folder in (plan.run_dir, plan.run_dir / ckpt.CHECKPOINTS):  # final/ and run.json; checkpoints
+                ckpt.recover_interrupted_writes(folder)
             if plan.mode != "resume" or not (plan.run_dir / RUN_FILE).is_file():
                 write_json_atomically(
                     plan.run_dir / RUN_FILE,

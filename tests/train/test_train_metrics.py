@@ -81,6 +81,7 @@ def test_recover_interrupted_writes(tmp_path):
     kept = tmp_path / ".old-step_0000004-123"  # killed between the two renames: put back
     kept.mkdir()
     (kept / "w").write_text("1")
+    (tmp_path / ".tmp-run.json-123").write_text("{")  # killed inside write_json_atomically: dropped
     ckpt.recover_interrupted_writes(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_0000004"]
 
