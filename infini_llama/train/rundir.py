@@ -40,7 +40,8 @@ def check_run_dir(path: Path, *, resume: bool, overwrite: bool) -> str:
         raise ValueError(f"--out {str(path)!r} cannot be created: {str(existing)!r} is a file; pass another folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"--out {str(path)!r} is not writable ({str(existing)!r} is read-only); pass another folder")
-    if not path.exists() or not any(path.iterdir()):
+    # A run killed while writing its first run.json left only a temporary file, which the run tidies away.
+    if not path.exists() or all(p.name.startswith(".tmp-") for p in path.iterdir()):
         return "new"
     if not (path / RUN_FILE).is_file():
         raise ValueError(

@@ -138,3 +138,11 @@ def test_manifest_lists_every_file_of_a_checkpoint(micro_cfg):
     on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {"manifest.json"}
     assert set(listed) == on_disk and {"model.safetensors", "trainer_state/optimizer.pt"} <= on_disk
     assert manifest_problems(result.final_dir) == []  # final/ carries one too
+
+
+def test_a_run_killed_while_writing_its_first_run_json_starts_again(micro_cfg, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".tmp-run.json-4242").write_text('{"train": {"ste')
+    result = train(micro_cfg(out=str(run), steps=2, save_every=0))
+    assert result.step == 2 and not list(run.glob(".tmp-*"))
