@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from infini_llama.study.config import STUDY_PRESETS, parse_sweep, parse_value, study_config
+from infini_llama.study.arms import parse_sweep, parse_value
+from infini_llama.study.config import STUDY_PRESETS, study_config
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -14,24 +15,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="reproduce the Infini-attention study: both arms, pretraining to report",
         description=(
             "Pretrain the Infini-attention arm and the full-attention baseline on the same data, tokens, seeds "
-            "and recipe; fine-tune both on passkey retrieval; evaluate passkey accuracy from the training length "
-            "to many times it (and, for Infini, with the memory switched off), perplexity by position and the "
-            "gates; write OUT/REPORT.md and OUT/results.json. Run the same command again to continue a study "
-            "that was stopped."
+            "and recipe; fine-tune both on passkey retrieval (on varied haystacks, at each LR of the grid, the LR "
+            "chosen per arm at the training length); evaluate passkey accuracy from below the training length to "
+            "many times it on the classic filler and on held-out text (and, for Infini, with the memory switched "
+            "off; for the baseline, with RoPE scaled), perplexity by position and the gates; write OUT/REPORT.md "
+            "and OUT/results.json. With --seeds, all of it once per seed in OUT/seed-<s>/, and a report across "
+            "seeds. Run the same command again to continue a study that was stopped."
         ),
     )
     parser.add_argument("--preset", default="tiny", choices=sorted(STUDY_PRESETS))
     parser.add_argument("--out", required=True, help="study folder")
-    parser.add_argument("--seed", type=int, default=0)
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=None, help="the seed of the whole study (default 0)")
+    seeds.add_argument(
+        "--seeds", type=parse_seeds, default=None, metavar="S1,S2,...",
+        help="run the whole study once per seed (OUT/seed-<s>/) and report per seed and across seeds",
+    )  # fmt: skip
     parser.add_argument(
         "--sweep", action="append", default=[], metavar="KEY=V1,V2",
         help="run one arm per value, e.g. gate_activation=sigmoid,hard_sigmoid, memory_update=linear,delta, "
-        "segment_len=64,128,256, gate_lr=0.01,none; training values (lr, ...) are given to both arms",
+        "segment_len=64,128,256, pretrain.gate_lr=0.01,none, pretrain.lr=1e-3,2e-3, finetune.lr=..., seed=0,1; "
+        "training values name their stage; values the baseline does not have multiply the Infini arm only",
     )  # fmt: skip
     parser.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE",
         help="override a study field, e.g. pretrain.steps=100, finetune.lr=3e-4, model.segment_len=32, "
-        "eval_samples=8",
+        "eval_samples=8, finetune_lr_grid=1e-3,2e-3,4e-3, eval_rope_scaling.rope_type=yarn, eval_haystacks=repeat",
     )  # fmt: skip
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     parser.add_argument("--overwrite", action="store_true", help="delete a study already in --out and start over")
@@ -42,6 +51,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "CPU core up to the number of arms on CPU, 1 on a GPU)",
     )  # fmt: skip
     parser.set_defaults(func=main, command_line=None)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """ "0,1,2" -> [0, 1, 2]."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes integers separated by commas, got {text!r}") from None
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -64,7 +81,8 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         sweeps = dict(parse_sweep(s) for s in args.sweep)
-        cfg = study_config(args.preset, sweeps=sweeps, seed=args.seed, **parse_sets(args.set))
+        seeds = args.seeds if args.seeds is not None else [0 if args.seed is None else args.seed]
+        cfg = study_config(args.preset, sweeps=sweeps, seeds=seeds, **parse_sets(args.set))
         run_study(
             cfg,
             args.out,

@@ -1,61 +1,90 @@
-"""What a study runs: presets of the whole pipeline, and sweeps expanded into arms.
+"""What a study runs: one config for the whole pipeline, and presets of it.
 
-A study trains and evaluates *arms*. The two base arms are Infini-attention and the full-attention baseline;
-they share data, tokens, seeds and every recipe value. A sweep over a training value (`lr`, `seed`, ...) is
-given to both arms; a sweep over a value only Infini-attention has (`segment_len`, `memory_update`,
-`gate_activation`, `gate_lr`, ...) multiplies the Infini arm and leaves one baseline.
+A study trains and evaluates *arms* (see `study.arms`): the Infini-attention arm and the full-attention baseline,
+sharing data, tokens, seeds and every recipe value, once per seed of `seeds`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from infini_llama.models.presets import CONFIG_FIELDS, PRESETS
-from infini_llama.train import TrainConfig
-
-# Values that change nothing for the full-attention baseline.
-INFINI_ONLY = frozenset(
-    {"segment_len", "memory_update", "gate_activation", "gate_init", "memory_rope", "bptt", "gate_lr"}
-)
-TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - {"model", "out", "preset"}
-SWEEP_KEYS = (CONFIG_FIELDS - {"attention"}) | TRAIN_FIELDS
+from infini_llama.eval.prompts import HAYSTACKS
+from infini_llama.layers.rope import ROPE_SCALINGS
+from infini_llama.models.presets import PRESETS
+from infini_llama.study.arms import check_sweeps
 
 
 @dataclass
 class StudyConfig:
     """One study. `pretrain` and `finetune` are TrainConfig fields layered on the model preset's recipe;
-    `model` overrides InfiniLlamaConfig fields for every arm. Evaluation lengths are multiples of the training
-    length, the pretraining `seq_len` (the longest context either arm ever trained on); as in the 300M study,
-    passkey fine-tuning runs at a shorter length, so the grid starts below the training length."""
+    `model` overrides InfiniLlamaConfig fields for every arm; `passkey` holds PasskeyBatchSource options (key_digits,
+    depths, haystacks, loss, ...). Evaluation lengths are multiples of the training length, the pretraining
+    `seq_len` (the longest context either arm ever trained on); as in the 300M study, passkey fine-tuning may run at
+    a shorter length, so the grid starts below the training length.
+
+    `seeds`: the whole study runs once per seed (one seed: in the study folder itself; several: in sub-folders,
+    reported per seed and across seeds). `finetune_lr_grid`: each arm fine-tunes once per LR with the same budget,
+    and the LR whose model is most often right on `selection_samples` held-apart fine-tuning prompts at the
+    training length (never longer) is the one evaluated; empty: `finetune.lr` only. `eval_haystacks`: every passkey
+    grid runs on each ("repeat": the classic filler, "book": held-out text). `eval_rope_scaling`: the baseline is
+    also evaluated with RoPE scaled this way (its original length is the training length); None: not.
+    """
 
     preset: str = "tiny"
-    seed: int = 0
+    seeds: tuple[int, ...] = (0,)
     model: dict[str, Any] = field(default_factory=dict)
     pretrain: dict[str, Any] = field(default_factory=dict)
     finetune: dict[str, Any] = field(default_factory=dict)
-    passkey: dict[str, Any] = field(default_factory=dict)  # PasskeyBatchSource options: key_digits, loss, ...
+    passkey: dict[str, Any] = field(default_factory=dict)
+    finetune_lr_grid: tuple[float, ...] = ()
+    selection_samples: int = 64
     eval_multiples: tuple[float, ...] = (0.5, 1, 2, 4, 8)
     eval_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     eval_samples: int = 16
     eval_batch_size: int = 16
+    eval_haystacks: tuple[str, ...] = ("repeat", "book")
+    # Dynamic NTK with factor 1 stretches RoPE's longest wavelength by exactly (length / training length).
+    eval_rope_scaling: dict[str, Any] | None = field(default_factory=lambda: {"rope_type": "dynamic", "factor": 1.0})
     perplexity_windows: int = 4
     perplexity_bucket: int = 64
     sweeps: dict[str, list[Any]] = field(default_factory=dict)
 
     def __post_init__(self):
+        self.seeds = _as_tuple(self.seeds, int)
         self.eval_multiples = _as_tuple(self.eval_multiples, float)
         self.eval_depths = _as_tuple(self.eval_depths, float)
+        self.eval_haystacks = _as_tuple(self.eval_haystacks, str)
+        self.finetune_lr_grid = _as_tuple(self.finetune_lr_grid, float) if self.finetune_lr_grid else ()
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
-        unknown = set(self.sweeps) - SWEEP_KEYS
-        if unknown:
-            raise ValueError(f"unknown sweep key(s) {sorted(unknown)}; sweepable: {sorted(SWEEP_KEYS)}")
-        for key, values in self.sweeps.items():
-            if not values:
-                raise ValueError(f"sweep {key!r} has no values")
+        if not self.seeds or min(self.seeds) < 0 or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be one or more distinct integers >= 0, got {self.seeds}")
+        if not self.eval_haystacks or not set(self.eval_haystacks) <= set(HAYSTACKS):
+            raise ValueError(f"eval_haystacks must be one or more of {HAYSTACKS}, got {self.eval_haystacks}")
+        if not all(lr > 0 for lr in self.finetune_lr_grid) or len(set(self.finetune_lr_grid)) != len(
+            self.finetune_lr_grid
+        ):
+            raise ValueError(f"finetune_lr_grid must hold distinct LRs > 0 (or be empty), got {self.finetune_lr_grid}")
+        if self.finetune_lr_grid and "finetune.lr" in self.sweeps:
+            raise ValueError("finetune_lr_grid chooses the fine-tuning LR: do not also sweep finetune.lr")
+        if self.selection_samples < 1:
+            raise ValueError(f"selection_samples must be >= 1, got {self.selection_samples}")
+        scaling = self.eval_rope_scaling
+        if scaling is not None and (not isinstance(scaling, dict) or scaling.get("rope_type") not in ROPE_SCALINGS):
+            raise ValueError(
+                f"eval_rope_scaling must be None or a dict with rope_type in {ROPE_SCALINGS} (and a factor), "
+                f"got {scaling!r}"
+            )
+        check_sweeps(self)
+
+    @property
+    def seed(self) -> int:
+        """The seed of a single-seed study (a multi-seed study runs one of those per seed)."""
+        if len(self.seeds) != 1:
+            raise ValueError(f"this study has {len(self.seeds)} seeds; each seed's study has one")
+        return self.seeds[0]
 
 
 def _as_tuple(value: Any, cast) -> tuple:
@@ -68,11 +97,11 @@ def _as_tuple(value: Any, cast) -> tuple:
 FINE_DEPTHS = tuple(i / 40 for i in range(41))
 
 STUDY_PRESETS: dict[str, dict[str, Any]] = {
-    # 2 CPU cores, ≤ 20 minutes with the two arms in parallel: a 4-layer, width-64 model with a 2,048-token
-    # vocabulary (the output layer is most of a width-64 model's compute), pretrained briefly and passkey
-    # fine-tuned at 256 tokens in 16 segments of 16. Measured on passkey training alone (2,000 steps of
-    # 16 × 256, two seeds each): 2-layer models mostly stayed on a loss plateau, both 4-layer ones left it.
-    # Segments of 32 (8 per sequence) learned slower than 16, and a gate LR of 0.05 faster than 0.01.
+    # 2 CPU cores: a 4-layer, width-64 model with a 2,048-token vocabulary (the output layer is most of a
+    # width-64 model's compute), pretrained briefly and passkey fine-tuned at 256 tokens in 16 segments of 16.
+    # Measured on passkey training alone (2,000 steps of 16 × 256, two seeds each): 2-layer models mostly stayed
+    # on a loss plateau, both 4-layer ones left it. Segments of 32 (8 per sequence) learned slower than 16, and a
+    # gate LR of 0.05 faster than 0.01. No LR grid: one fine-tuning run per arm is most of the time budget.
     "tiny": dict(
         model=dict(segment_len=16, hidden_size=64, intermediate_size=256, num_hidden_layers=4,
                    num_attention_heads=2, num_key_value_heads=2, vocab_size=2048),
@@ -83,22 +112,25 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
         passkey=dict(key_digits=5, loss="answer", depths=FINE_DEPTHS),
         eval_multiples=(0.5, 1, 2, 4, 8), eval_samples=16, perplexity_windows=4, perplexity_bucket=128,
     ),
-    # One H100, 12 minutes with both arms at once (--jobs 2): the 42M-parameter mini model pretrained and
-    # passkey fine-tuned at 1,024 tokens, 16 segments of 64 as in the tiny study.
+    # One GPU: the 42M-parameter mini model pretrained and passkey fine-tuned at 1,024 tokens, 16 segments of 64
+    # as in the tiny study; each arm fine-tunes at three LRs around the one both arms used before (5e-4).
     "mini": dict(
         model=dict(segment_len=64),
         pretrain=dict(seq_len=1024, batch_size=16, steps=1000, eval_every=250, save_every=500),
         finetune=dict(seq_len=1024, batch_size=16, steps=1500, lr=5e-4, min_lr=5e-5, warmup_steps=50,
                       gate_lr=0.05, eval_every=500, save_every=500),
+        finetune_lr_grid=(2.5e-4, 5e-4, 1e-3),
         passkey=dict(key_digits=5, loss="answer", depths=FINE_DEPTHS),
         eval_multiples=(0.5, 1, 2, 4, 8, 16), eval_samples=16, perplexity_windows=8, perplexity_bucket=512,
     ),
     # The 300M study: its pretraining recipe (30,000 steps of 4 x 8192) and its passkey fine-tuning
-    # (500 steps of 64 x 4096, LR 7.5e-5, gate LR 1.5e-4, 4-digit keys, loss on every token).
+    # (500 steps of 64 x 4096, LR 7.5e-5, gate LR 1.5e-4, 4-digit keys, loss on every token), the LR chosen
+    # per arm from half, once and twice the study's.
     "paper-300m": dict(
         pretrain=dict(),
         finetune=dict(seq_len=4096, global_batch=64, batch_size=8, steps=500, lr=7.5e-5, min_lr=3e-6,
                       warmup_steps=50, gate_lr=1.5e-4, eval_every=100, save_every=100),
+        finetune_lr_grid=(3.75e-5, 7.5e-5, 1.5e-4),
         passkey=dict(key_digits=4, loss="all"),
         eval_multiples=(0.125, 0.25, 0.5, 1, 2), eval_samples=64, eval_batch_size=4, perplexity_windows=8,
         perplexity_bucket=1024,
@@ -111,60 +143,8 @@ def study_config(preset: str, *, sweeps: dict[str, list[Any]] | None = None, **o
     if preset not in STUDY_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(STUDY_PRESETS)}")
     fields = {k: (dict(v) if isinstance(v, dict) else v) for k, v in STUDY_PRESETS[preset].items()}
+    defaults = {f.name: f.default_factory() for f in dataclasses.fields(StudyConfig) if callable(f.default_factory)}
     for key, value in overrides.items():
-        fields[key] = {**fields.get(key, {}), **value} if isinstance(value, dict) else value
+        base = fields.get(key, defaults.get(key)) or {}
+        fields[key] = {**base, **value} if isinstance(value, dict) else value
     return StudyConfig(preset=preset, sweeps=dict(sweeps or {}), **fields)
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One trained model of the study: a name, its model overrides and its training overrides."""
-
-    name: str
-    attention: str
-    model: dict[str, Any]
-    train: dict[str, Any]
-
-
-def expand_arms(cfg: StudyConfig) -> list[Arm]:
-    """Infini and baseline arms for every combination of sweep values (baseline-irrelevant keys skipped)."""
-    arms = []
-    for attention in ("infini", "full"):
-        keys = [k for k in cfg.sweeps if attention == "infini" or k not in INFINI_ONLY]
-        for values in itertools.product(*(cfg.sweeps[k] for k in keys)):
-            chosen = dict(zip(keys, values, strict=True))
-            suffix = "".join(f"-{k}={_show(v)}" for k, v in chosen.items())
-            model = {k: v for k, v in chosen.items() if k in CONFIG_FIELDS}
-            train = {k: v for k, v in chosen.items() if k not in CONFIG_FIELDS}
-            arms.append(Arm(f"{attention}{suffix}", attention, model, train))
-    return arms
-
-
-def _show(value: Any) -> str:
-    return "none" if value is None else str(value)
-
-
-def parse_value(text: str) -> Any:
-    """A sweep or --set value from the command line: int, float, bool, none, or the string itself."""
-    if "," in text:
-        return [parse_value(part) for part in text.split(",")]
-    lowered = text.strip().lower()
-    if lowered in ("none", "null"):
-        return None
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text.strip()
-
-
-def parse_sweep(text: str) -> tuple[str, list[Any]]:
-    """ "key=v1,v2" -> ("key", [v1, v2])."""
-    key, sep, values = text.partition("=")
-    if not sep or not key.strip() or not values.strip():
-        raise ValueError(f"--sweep takes KEY=V1,V2,..., got {text!r}")
-    parsed = parse_value(values)
-    return key.strip(), parsed if isinstance(parsed, list) else [parsed]

@@ -1,29 +1,36 @@
-"""The study pipeline end to end on a micro config, its resume, and its refusals."""
+"""The study pipeline end to end on a micro config: resume, LR selection, haystacks, the RoPE-scaled row, several
+seeds; and its refusals."""
 
 import json
 
 import pytest
+import torch
 
-from infini_llama.study import StudyError, expand_arms, run_study, study_config
+from infini_llama.study import StudyError, run_study, study_config
 from infini_llama.study import runner as study_runner
-from infini_llama.study.cli import parse_sets
-from infini_llama.study.config import parse_sweep
+from infini_llama.study import stages as study_stages
 
 TEXT = "\n".join(f"Sentence number {i} tells of the sea, the ship and the whale." for i in range(1500))
 
 
 @pytest.fixture(scope="module")
-def micro_config(tmp_path_factory):
+def micro(tmp_path_factory):
+    """study_config("tiny") shrunk to seconds: 1-layer width-32 models, 3 steps, one sample per cell."""
     corpus = tmp_path_factory.mktemp("data") / "corpus.txt"
     corpus.write_text(TEXT)
     model = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                  num_key_value_heads=2, segment_len=16)  # fmt: skip
     steps = dict(steps=3, eval_every=0, save_every=0, eval_windows=2, batch_size=4, log_every=1)
-    return study_config(
-        "tiny", model=model, pretrain=dict(data=[str(corpus)], seq_len=128, **steps),
-        finetune=dict(seq_len=128, **steps), eval_multiples=(1, 2), eval_samples=1, eval_batch_size=2,
-        perplexity_windows=1, perplexity_bucket=32,
-    )  # fmt: skip
+
+    def make(**overrides):
+        fields = dict(
+            model=model, pretrain=dict(data=[str(corpus)], seq_len=128, **steps), finetune=dict(seq_len=128, **steps),
+            eval_multiples=(1, 2), eval_depths=(0.0, 1.0), eval_samples=1, eval_batch_size=2, selection_samples=4,
+            perplexity_windows=1, perplexity_bucket=32,
+        )  # fmt: skip
+        return study_config("tiny", **{**fields, **overrides})
+
+    return make
 
 
 @pytest.fixture(autouse=True)
@@ -31,58 +38,102 @@ def shared_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("INFINI_LLAMA_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-def test_study_runs_end_to_end_and_resumes(micro_config, tmp_path, monkeypatch):
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Micro models run fastest on one thread (with two, their tiny ops mostly wait for each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_study_runs_end_to_end_and_resumes(micro, tmp_path, monkeypatch):
+    cfg = micro(finetune_lr_grid=(1e-3, 3e-3))
     out = tmp_path / "study"
-    # Kill the study in the baseline's fine-tuning: everything before it must survive and not be redone.
-    real_train = study_runner.train
+    # Kill the study in the baseline's second fine-tuning: everything before it must survive and not be redone.
+    real_train = study_stages.train
     calls = []
 
-    def dying_train(cfg, **kwargs):
-        calls.append(cfg.out)
-        if cfg.out.endswith("full/finetune"):
+    def dying_train(tcfg, **kwargs):
+        calls.append(tcfg.out)
+        if tcfg.out.endswith("full/finetune-lr=0.003"):
             raise KeyboardInterrupt
-        return real_train(cfg, **kwargs)
+        return real_train(tcfg, **kwargs)
 
-    monkeypatch.setattr(study_runner, "train", dying_train)
+    monkeypatch.setattr(study_stages, "train", dying_train)
     with pytest.raises(KeyboardInterrupt):
-        run_study(micro_config, out, device="cpu", progress=False, jobs=1)
-    assert (out / "infini" / "gates.done").exists() and (out / "full" / "pretrain.done").exists()
-    assert not (out / "full" / "finetune.done").exists()
+        run_study(cfg, out, device="cpu", progress=False, jobs=1)
+    assert (out / "infini" / "gates.done").exists() and (out / "full" / "finetune-lr=0.001.done").exists()
+    assert not (out / "full" / "finetune-lr=0.003.done").exists()
 
-    monkeypatch.setattr(study_runner, "train", real_train)
     calls.clear()
-    monkeypatch.setattr(study_runner, "train", lambda cfg, **kw: (calls.append(cfg.out), real_train(cfg, **kw))[1])
-    report = run_study(micro_config, out, device="cpu", progress=False, jobs=1)
-    assert [c.split("/")[-2:] for c in calls] == [["full", "finetune"]]  # only the unfinished stage ran again
+    monkeypatch.setattr(study_stages, "train", lambda tcfg, **kw: (calls.append(tcfg.out), real_train(tcfg, **kw))[1])
+    report = run_study(cfg, out, device="cpu", progress=False, jobs=1, command="infini-llama study --out study")
+    assert [c.split("/")[-2:] for c in calls] == [["full", "finetune-lr=0.003"]], "only the unfinished stage ran"
 
-    for arm, stages in (
-        ("infini", ["pretrain", "finetune", "passkey", "passkey-memory-off", "perplexity", "gates"]),
-        ("full", ["pretrain", "finetune", "passkey", "perplexity"]),
-    ):
-        for stage in stages:
+    passkey = [f"{task}-{h}" for h in ("repeat", "book") for task in ("passkey", "passkey-memory-off")]
+    baseline = [f"{task}-{h}" for h in ("repeat", "book") for task in ("passkey", "passkey-rope")]
+    for arm, stages in (("infini", passkey + ["perplexity", "gates"]), ("full", baseline + ["perplexity"])):
+        for stage in ["pretrain", "finetune-lr=0.001", "finetune-lr=0.003", "select"] + stages:
             assert (out / arm / f"{stage}.done").exists(), (arm, stage)
-        assert (out / arm / "finetune" / "final" / "config.json").exists()
+
+    results = json.loads((out / "results.json").read_text())
+    for arm in ("infini", "full"):
+        selection = results["arms"][arm]["selection"]
+        assert selection["length"] == 128, "the LR is chosen at the training length, never beyond"
+        assert [c["lr"] for c in selection["candidates"]] == [1e-3, 3e-3]
+        ranked = [(c["exact"]["rate"], c["digit_acc"]["mean"], -i) for i, c in enumerate(selection["candidates"])]
+        assert selection["chosen_lr"] == selection["candidates"][ranked.index(max(ranked))]["lr"]
+        evaluated = json.loads((out / arm / "eval" / "passkey-book" / "summary.json").read_text())
+        assert evaluated["model"]["checkpoint"].endswith(f"{arm}/finetune-lr={selection['chosen_lr']:g}/final")
+        assert evaluated["settings"]["haystack"] == "book" and evaluated["settings"]["seed"] == 0
+    rope = json.loads((out / "full" / "eval" / "passkey-rope-repeat" / "summary.json").read_text())
+    assert rope["settings"]["rope_scaling"] == {
+        "rope_type": "dynamic", "factor": 1.0, "original_max_position_embeddings": 128,
+    }  # fmt: skip
+    assert [r["length"] for r in results["arms"]["full"]["passkey"]["passkey"]["haystacks"]["book"]["by_length"]] == [
+        128,
+        256,
+    ]
     text = report.read_text()
-    assert "| infini |" in text and "| full |" in text and "| infini (memory off) |" in text
-    assert list((out / "report").glob("passkey_heatmap_*.png"))
-    results = json.loads((out / "results.json").read_text())
-    assert set(results["arms"]) == {"infini", "full"}
-    assert [r["length"] for r in results["arms"]["full"]["passkey"]["by_length"]] == [128, 256]
+    for needle in (
+        "## Passkey accuracy by length: classic filler",
+        "## Passkey accuracy by length: held-out text",
+        "| infini (memory off) |",
+        "| full (RoPE dynamic NTK) |",
+        "## What each arm got",
+        "## Infini's lead beyond the training length",
+        "Command: `infini-llama study --out study`",
+    ):
+        assert needle in text, needle
+    assert "1 × 3 tokens" not in text and "3 steps of 4 × 128 tokens" in text
+    assert list((out / "report").glob("passkey_heatmap_*_book.png"))
 
 
-def test_arms_run_in_parallel_processes(micro_config, tmp_path):
-    """--jobs 2: each arm in its own process; the same stages finish and the report names every arm."""
+def test_several_seeds_run_whole_studies_and_report_their_spread(micro, tmp_path):
+    cfg = micro(seeds=(0, 1), eval_haystacks=("book",), eval_rope_scaling=None)
     out = tmp_path / "study"
-    command = "infini-llama study --preset tiny --out study --jobs 2"
-    report = run_study(micro_config, out, device="cpu", progress=False, jobs=2, command=command)
-    assert f"Command: `{command}`" in report.read_text()
-    assert (out / "infini" / "gates.done").exists() and (out / "full" / "perplexity.done").exists()
-    results = json.loads((out / "results.json").read_text())
-    assert set(results["arms"]) == {"infini", "full"}
-    assert all(results["arms"][arm]["finetune"]["steps"] == 3 for arm in ("infini", "full"))
-    assert "| infini |" in report.read_text() and "| full |" in report.read_text()
-    with pytest.raises(StudyError, match="jobs must be at least 1"):
-        run_study(micro_config, out, device="cpu", progress=False, jobs=0)
+    report = run_study(cfg, out, device="cpu", progress=False, jobs=2)
+    for seed in (0, 1):
+        saved = json.loads((out / f"seed-{seed}" / "study.json").read_text())
+        assert saved["seeds"] == [seed] and (out / f"seed-{seed}" / "REPORT.md").is_file()
+        grid = json.loads((out / f"seed-{seed}" / "full" / "eval" / "passkey-book" / "summary.json").read_text())
+        assert grid["settings"]["seed"] == seed
+    assert json.loads((out / "study.json").read_text())["seeds"] == [0, 1]
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["seeds"] == [0, 1] and set(summary["per_seed"]) == {"0", "1"}
+    row = next(r for r in summary["rows"] if r["label"] == "infini")
+    for i, cell in enumerate(row["haystacks"]["book"]):
+        rates = [summary["per_seed"][s]["arms"]["infini"]["passkey"]["passkey"]["haystacks"]["book"]["by_length"][i]
+                 ["exact"]["rate"] for s in ("0", "1")]  # fmt: skip
+        assert cell["exact"]["mean"] == pytest.approx(sum(rates) / 2)
+        assert (cell["exact"]["min"], cell["exact"]["max"]) == (min(rates), max(rates))
+    text = report.read_text()
+    assert "## Passkey accuracy across seeds: held-out text" in text and "[seed 1](seed-1/REPORT.md)" in text
+    assert "| infini | 1 |" in text and "## Fine-tuning LR chosen per seed" in text
+    assert run_study(cfg, out, device="cpu", progress=False, jobs=1) == report, "a finished study resumes instantly"
+    with pytest.raises(StudyError, match="different config"):
+        run_study(micro(seeds=(0, 1, 2)), out, device="cpu", progress=False)
 
 
 def test_default_jobs(monkeypatch):
@@ -93,43 +144,16 @@ def test_default_jobs(monkeypatch):
     assert study_runner.default_jobs(3, "cuda") == 1  # arms share one GPU only when asked (--jobs)
 
 
-def test_folder_of_another_study_is_refused(micro_config, tmp_path):
+def test_folder_of_another_study_is_refused(micro, tmp_path):
     out = tmp_path / "study"
     out.mkdir()
     (out / "study.json").write_text(json.dumps({"preset": "mini"}))
     with pytest.raises(StudyError, match="different config"):
-        run_study(micro_config, out, device="cpu", progress=False)
+        run_study(micro(), out, device="cpu", progress=False)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(StudyError, match="holds no study"):
-        run_study(micro_config, tmp_path / "other", device="cpu", progress=False)
+        run_study(micro(), tmp_path / "other", device="cpu", progress=False)
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
-
-
-def test_sweeps_expand_into_arms():
-    cfg = study_config(
-        "tiny", sweeps=dict([parse_sweep("gate_activation=sigmoid,hard_sigmoid"), parse_sweep("lr=1e-3")])
-    )
-    names = [a.name for a in expand_arms(cfg)]
-    assert names == [
-        "infini-gate_activation=sigmoid-lr=0.001",
-        "infini-gate_activation=hard_sigmoid-lr=0.001",
-        "full-lr=0.001",
-    ]
-    arm = expand_arms(cfg)[0]
-    assert arm.model == {"gate_activation": "sigmoid"} and arm.train == {"lr": 0.001}
-    gate_lr = expand_arms(study_config("tiny", sweeps=dict([parse_sweep("gate_lr=0.01,none")])))
-    assert [a.train for a in gate_lr] == [{"gate_lr": 0.01}, {"gate_lr": None}, {}]
-
-
-def test_bad_study_arguments():
-    with pytest.raises(ValueError, match="unknown preset"):
-        study_config("huge")
-    with pytest.raises(ValueError, match="unknown sweep key"):
-        study_config("tiny", sweeps={"segment_length": [1]})
-    with pytest.raises(ValueError, match="KEY=V1,V2"):
-        parse_sweep("segment_len")
-    assert parse_sets(["pretrain.steps=10", "eval_multiples=1,2"]) == {
-        "pretrain": {"steps": 10},
-        "eval_multiples": [1, 2],
-    }
+    with pytest.raises(StudyError, match="jobs must be at least 1"):
+        run_study(micro(), tmp_path / "new", device="cpu", progress=False, jobs=0)

@@ -1,0 +1,125 @@
+"""The arms of a study: Infini-attention and the full-attention baseline, for every combination of sweep values.
+
+Sweep keys name what they change: a model field (`segment_len`, `memory_update`, ...), `seed` (everything that is
+seeded: pretraining, fine-tuning data and its key exclusion, the evaluation grid), or a training value of one
+stage, `pretrain.<field>` or `finetune.<field>` (`pretrain.lr`, `finetune.gate_lr`, ...): a bare `lr` would say
+neither, and a value given to one stage must not silently change the other. A sweep over a value the baseline does
+not have (`segment_len`, `memory_update`, `gate_activation`, `pretrain.gate_lr`, ...) multiplies the Infini arm
+and leaves one baseline; any other sweep is given to both arms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from infini_llama.models.presets import CONFIG_FIELDS
+from infini_llama.train import TrainConfig
+
+if TYPE_CHECKING:
+    from infini_llama.study.config import StudyConfig
+
+STAGES = ("pretrain", "finetune")
+# Values that change nothing for the full-attention baseline (training values: the field after the stage).
+INFINI_ONLY = frozenset(
+    {"segment_len", "memory_update", "gate_activation", "gate_init", "memory_rope", "bptt", "gate_lr"}
+)
+TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - {"model", "out", "preset", "seed"}
+SWEEP_KEYS = (
+    (CONFIG_FIELDS - {"attention"}) | {"seed"} | {f"{stage}.{name}" for stage in STAGES for name in TRAIN_FIELDS}
+)
+
+
+def check_sweeps(cfg: StudyConfig) -> None:
+    """Raise ValueError for a sweep key that is unknown or does not say its stage, or a sweep without values."""
+    for key, values in cfg.sweeps.items():
+        if key in TRAIN_FIELDS:
+            raise ValueError(
+                f"sweep key {key!r} is a training value: say which stage it is for, pretrain.{key} or "
+                f"finetune.{key} (two sweeps for both)"
+            )
+        if key not in SWEEP_KEYS:
+            raise ValueError(f"unknown sweep key {key!r}; sweepable: {sorted(SWEEP_KEYS)}")
+        if not values:
+            raise ValueError(f"sweep {key!r} has no values")
+    if "seed" in cfg.sweeps and len(cfg.seeds) > 1:
+        raise ValueError("sweep seed or run several seeds (--seeds), not both")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One trained model of a study: a name, its attention, the seed of everything it does, its model overrides
+    and the training overrides of each stage (on top of the study's)."""
+
+    name: str
+    attention: str
+    seed: int
+    model: dict[str, Any]
+    pretrain: dict[str, Any]
+    finetune: dict[str, Any]
+
+    def shared_key(self) -> tuple:
+        """What this arm shares with its counterpart of the other attention: every choice but Infini-only ones."""
+
+        def shared(values: dict[str, Any]) -> tuple:
+            return tuple(sorted((k, v) for k, v in values.items() if k not in INFINI_ONLY))
+
+        return self.seed, shared(self.model), shared(self.pretrain), shared(self.finetune)
+
+
+def _sweep_field(key: str) -> str:
+    return key.partition(".")[2] or key
+
+
+def expand_arms(cfg: StudyConfig) -> list[Arm]:
+    """Infini and baseline arms for every combination of sweep values (baseline-irrelevant keys skipped), for the
+    seed of a single-seed study."""
+    arms = []
+    for attention in ("infini", "full"):
+        keys = [k for k in cfg.sweeps if attention == "infini" or _sweep_field(k) not in INFINI_ONLY]
+        for values in itertools.product(*(cfg.sweeps[k] for k in keys)):
+            chosen = dict(zip(keys, values, strict=True))
+            suffix = "".join(f"-{k}={_show(v)}" for k, v in chosen.items())
+            stage = {s: {k.partition(".")[2]: v for k, v in chosen.items() if k.startswith(s + ".")} for s in STAGES}
+            model = {k: v for k, v in chosen.items() if k in CONFIG_FIELDS}
+            seed = chosen.get("seed", cfg.seed)
+            arms.append(Arm(f"{attention}{suffix}", attention, seed, model, stage["pretrain"], stage["finetune"]))
+    return arms
+
+
+def counterparts(arms: list[Arm]) -> list[tuple[Arm, Arm]]:
+    """(Infini arm, baseline arm) pairs that differ only in attention and Infini-only values."""
+    baselines = {arm.shared_key(): arm for arm in arms if arm.attention == "full"}
+    return [(arm, baselines[arm.shared_key()]) for arm in arms if arm.attention == "infini"]
+
+
+def _show(value: Any) -> str:
+    return "none" if value is None else str(value)
+
+
+def parse_value(text: str) -> Any:
+    """A sweep or --set value from the command line: int, float, bool, none, or the string itself."""
+    if "," in text:
+        return [parse_value(part) for part in text.split(",")]
+    lowered = text.strip().lower()
+    if lowered in ("none", "null"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def parse_sweep(text: str) -> tuple[str, list[Any]]:
+    """ "key=v1,v2" -> ("key", [v1, v2])."""
+    key, sep, values = text.partition("=")
+    if not sep or not key.strip() or not values.strip():
+        raise ValueError(f"--sweep takes KEY=V1,V2,..., got {text!r}")
+    parsed = parse_value(values)
+    return key.strip(), parsed if isinstance(parsed, list) else [parsed]

@@ -1,0 +1,256 @@
+"""REPORT.md of a study: per seed (every table of that seed's arms), and across seeds (mean and spread per row, the
+lead of Infini over the baseline seed by seed, the LR each arm got, every seed's table)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from infini_llama.data.corpus import HELD_OUT_BOOK
+from infini_llama.eval.diagnostics import bucket_order
+from infini_llama.eval.markdown import table
+from infini_llama.eval.prompts import HAYSTACK_LABELS
+from infini_llama.study.config import StudyConfig
+from infini_llama.study.results import passkey_rows, sequences_per_step
+from infini_llama.train import recipe
+
+
+def describe_study(cfg: StudyConfig) -> str:
+    """One paragraph: what both arms share and how they are evaluated (the study's recipe before sweeps and the LR
+    grid; what each arm got is in the arm table)."""
+    pre, fin = recipe(cfg.preset, **cfg.pretrain), recipe(cfg.preset, **cfg.finetune)
+    data = ", ".join(pre.data) if pre.data else (pre.dataset or "the embedded corpus")
+    lrs = ", ".join(f"{lr:g}" for lr in cfg.finetune_lr_grid)
+    lr_text = (
+        f"each arm at LRs {lrs}, the LR chosen per arm on {cfg.selection_samples} held-apart fine-tuning prompts at "
+        "the training length"
+        if cfg.finetune_lr_grid
+        else f"LR {fin.lr:g}"
+    )
+    haystacks = ", ".join(f"{HAYSTACK_LABELS[h]} (`{h}`)" for h in cfg.eval_haystacks)
+    return (
+        f"Both arms share the data, tokens, seeds and recipe: pretraining on {data} ({pre.steps} steps of "
+        f"{sequences_per_step(pre)} × {pre.seq_len} tokens, LR {pre.lr:g}), then passkey fine-tuning ({fin.steps} "
+        f"steps of {sequences_per_step(fin)} × {fin.seq_len} tokens, {lr_text}; loss on "
+        f"{cfg.passkey.get('loss', 'all')} tokens; haystacks drawn per prompt: "
+        f"{', '.join(cfg.passkey.get('haystacks', ('repeat', 'styles', 'corpus', 'distractors')))}), then the "
+        f"evaluations below. The training length is the pretraining length, {pre.seq_len} tokens; passkey prompts "
+        f"are {', '.join(f'{m:g}×' for m in cfg.eval_multiples)} that, {cfg.eval_samples} samples per (length, "
+        f"depth) cell at depths {', '.join(f'{d:g}' for d in cfg.eval_depths)}, greedy exact match, Wilson 95% "
+        f"intervals in brackets, on each haystack: {haystacks}. The held-out text is `{HELD_OUT_BOOK}` of the "
+        "embedded corpus, which neither the tokenizer, pretraining nor fine-tuning reads."
+    )
+
+
+def _pct(p: dict) -> str:
+    return f"{100 * p['rate']:.0f}% [{100 * p['ci_low']:.0f}–{100 * p['ci_high']:.0f}]"
+
+
+def _mean(p: dict) -> str:
+    return f"{p['mean']:.2f} ± {p['stderr']:.2f}"
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _header(cfg: StudyConfig, lengths: list[int]) -> list[str]:
+    return ["row"] + [f"{m:g}× ({n})" for m, n in zip(cfg.eval_multiples, lengths, strict=True)]
+
+
+def write_seed_report(cfg: StudyConfig, out: Path, results: dict, command: str | None) -> Path:
+    """REPORT.md of the single-seed study in `out`."""
+    entries = results["arms"]
+    lengths = next(iter(results["lengths"].values()))
+    lines = [f"# Study report: Infini-attention vs full attention ({cfg.preset}), seed {cfg.seed}", ""]
+    lines += [describe_study(cfg), "", *([f"Command: `{command}`", ""] if command else [])]
+    lines += _arm_table(cfg, entries)
+    for haystack in cfg.eval_haystacks:
+        rows = [(label, grids[haystack]) for label, _, _, grids in passkey_rows(entries) if haystack in grids]
+        lines += [f"## Passkey accuracy by length: {HAYSTACK_LABELS[haystack]}", ""]
+        exact = [[label] + [_pct(r["exact"]) for r in grid["by_length"]] for label, grid in rows]
+        digits = [[label] + [_mean(r["digit_acc"]) for r in grid["by_length"]] for label, grid in rows]
+        lines += table(_header(cfg, lengths), exact)
+        lines += [
+            "",
+            "Digit accuracy (share of answer tokens right under teacher forcing, mean ± standard error): partial "
+            "retrieval that exact match does not show.",
+            "",
+        ]
+        lines += table(_header(cfg, lengths), digits)
+        lines += [""] + _compression_table(entries, haystack)
+    lines += _leads_table(results["leads"])
+    training = []
+    for name, entry in entries.items():
+        pre, chosen = entry.get("pretrain") or {}, _chosen(entry)
+        training.append(
+            [name, _num(pre.get("val_loss")), _num(pre.get("tokens_per_s"), 0), _num(chosen.get("val_loss"))]
+        )
+    lines += ["## Training", ""]
+    lines += table(["arm", "pretrain val loss", "pretrain tok/s", "fine-tune val loss (chosen LR)"], training)
+    lines += ["", "## Details", "", "Tables and figures of every evaluation, from `report/report.md`:", ""]
+    detail = (out / "report" / "report.md").read_text().splitlines()
+    lines += [_relink(line) for line in detail[1:]]
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _chosen(entry: dict) -> dict:
+    lr = (entry.get("selection") or {}).get("chosen_lr")
+    return next((c for c in entry["selection"]["candidates"] if c["lr"] == lr), {}) if lr is not None else {}
+
+
+def _arm_table(cfg: StudyConfig, entries: dict) -> list[str]:
+    """What each arm got: its seed, its pretraining and fine-tuning recipes, the LRs tried and their scores on the
+    held-apart fine-tuning prompts at the training length, and the LR chosen."""
+    lines = [
+        "## What each arm got",
+        "",
+        "Fine-tuning LRs were tried with the same budget; each model answered the same held-apart fine-tuning "
+        "prompts at the training length (1×, never longer), and the LR with the most exact answers was evaluated "
+        "(target at 1×: ≥ 95%). Scores: exact [Wilson 95%] / digit accuracy.",
+        "",
+        "| arm | seed | pretraining LR (gate LR) | fine-tuning: steps × sequences × tokens, gate LR | LR: 1× score | "
+        "chosen LR |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, entry in entries.items():
+        pre, fin = entry["recipe"]["pretrain"], entry["recipe"]["finetune"]
+        selection = entry.get("selection") or {"candidates": []}
+        scores = "; ".join(
+            f"{c['lr']:g}: {_pct(c['exact'])} / {c['digit_acc']['mean']:.2f}" for c in selection["candidates"]
+        )
+        gates = entry["attention"] == "infini"  # the baseline has no gates, so no gate LR
+        lines.append(
+            f"| {name} | {entry['seed']} | {pre['lr']:g} ({_lr(pre['gate_lr'] if gates else None)}) | {fin['steps']} × "
+            f"{fin['sequences_per_step']} × {fin['seq_len']}, {_lr(fin['gate_lr'] if gates else None)} | "
+            f"{scores or '–'} | {_lr(selection.get('chosen_lr'))} |"
+        )
+    return lines + [""]
+
+
+def _lr(value: float | None) -> str:
+    return "–" if value is None else f"{value:g}"
+
+
+def _compression_table(entries: dict, haystack: str) -> list[str]:
+    """Exact accuracy of the Infini rows by the number of memory updates (compressions) between the key and the
+    question, over every length and depth."""
+    rows = {
+        grids["label"]: {r["memory_updates"]: r["exact"] for r in grids["haystacks"][haystack]["by_memory_updates"]}
+        for entry in entries.values()
+        if entry["attention"] == "infini"
+        for task, grids in entry["passkey"].items()
+        if task == "passkey" and haystack in grids["haystacks"]
+    }
+    labels = sorted({label for row in rows.values() for label in row} - {"n/a"}, key=bucket_order)
+    if not labels:
+        return []
+    lines = [
+        f"Accuracy by number of memory compressions ({HAYSTACK_LABELS[haystack]}): segment boundaries between the "
+        "segment holding the last token of the key's last copy in the needle and the question's segment (0: that "
+        "copy ends in the question's own segment, within local attention's reach), over every length and depth; "
+        "exact match [Wilson 95%].",
+        "",
+    ]
+    lines += table(
+        ["row"] + labels, [[name] + [_pct(row[b]) if b in row else "–" for b in labels] for name, row in rows.items()]
+    )
+    return lines + [""]
+
+
+def _leads_table(leads: list[dict]) -> list[str]:
+    if not leads:
+        return []
+    lines = [
+        "## Infini's lead beyond the training length",
+        "",
+        "Mean over the lengths beyond the training length of (Infini's exact accuracy − the other row's), in "
+        "points, and at how many of those lengths Infini is ahead.",
+        "",
+    ]
+    rows = [
+        [d["infini"], d["baseline"], HAYSTACK_LABELS[d["haystack"]], f"{d['mean_lead']:+.0f}"]
+        + [f"{d['ahead']}/{d['lengths']}"]
+        for d in leads
+    ]
+    lines += table(["Infini arm", "compared with", "haystack", "mean lead", "lengths ahead"], rows)
+    return lines + [""]
+
+
+def _relink(line: str) -> str:
+    """Point the detail report's relative image links at report/."""
+    return line.replace("](", "](report/") if "![" in line and "](http" not in line else line
+
+
+def write_across_report(cfg: StudyConfig, out: Path, summary: dict, command: str | None) -> Path:
+    """REPORT.md of a multi-seed study: every passkey row's mean and spread across seeds, the lead per seed, the LR
+    each arm got per seed, and every seed's exact accuracy."""
+    seeds = summary["seeds"]
+    lines = [f"# Study report: Infini-attention vs full attention ({cfg.preset}), seeds {', '.join(map(str, seeds))}"]
+    lines += ["", describe_study(cfg), "", *([f"Command: `{command}`", ""] if command else [])]
+    links = ", ".join(f"[seed {s}](seed-{s}/REPORT.md)" for s in seeds)
+    lines += [f"Each seed is a whole study (pretraining, fine-tuning, LR choice, every evaluation): {links}.", ""]
+    first = summary["rows"][0]
+    lengths = [x["length"] for x in next(iter(first["haystacks"].values()))]
+    for haystack in cfg.eval_haystacks:
+        rows = [r for r in summary["rows"] if haystack in r["haystacks"]]
+        lines += [f"## Passkey accuracy across seeds: {HAYSTACK_LABELS[haystack]}", ""]
+        lines += ["Exact match, mean over seeds ± standard deviation [min–max].", ""]
+        lines += table(
+            _header(cfg, lengths),
+            [[r["label"]] + [_spread(x["exact"]) for x in r["haystacks"][haystack]] for r in rows],
+        )
+        lines += [""]
+    lines += _leads_by_seed(summary)
+    lines += ["## Fine-tuning LR chosen per seed", ""]
+    chosen = [[name] + [_lr(by_seed.get(s)) for s in seeds] for name, by_seed in summary["chosen_lr"].items()]
+    lines += table(["arm"] + [f"seed {s}" for s in seeds], chosen)
+    lines += ["", "## Per seed", ""]
+    for haystack in cfg.eval_haystacks:
+        lines += [f"Exact match, {HAYSTACK_LABELS[haystack]}:", ""]
+        rows = [
+            [r["label"], str(s)] + [_rate(x["exact"]["per_seed"].get(s)) for x in r["haystacks"][haystack]]
+            for r in summary["rows"]
+            if haystack in r["haystacks"]
+            for s in seeds
+        ]
+        lines += table(["row", "seed"] + _header(cfg, lengths)[1:], rows)
+        lines += [""]
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _spread(stats: dict) -> str:
+    return f"{100 * stats['mean']:.0f}% ± {100 * stats['std']:.0f} [{100 * stats['min']:.0f}–{100 * stats['max']:.0f}]"
+
+
+def _rate(rate: float | None) -> str:
+    return "–" if rate is None else f"{100 * rate:.0f}%"
+
+
+def _lead(lead: dict | None) -> str:
+    return "–" if lead is None else f"{lead['mean_lead']:+.0f} ({lead['ahead']}/{lead['lengths']})"
+
+
+def _leads_by_seed(summary: dict) -> list[str]:
+    seeds = summary["seeds"]
+    keyed: dict[tuple, dict] = {}
+    for seed in seeds:
+        for d in summary["leads"][seed]:
+            keyed.setdefault((d["infini"], d["baseline"], d["haystack"]), {})[seed] = d
+    if not keyed:
+        return []
+    lines = [
+        "## Infini's lead beyond the training length, per seed",
+        "",
+        "Mean over the lengths beyond the training length of (Infini's exact accuracy − the other row's), in "
+        "points, and in parentheses at how many of those lengths Infini is ahead.",
+        "",
+    ]
+    rows = []
+    for (infini, baseline, haystack), by_seed in keyed.items():
+        cells = [_lead(by_seed.get(s)) for s in seeds]
+        rows.append([infini, baseline, HAYSTACK_LABELS[haystack]] + cells)
+    return lines + table(["Infini arm", "compared with", "haystack"] + [f"seed {s}" for s in seeds], rows) + [""]

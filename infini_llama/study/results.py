@@ -1,0 +1,180 @@
+"""The numbers of a study, as written to results.json: per seed, each arm's recipe, training, LR selection, passkey
+grids on every haystack, perplexity and gates; across seeds, the mean and spread of every passkey row, and Infini's
+lead over the baseline beyond the training length, seed by seed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from infini_llama.study.arms import Arm, counterparts
+from infini_llama.study.config import StudyConfig
+from infini_llama.study.stages import (
+    candidate_lrs,
+    eval_lengths,
+    finetune_dir,
+    passkey_label,
+    passkey_tasks,
+    train_recipe,
+    training_length,
+)
+from infini_llama.train import TrainConfig
+
+
+def sequences_per_step(tcfg: TrainConfig) -> int:
+    """Sequences in one optimizer step: the global batch when the recipe sets one (it fixes the step on any number
+    of processes), else batch_size × grad_accum (a study runs each arm in one process)."""
+    return tcfg.global_batch or tcfg.batch_size * tcfg.grad_accum
+
+
+def recipe_summary(tcfg: TrainConfig) -> dict[str, Any]:
+    return {
+        "steps": tcfg.steps, "sequences_per_step": sequences_per_step(tcfg), "seq_len": tcfg.seq_len, "lr": tcfg.lr,
+        "min_lr": tcfg.min_lr, "gate_lr": tcfg.gate_lr,
+    }  # fmt: skip
+
+
+def _marker(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _summary(path: Path) -> dict | None:
+    return _marker(path / "summary.json")
+
+
+def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
+    """The numbers of the single-seed study in `out`."""
+    entries = {}
+    for arm in arms:
+        root = out / arm.name
+        entry: dict[str, Any] = {
+            "attention": arm.attention,
+            "seed": arm.seed,
+            "model": arm.model,
+            "training_length": training_length(cfg, arm),
+            "recipe": {
+                "pretrain": recipe_summary(train_recipe(cfg, arm, "pretrain")),
+                "finetune": recipe_summary(train_recipe(cfg, arm, "finetune")),
+                "finetune_lrs": list(candidate_lrs(cfg, arm)),
+            },
+            "pretrain": _marker(root / "pretrain.done"),
+            "finetune": [_marker(root / f"{finetune_dir(root, lr).name}.done") for lr in candidate_lrs(cfg, arm)],
+            "selection": _marker(root / "select.done"),
+            "passkey": {},
+        }
+        for task in passkey_tasks(cfg, arm):
+            grids = {}
+            for haystack in cfg.eval_haystacks:
+                summary = _summary(root / "eval" / f"{task}-{haystack}")
+                if summary is not None and summary.get("status") == "complete":
+                    results = summary["results"]
+                    grids[haystack] = {
+                        "by_length": [
+                            {"length": r["length"], "exact": r["exact"], "digit_acc": r["digit_acc"]}
+                            for r in results["by_length"]
+                        ],
+                        "by_memory_updates": [
+                            {"memory_updates": r["memory_updates"], "exact": r["exact"]}
+                            for r in results["by_memory_updates"]
+                        ],
+                        "cells": [
+                            {"length": r["length"], "depth": r["depth"], "exact": r["exact"]} for r in results["cells"]
+                        ],
+                    }
+            entry["passkey"][task] = {"label": passkey_label(arm, task, cfg), "haystacks": grids}
+        for task in ("perplexity", "gates"):
+            summary = _summary(root / "eval" / task)
+            if summary is not None:
+                entry[task] = summary["results"]
+        entries[arm.name] = entry
+    return {
+        "study": _plain(cfg),
+        "seed": cfg.seed,
+        "lengths": {arm.name: eval_lengths(cfg, arm) for arm in arms},
+        "arms": entries,
+        "leads": leads(cfg, arms, entries),
+    }
+
+
+def _plain(cfg: StudyConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def passkey_rows(entries: dict) -> list[tuple[str, str, str, dict]]:
+    """(row label, arm name, task, {haystack: grid}) for every passkey grid of every arm, in order."""
+    return [
+        (grids["label"], name, task, grids["haystacks"])
+        for name, entry in entries.items()
+        for task, grids in entry["passkey"].items()
+    ]
+
+
+def leads(cfg: StudyConfig, arms: list[Arm], entries: dict) -> list[dict]:
+    """For each Infini arm and each row of its baseline (plain, RoPE-scaled) on each haystack: the mean over the
+    lengths beyond the training length of (Infini's exact accuracy − the row's), in points, and at how many of
+    those lengths Infini is ahead."""
+    beyond = [i for i, m in enumerate(cfg.eval_multiples) if m > 1]
+    out = []
+    for infini, baseline in counterparts(arms):
+        ours = entries[infini.name]["passkey"]["passkey"]["haystacks"]
+        for task, grids in entries[baseline.name]["passkey"].items():
+            for haystack in cfg.eval_haystacks:
+                if haystack not in ours or haystack not in grids["haystacks"] or not beyond:
+                    continue
+                mine = [ours[haystack]["by_length"][i]["exact"]["rate"] for i in beyond]
+                theirs = [grids["haystacks"][haystack]["by_length"][i]["exact"]["rate"] for i in beyond]
+                gaps = [100 * (a - b) for a, b in zip(mine, theirs, strict=True)]
+                out.append({
+                    "infini": infini.name, "baseline": grids["label"], "task": task, "haystack": haystack,
+                    "mean_lead": statistics.fmean(gaps), "ahead": sum(g > 0 for g in gaps), "lengths": len(gaps),
+                })  # fmt: skip
+    return out
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Mean, sample standard deviation (0 for one value), min and max."""
+    return {
+        "mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values), "max": max(values),
+    }  # fmt: skip
+
+
+def across_seeds(cfg: StudyConfig, per_seed: dict[int, dict]) -> dict:
+    """Every passkey row (matched by label) on every haystack and length: exact accuracy and digit accuracy per
+    seed with their spread; each seed's leads; each arm's chosen fine-tuning LR per seed."""
+    first = per_seed[cfg.seeds[0]]
+    rows = []
+    for label, name, task, grids in passkey_rows(first["arms"]):
+        row: dict[str, Any] = {"label": label, "arm": name, "task": task, "haystacks": {}}
+        for haystack in grids:
+            lengths = []
+            for i, multiple in enumerate(cfg.eval_multiples):
+                exact, digits = {}, {}
+                for seed, results in per_seed.items():
+                    grid = results["arms"][name]["passkey"][task]["haystacks"].get(haystack)
+                    if grid is not None:
+                        exact[seed] = grid["by_length"][i]["exact"]["rate"]
+                        digits[seed] = grid["by_length"][i]["digit_acc"]["mean"]
+                if exact:
+                    lengths.append({
+                        "multiple": multiple, "length": grids[haystack]["by_length"][i]["length"],
+                        "exact": {**spread(list(exact.values())), "per_seed": exact},
+                        "digit_acc": {**spread(list(digits.values())), "per_seed": digits},
+                    })  # fmt: skip
+            row["haystacks"][haystack] = lengths
+        rows.append(row)
+    chosen = {
+        name: {seed: (r["arms"][name].get("selection") or {}).get("chosen_lr") for seed, r in per_seed.items()}
+        for name in first["arms"]
+    }
+    return {
+        "study": _plain(cfg),
+        "seeds": list(cfg.seeds),
+        "rows": rows,
+        "leads": {seed: results["leads"] for seed, results in per_seed.items()},
+        "chosen_lr": chosen,
+        "per_seed": per_seed,
+    }

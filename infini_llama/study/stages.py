@@ -1,0 +1,206 @@
+"""The stages of one arm of a single-seed study, in order: pretraining → passkey fine-tuning at each LR of the grid
+→ choosing the LR on held-apart fine-tuning prompts at the training length → passkey grids on every haystack
+(and, for Infini arms, with the memory switched off; for the baseline, with RoPE scaled) → perplexity by position →
+gates.
+
+Layout of an arm's folder:
+
+    pretrain/                   a training run (see infini_llama.train.rundir); final/ is a HF model folder
+    finetune-lr=<lr>/           a passkey fine-tuning run from pretrain/final, one per LR of the grid
+    eval/<task>/                evaluation runs (summary.json + samples.jsonl): passkey-<haystack>,
+                                passkey-memory-off-<haystack>, passkey-rope-<haystack>, perplexity, gates
+    <stage>.done                written when a stage finished (select.done names the chosen LR)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from infini_llama.data import held_out_book
+from infini_llama.eval import (
+    ChunkedLM,
+    PasskeyBatchSource,
+    PasskeyGridConfig,
+    PerplexityConfig,
+    evaluate_passkey,
+    load_eval_tokenizer,
+    load_model,
+    perplexity_by_position,
+    run_gates,
+    run_passkey_grid,
+)
+from infini_llama.eval.passkey import DEFAULT_KEY_DIGITS
+from infini_llama.eval.rope_scaling import rope_scaling, rope_scaling_label
+from infini_llama.eval.scoring import mean_and_stderr, proportion
+from infini_llama.study.arms import Arm
+from infini_llama.study.config import StudyConfig
+from infini_llama.train import TrainConfig, launch_env, recipe, train
+
+Stage = tuple[str, Callable[[], dict | None]]
+# The passkey grids of an arm: task folder prefix -> what the row adds to the arm's name in reports.
+PASSKEY_TASKS = ("passkey", "passkey-memory-off", "passkey-rope")
+
+
+def train_recipe(cfg: StudyConfig, arm: Arm, stage: str, **extra: Any) -> TrainConfig:
+    """The resolved TrainConfig of `stage` ("pretrain" or "finetune") for `arm`: the preset's recipe, the study's
+    values for that stage, the arm's own, then `extra`; the arm's seed."""
+    study_values = cfg.pretrain if stage == "pretrain" else cfg.finetune
+    return recipe(cfg.preset, **{**study_values, **getattr(arm, stage), **extra, "seed": arm.seed})
+
+
+def training_length(cfg: StudyConfig, arm: Arm) -> int:
+    """The training length: the pretraining `seq_len`, the longest context the arm ever trained on."""
+    return train_recipe(cfg, arm, "pretrain").seq_len
+
+
+def eval_lengths(cfg: StudyConfig, arm: Arm) -> list[int]:
+    """Passkey lengths in tokens: the multiples of the training length."""
+    return [round(m * training_length(cfg, arm)) for m in cfg.eval_multiples]
+
+
+def candidate_lrs(cfg: StudyConfig, arm: Arm) -> tuple[float, ...]:
+    """The fine-tuning LRs this arm tries: the study's grid, or its one fine-tuning LR."""
+    return cfg.finetune_lr_grid or (train_recipe(cfg, arm, "finetune").lr,)
+
+
+def finetune_recipe(cfg: StudyConfig, arm: Arm, lr: float, **extra: Any) -> TrainConfig:
+    """Fine-tuning at `lr` with the same budget and schedule shape for every LR (the floor scales with it)."""
+    base = train_recipe(cfg, arm, "finetune")
+    return train_recipe(cfg, arm, "finetune", lr=lr, min_lr=base.min_lr * lr / base.lr, **extra)
+
+
+def finetune_dir(root: Path, lr: float) -> Path:
+    return root / f"finetune-lr={lr:g}"
+
+
+def chosen_checkpoint(root: Path) -> Path:
+    """The fine-tuned model the evaluations use: the one of the LR the selection stage chose."""
+    chosen = json.loads((root / "select.done").read_text())["chosen_lr"]
+    return finetune_dir(root, chosen) / "final"
+
+
+def passkey_source(cfg: StudyConfig, arm: Arm, tokenizer, tcfg: TrainConfig) -> PasskeyBatchSource:
+    """The fine-tuning data: seeded by the arm's seed, never using a key of the arm's evaluation grid."""
+    rank, world_size, _ = launch_env()
+    return PasskeyBatchSource(
+        tokenizer, tcfg.seq_len, tcfg.batch_size, tcfg.accumulation(world_size), seed=arm.seed, rank=rank,
+        world_size=world_size, exclude_eval_seed=arm.seed, exclude_eval_samples=cfg.eval_samples * len(cfg.eval_depths),
+        **cfg.passkey,
+    )  # fmt: skip
+
+
+def rope_row_scaling(cfg: StudyConfig, arm: Arm) -> dict | None:
+    """The RoPE scaling of the baseline's extra row (its original length: the training length), or None."""
+    if cfg.eval_rope_scaling is None or arm.attention != "full":
+        return None
+    options = dict(cfg.eval_rope_scaling)
+    return rope_scaling(options.pop("rope_type"), training_length(cfg, arm), **options)
+
+
+def passkey_label(arm: Arm, task: str, cfg: StudyConfig) -> str:
+    """How reports name the row of `task` (a PASSKEY_TASKS entry) of `arm`."""
+    if task == "passkey-memory-off":
+        return f"{arm.name} (memory off)"
+    if task == "passkey-rope":
+        return f"{arm.name} ({rope_scaling_label(rope_row_scaling(cfg, arm))})"
+    return arm.name
+
+
+def passkey_tasks(cfg: StudyConfig, arm: Arm) -> list[str]:
+    """The passkey grids of `arm` (each run on every haystack of the study)."""
+    if arm.attention == "infini":
+        return ["passkey", "passkey-memory-off"]
+    return ["passkey"] + (["passkey-rope"] if rope_row_scaling(cfg, arm) else [])
+
+
+def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bool) -> list[Stage]:
+    """(name, callable) for every stage of `arm`, whose folder is `root`, in order."""
+    pretrain_dir = root / "pretrain"
+    on = None if device == "auto" else device
+
+    def run_config(tcfg: TrainConfig, run_dir: Path) -> TrainConfig:
+        resume = (run_dir / "run.json").is_file()
+        return dataclasses.replace(tcfg, out=str(run_dir), resume=resume, device=device, progress=progress)
+
+    def pretrain():
+        model = {**cfg.model, **arm.model, "attention": arm.attention}
+        result = train(run_config(train_recipe(cfg, arm, "pretrain", model=model), pretrain_dir))
+        _check_finished(result, "pretraining")
+        return {"val_loss": result.val_loss, "tokens_per_s": result.tokens_per_s, "steps": result.step}
+
+    def finetune(lr: float):
+        def run():
+            tokenizer = load_eval_tokenizer(pretrain_dir / "final")
+            tcfg = finetune_recipe(cfg, arm, lr, init_from=str(pretrain_dir / "final"))
+            result = train(run_config(tcfg, finetune_dir(root, lr)), batches=passkey_source(cfg, arm, tokenizer, tcfg),
+                           tokenizer=tokenizer)  # fmt: skip
+            _check_finished(result, "passkey fine-tuning")
+            return {"lr": lr, "val_loss": result.val_loss, "tokens_per_s": result.tokens_per_s, "steps": result.step}
+
+        return run
+
+    def select():
+        # Each LR's model on the same held-apart fine-tuning prompts at the training length, never longer: the one
+        # most often exactly right wins (then the higher digit accuracy, then the first in the grid).
+        tokenizer = load_eval_tokenizer(pretrain_dir / "final")
+        length, lrs = training_length(cfg, arm), candidate_lrs(cfg, arm)
+        source = passkey_source(cfg, arm, tokenizer, finetune_recipe(cfg, arm, lrs[0]))
+        prompts = source.selection_prompts(length, cfg.selection_samples)
+        candidates = []
+        for lr in lrs:
+            model = load_model(finetune_dir(root, lr) / "final", device=on)
+            rows = evaluate_passkey(ChunkedLM(model), tokenizer, prompts, cfg.eval_batch_size)
+            trained = json.loads((root / f"{finetune_dir(root, lr).name}.done").read_text())
+            candidates.append({
+                "lr": lr, "exact": proportion(sum(r["exact"] for r in rows), len(rows)),
+                "digit_acc": mean_and_stderr([r["digit_acc"] for r in rows]), "val_loss": trained.get("val_loss"),
+            })  # fmt: skip
+        ranked = [(c["exact"]["rate"], c["digit_acc"]["mean"], -i) for i, c in enumerate(candidates)]
+        best = ranked.index(max(ranked))
+        return {"chosen_lr": lrs[best], "length": length, "samples": len(prompts), "candidates": candidates}
+
+    def evaluate(task: str, haystack: str | None = None):
+        def run():
+            checkpoint = chosen_checkpoint(root)
+            model, tokenizer = load_model(checkpoint, device=on), load_eval_tokenizer(checkpoint)
+            target = root / "eval" / (f"{task}-{haystack}" if haystack else task)
+            label = passkey_label(arm, task, cfg)
+            if haystack:
+                grid = PasskeyGridConfig(
+                    lengths=eval_lengths(cfg, arm), depths=cfg.eval_depths, samples=cfg.eval_samples, seed=arm.seed,
+                    key_digits=cfg.passkey.get("key_digits", DEFAULT_KEY_DIGITS), haystack=haystack,
+                    memory_off=task == "passkey-memory-off", rope_scaling=rope_row_scaling(cfg, arm) if
+                    task == "passkey-rope" else None, batch_size=cfg.eval_batch_size, progress=progress,
+                )  # fmt: skip
+                run_passkey_grid(model, tokenizer, grid, target, label=label, checkpoint=checkpoint)
+            elif task == "perplexity":
+                ppl = PerplexityConfig(
+                    train_len=training_length(cfg, arm), max_len=max(eval_lengths(cfg, arm)),
+                    bucket_len=cfg.perplexity_bucket, windows=cfg.perplexity_windows, batch_size=cfg.eval_batch_size,
+                    progress=progress,
+                )  # fmt: skip
+                book = held_out_book()
+                perplexity_by_position(model, tokenizer, ppl, target, documents=[book.text], source=book.name,
+                                       label=label, checkpoint=checkpoint)  # fmt: skip
+            else:
+                run_gates(model, tokenizer, target, label=label, checkpoint=checkpoint.parent)
+
+        return run
+
+    stages: list[Stage] = [("pretrain", pretrain)]
+    stages += [(finetune_dir(root, lr).name, finetune(lr)) for lr in candidate_lrs(cfg, arm)]
+    stages.append(("select", select))
+    stages += [(f"{task}-{h}", evaluate(task, h)) for h in cfg.eval_haystacks for task in passkey_tasks(cfg, arm)]
+    stages.append(("perplexity", evaluate("perplexity")))
+    if arm.attention == "infini":
+        stages.append(("gates", evaluate("gates")))
+    return stages
+
+
+def _check_finished(result, what: str) -> None:
+    if result.stopped_by is not None:
+        raise SystemExit(f"[study] {what} stopped by {result.stopped_by}; run the same command again to continue")

@@ -1,0 +1,147 @@
+"""Study configs without running them: sweeps into arms, what each stage of an arm gets, the recipe sentence."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from infini_llama.cli import build_parser
+from infini_llama.study import expand_arms, study_config
+from infini_llama.study import stages as study_stages
+from infini_llama.study.arms import counterparts, parse_sweep
+from infini_llama.study.cli import parse_sets
+from infini_llama.study.report import describe_study
+
+
+def sweeps(*texts: str) -> dict:
+    return dict(parse_sweep(t) for t in texts)
+
+
+def test_sweeps_expand_into_arms():
+    cfg = study_config("tiny", sweeps=sweeps("gate_activation=sigmoid,hard_sigmoid", "pretrain.lr=1e-3"))
+    arms = expand_arms(cfg)
+    assert [a.name for a in arms] == [
+        "infini-gate_activation=sigmoid-pretrain.lr=0.001",
+        "infini-gate_activation=hard_sigmoid-pretrain.lr=0.001",
+        "full-pretrain.lr=0.001",
+    ]
+    assert arms[0].model == {"gate_activation": "sigmoid"} and arms[0].pretrain == {"lr": 0.001}
+    assert arms[0].finetune == {} and arms[0].seed == 0
+    assert [(i.name, b.name) for i, b in counterparts(arms)] == [
+        (arms[0].name, arms[2].name),
+        (arms[1].name, arms[2].name),
+    ]
+    gate_lr = expand_arms(study_config("tiny", sweeps=sweeps("finetune.gate_lr=0.01,none")))
+    assert [a.finetune for a in gate_lr] == [{"gate_lr": 0.01}, {"gate_lr": None}, {}]
+    assert [a.attention for a in gate_lr] == ["infini", "infini", "full"], "one baseline: it has no gates"
+
+
+def test_a_training_sweep_names_its_stage_and_changes_only_that_stage():
+    with pytest.raises(ValueError, match="say which stage it is for, pretrain.lr or finetune.lr"):
+        study_config("tiny", sweeps=sweeps("lr=1e-3,2e-3"))
+    cfg = study_config("tiny", sweeps=sweeps("pretrain.lr=1e-3,4e-3"))
+    for arm, lr in zip(expand_arms(cfg), (1e-3, 4e-3, 1e-3, 4e-3), strict=True):
+        assert study_stages.train_recipe(cfg, arm, "pretrain").lr == lr
+        assert study_stages.train_recipe(cfg, arm, "finetune").lr == 2e-3, "fine-tuning keeps the study's LR"
+        assert study_stages.candidate_lrs(cfg, arm) == (2e-3,)
+    cfg = study_config("tiny", sweeps=sweeps("finetune.lr=5e-4"))
+    assert {study_stages.candidate_lrs(cfg, arm) for arm in expand_arms(cfg)} == {(5e-4,)}
+    assert study_stages.train_recipe(cfg, expand_arms(cfg)[0], "pretrain").lr == 2e-3
+    with pytest.raises(ValueError, match="do not also sweep finetune.lr"):
+        study_config("tiny", finetune_lr_grid=(1e-3, 2e-3), sweeps=sweeps("finetune.lr=5e-4"))
+
+
+def test_lr_grid_keeps_the_budget_and_the_schedule_shape():
+    cfg = study_config("tiny", finetune_lr_grid=(1e-3, 4e-3))
+    arm = expand_arms(cfg)[1]
+    runs = [study_stages.finetune_recipe(cfg, arm, lr) for lr in study_stages.candidate_lrs(cfg, arm)]
+    assert [r.lr for r in runs] == [1e-3, 4e-3] and [r.min_lr for r in runs] == pytest.approx([1e-4, 4e-4])
+    assert len({(r.steps, r.batch_size, r.seq_len, r.warmup_steps, r.seed) for r in runs}) == 1
+
+
+def test_a_seed_sweep_seeds_every_stage_of_its_arms(tmp_path, monkeypatch):
+    """Pretraining, fine-tuning data, its key exclusion, the LR-selection prompts and every grid use the arm's
+    seed (before, recipe() got seed twice and the data and grids used the study's seed)."""
+    cfg = study_config("tiny", eval_haystacks=("repeat",), sweeps=sweeps("seed=3"))
+    arm = next(a for a in expand_arms(cfg) if a.attention == "full")
+    assert arm.name == "full-seed=3" and arm.seed == 3
+    seen = {}
+    result = SimpleNamespace(stopped_by=None, val_loss=1.0, tokens_per_s=1.0, step=1)
+    monkeypatch.setattr(
+        study_stages, "train", lambda tcfg, **kw: (seen.setdefault(Path(tcfg.out).name, tcfg), result)[1]
+    )
+
+    class Source:
+        def __init__(self, tokenizer, *args, **kwargs):
+            seen.setdefault("source", kwargs)
+
+        def selection_prompts(self, length, count):
+            seen["selection"] = length
+            return []
+
+    monkeypatch.setattr(study_stages, "PasskeyBatchSource", Source)
+    monkeypatch.setattr(study_stages, "load_eval_tokenizer", lambda path: None)
+    monkeypatch.setattr(study_stages, "load_model", lambda path, device=None: None)
+    monkeypatch.setattr(study_stages, "ChunkedLM", lambda model: None)
+    monkeypatch.setattr(study_stages, "evaluate_passkey", lambda *args: [{"exact": True, "digit_acc": 1.0}])
+    monkeypatch.setattr(
+        study_stages, "run_passkey_grid", lambda model, tok, grid, out, **kw: seen.setdefault(out.name, grid)
+    )
+    root = tmp_path / arm.name
+    for name, run in study_stages.arm_stages(cfg, arm, root, "cpu", False):
+        if name.startswith("passkey") or name in ("pretrain", "select") or name.startswith("finetune"):
+            info = run()
+            if info is not None:
+                root.mkdir(parents=True, exist_ok=True)
+                (root / f"{name}.done").write_text(json.dumps(info))
+    assert seen["pretrain"].seed == 3 and seen["finetune-lr=0.002"].seed == 3
+    assert seen["source"]["seed"] == 3 and seen["source"]["exclude_eval_seed"] == 3
+    assert seen["selection"] == 256, "the LR is chosen at the training length"
+    assert seen["passkey-repeat"].seed == 3 and seen["passkey-rope-repeat"].seed == 3
+    assert seen["passkey-rope-repeat"].rope_scaling["original_max_position_embeddings"] == 256
+    with pytest.raises(ValueError, match="not both"):
+        study_config("tiny", seeds=(0, 1), sweeps=sweeps("seed=3"))
+
+
+def test_the_recipe_sentence_counts_the_global_batch():
+    text = describe_study(study_config("paper-300m"))
+    assert "30000 steps of 4 × 8192 tokens" in text, "pretraining: global batch 4, one sequence per pass"
+    assert "500 steps of 64 × 4096 tokens" in text, "fine-tuning: global batch 64 in passes of 8"
+    assert "each arm at LRs 3.75e-05, 7.5e-05, 0.00015" in text
+    assert "classic filler (`repeat`), held-out text (`book`)" in text and "melville__moby_dick" in text
+
+
+def test_study_command_line(tmp_path):
+    parse = build_parser(["study"]).parse_args
+    args = parse(["study", "--out", "o", "--seeds", "0,1,2,3,4", "--set", "finetune_lr_grid=1e-3,2e-3"])
+    assert args.seeds == [0, 1, 2, 3, 4] and args.seed is None
+    with pytest.raises(SystemExit):
+        parse(["study", "--out", "o", "--seeds", "0,1", "--seed", "2"])
+    assert parse_sets(["pretrain.steps=10", "eval_multiples=1,2", "eval_rope_scaling.rope_type=yarn"]) == {
+        "pretrain": {"steps": 10},
+        "eval_multiples": [1, 2],
+        "eval_rope_scaling": {"rope_type": "yarn"},
+    }
+    cfg = study_config("tiny", eval_rope_scaling={"rope_type": "yarn", "factor": 8})
+    assert cfg.eval_rope_scaling == {"rope_type": "yarn", "factor": 8}
+    assert study_config("tiny", eval_rope_scaling=None).eval_rope_scaling is None
+
+
+def test_bad_study_arguments():
+    with pytest.raises(ValueError, match="unknown preset"):
+        study_config("huge")
+    with pytest.raises(ValueError, match="unknown sweep key"):
+        study_config("tiny", sweeps={"segment_length": [1]})
+    with pytest.raises(ValueError, match="KEY=V1,V2"):
+        parse_sweep("segment_len")
+    with pytest.raises(ValueError, match="seeds must be"):
+        study_config("tiny", seeds=(1, 1))
+    with pytest.raises(ValueError, match="eval_haystacks must be"):
+        study_config("tiny", eval_haystacks=("moby",))
+    with pytest.raises(ValueError, match="finetune_lr_grid must hold"):
+        study_config("tiny", finetune_lr_grid=(1e-3, -1.0))
+    with pytest.raises(ValueError, match="eval_rope_scaling must be"):
+        study_config("tiny", eval_rope_scaling={"rope_type": "linear"})
+    with pytest.raises(ValueError, match="each seed's study has one"):
+        _ = study_config("tiny", seeds=(0, 1)).seed
