@@ -2,7 +2,8 @@
 
 All decoder layers are one class with one shape, so the first layer's graph serves all of them: compile time
 does not grow with depth, and (the delta rule's segment loop being one operator, `ops/recurrence.py`) not with
-sequence length either. Embeddings, the final norm, the output layer and the loss stay eager.
+sequence length either. The loss is compiled too (its upcast and cross-entropy fused); embeddings, the final
+norm and the output layer stay eager.
 
 Compilation happens at the first call, in the middle of a training step, where a failure (a missing compiler,
 an unsupported PyTorch build) would stop the run. So the layers are compiled up front on a probe of the
@@ -14,9 +15,12 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from infini_llama.models import causal_lm_loss
 
 
 def resolve_compile(setting: bool | None, device: torch.device) -> bool:
@@ -44,24 +48,72 @@ def compile_decoder_layers(
         each.compile(dynamic=False)
     generator = torch.Generator(param.device).manual_seed(0)
     x = torch.randn(batch_size, seq_len, hidden, device=param.device, generator=generator, requires_grad=True)
-    autocast = torch.autocast(param.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
-    start = time.perf_counter()
-    try:
-        with autocast:
+
+    def probe() -> None:
+        with _autocast(param.device, autocast_dtype):
             out, _ = layer(x, None, False)  # the exact call of InfiniLlamaModel.forward, so the graph is reused
         torch.autograd.grad(out.float().square().mean(), x)
-        if param.device.type == "cuda":
-            torch.cuda.synchronize(param.device)
-    except Exception as exc:  # noqa: BLE001 - any compiler failure: training eagerly beats not training
+
+    def undo() -> None:
         for each in layers:
             each._compiled_call_impl = None  # what nn.Module.compile set; None is eager
+
+    return _build_or_undo("the decoder layers", probe, undo, param.device)
+
+
+def compile_loss(
+    batch_size: int,
+    seq_len: int,
+    vocab_size: int,
+    device: torch.device,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+) -> Callable[..., torch.Tensor]:
+    """`causal_lm_loss` compiled for logits (batch_size, seq_len, vocab_size) in the dtype autocast gives them.
+
+    Eager, the loss writes a float32 copy of the (B·T × vocabulary) logits and then its log-softmax, and the
+    backward as much again: tens of GB per step at the paper's 49,152-token vocabulary. Compiled, the shift, the
+    upcast and the cross-entropy fuse into kernels that read the logits a few times and write only the gradient.
+    Built now on a probe like the layers; the eager `causal_lm_loss` (with a warning) if that fails.
+    """
+    compiled = torch.compile(causal_lm_loss, dynamic=False)
+    dtype = autocast_dtype or torch.float32
+    generator = torch.Generator(device).manual_seed(0)
+    logits = torch.randn(batch_size, seq_len, vocab_size, device=device, generator=generator, dtype=dtype)
+    labels = torch.randint(0, vocab_size, (batch_size, seq_len), device=device, generator=generator)
+
+    def probe() -> None:
+        leaf = logits.requires_grad_()
+        with _autocast(device, autocast_dtype):  # the trainer calls the loss inside its autocast: same graph
+            loss = compiled(leaf, labels, reduction="sum")
+        torch.autograd.grad(loss, leaf)
+
+    built = _build_or_undo("the loss", probe, lambda: None, device)
+    return causal_lm_loss if built is None else compiled
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def _build_or_undo(
+    what: str, probe: Callable[[], None], undo: Callable[[], None], device: torch.device
+) -> float | None:
+    """Run `probe` (the first call compiles); seconds it took, or None after `undo` and a warning if it failed."""
+    start = time.perf_counter()
+    try:
+        probe()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    except Exception as exc:  # noqa: BLE001 - any compiler failure: training eagerly beats not training
+        undo()
         torch._dynamo.reset()
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         warnings.warn(
-            f"torch.compile of the decoder layers failed ({type(exc).__name__}: {first_line}); training eagerly "
-            "instead (slower, same results). Pass --no-compile (compile: false) to skip the attempt.",
+            f"torch.compile of {what} failed ({type(exc).__name__}: {first_line}); training eagerly instead "
+            "(slower, same results). Pass --no-compile (compile: false) to skip the attempt.",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
         return None
     return time.perf_counter() - start

@@ -21,7 +21,7 @@ from infini_llama.layers import gate_value
 from infini_llama.models import InfiniLlamaForCausalLM, causal_lm_loss
 from infini_llama.train import checkpoint as ckpt
 from infini_llama.train.batches import BatchSource, count_targets
-from infini_llama.train.compile import compile_decoder_layers
+from infini_llama.train.compile import compile_decoder_layers, compile_loss
 from infini_llama.train.config import TrainConfig, config_dict
 from infini_llama.train.distributed import (
     all_reduce_sum,
@@ -119,6 +119,12 @@ class _Trainer:
         self.device = plan.info.device
         bf16 = plan.precision == "bf16"
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else None
+        if bf16 and self.device.type == "cuda":
+            # Under bf16 autocast the only float32 matmuls left are the memory op's (its state stays float32):
+            # TF32 inputs keep 3 more mantissa bits than the bf16 of every other matmul, accumulate in float32,
+            # and run on the tensor cores instead of at the float32 rate, about 8x slower.
+            torch.backends.cuda.matmul.allow_tf32 = True
+        self.loss_fn = causal_lm_loss  # compiled by _build_model when compiling
 
     # ------------------------------------------------------------------ setup
     def _prepare_folder(self) -> None:
@@ -165,13 +171,16 @@ class _Trainer:
         if plan.compile:
             autocast_dtype = torch.bfloat16 if plan.precision == "bf16" else None
             compile_decoder_layers(model.model.layers, cfg.batch_size, cfg.seq_len, autocast_dtype=autocast_dtype)
+            self.loss_fn = compile_loss(
+                cfg.batch_size, cfg.seq_len, model.config.vocab_size, self.device, autocast_dtype=autocast_dtype
+            )
         return model
 
     # ------------------------------------------------------------------ steps
     def _forward_loss(self, model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with self.autocast or contextlib.nullcontext():
             logits = model(input_ids=input_ids.to(self.device), use_cache=False).logits
-            return causal_lm_loss(logits, labels.to(self.device), reduction="sum")
+            return self.loss_fn(logits, labels.to(self.device), reduction="sum")
 
     def _train_step(self, step: int) -> _StepStats:
         """One optimizer step on the batches of `step`, or none if its loss or gradient is not finite."""
