@@ -44,8 +44,8 @@ def train_command(args: argparse.Namespace, arm: str, dist: str, gpus: int, run_
         command += ["--batch-size", str(args.batch_size)]
     if args.seq_len:
         command += ["--seq-len", str(args.seq_len)]
-    if args.compile:
-        command.append("--compile")
+    if args.no_compile:
+        command.append("--no-compile")
     return command + shlex.split(args.train_args)
 
 
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, help="sequences per GPU per step (default: recipe)")
     parser.add_argument("--seq-len", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--no-compile", action="store_true", help="train eagerly (default: compiled on CUDA)")
     parser.add_argument("--train-args", default="", help="more `infini-llama train` arguments, one string")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     parser.add_argument("--keep-runs", default=None, help="keep the run folders here (default: deleted)")
