@@ -29,6 +29,7 @@ from infini_llama.eval.passkey_grid import PasskeyGridConfig, evaluate_passkey, 
 from infini_llama.eval.perplexity import PerplexityConfig, perplexity_by_position
 from infini_llama.eval.prompts import Prompt, build_prompt
 from infini_llama.eval.report import build_report
+from infini_llama.eval.rope_scaling import rope_scaled, rope_scaling
 from infini_llama.eval.scoring import passkey_scores, string_match_all, wilson_interval
 
 __all__ = [
@@ -55,6 +56,8 @@ __all__ = [
     "memory_updates",
     "passkey_scores",
     "perplexity_by_position",
+    "rope_scaled",
+    "rope_scaling",
     "run_gates",
     "run_multineedle_grid",
     "run_passkey_grid",

@@ -21,7 +21,7 @@ from pathlib import Path
 from infini_llama.eval.checkpoint import DTYPES, load_eval_tokenizer, load_model, training_length
 from infini_llama.eval.diagnostics import run_gates
 from infini_llama.eval.multineedle import MULTI_TASKS, MultiNeedleConfig, run_multineedle_grid
-from infini_llama.eval.passkey import DEFAULT_KEY_DIGITS, LENGTH_UNITS
+from infini_llama.eval.passkey import DEFAULT_KEY_DIGITS, GRID_SPLITS, LENGTH_UNITS
 from infini_llama.eval.passkey_grid import PasskeyGridConfig, run_passkey_grid
 from infini_llama.eval.perplexity import PerplexityConfig, perplexity_by_position
 from infini_llama.eval.prompts import HAYSTACKS
@@ -117,6 +117,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="length unit: tokens (exact), or chars (Landmark-style, token count recorded)",
     )
     passkey.add_argument(
+        "--split",
+        default="test",
+        choices=tuple(GRID_SPLITS),
+        help="test (the reported grid) or validation (the same design on other samples, for choosing a recipe)",
+    )
+    passkey.add_argument(
         "--rope-scaling",
         choices=ROPE_SCALINGS,
         help="full-attention models: RoPE scaled as transformers defines it (dynamic NTK or YaRN), no training",
@@ -194,6 +200,7 @@ def _passkey(args: argparse.Namespace) -> int:
         bos=args.bos,
         memory_off=args.memory_off,
         rope_scaling=scaling,
+        split=args.split,
         segment_len=args.segment_len,
         batch_size=args.batch_size,
         chunk_len=args.chunk_len,

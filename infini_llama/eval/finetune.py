@@ -1,11 +1,11 @@
 """Passkey fine-tuning: synthetic passkey sequences as a BatchSource for the trainer of `infini_llama.train`.
 
 Each training sequence holds token-exact passkey prompts, each followed by its answer and EOS, `seq_len` tokens in
-all. Samples come from the training seed stream (evaluation grids use another), and keys of the evaluation grid
-named by `exclude_eval_seed` / `exclude_eval_samples` are never used as training answers, so no evaluation answer
-is trained on. Haystacks vary from prompt to prompt (the classic filler, other filler styles, training-corpus
-text, distractor numbers), so that retrieval is not learned inside one repeated filler; the held-out text that
-evaluation also uses is never trained on.
+all. Samples come from the training seed stream (evaluation grids use others), and keys of the evaluation grids
+(test and validation splits) named by `exclude_eval_seed` / `exclude_eval_samples` are never used as training
+answers, so no evaluation answer is trained on. Haystacks vary from prompt to prompt (the classic filler, other
+filler styles, training-corpus text, distractor numbers), so that retrieval is not learned inside one repeated
+filler; the held-out text that evaluation also uses is never trained on.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from infini_llama.eval.commands import parse_floats, parse_names, reports_errors
 from infini_llama.eval.passkey import (
     DEFAULT_KEY_DIGITS,
     EVAL_STREAM,
+    GRID_SPLITS,
+    GRID_VALIDATION_STREAM,
     SELECTION_STREAM,
     TRAIN_STREAM,
     TRAIN_VALIDATION_STREAM,
@@ -44,7 +46,8 @@ STUDY_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_PACK_DIVISOR = 8  # packed prompts are at least seq_len / 8 tokens long
 # Every haystack kind but the held-out text ("book"), which is kept for evaluation.
 FINETUNE_HAYSTACKS = tuple(kind for kind in HAYSTACKS if kind != "book")
-assert len({EVAL_STREAM, TRAIN_STREAM, TRAIN_VALIDATION_STREAM, SELECTION_STREAM}) == 4, "seed streams must differ"
+STREAMS = (EVAL_STREAM, TRAIN_STREAM, TRAIN_VALIDATION_STREAM, SELECTION_STREAM, GRID_VALIDATION_STREAM)
+assert len(set(STREAMS)) == len(STREAMS), "seed streams must differ"
 
 if TYPE_CHECKING:
     from infini_llama.train import TrainResult
@@ -113,14 +116,20 @@ class PasskeyBatchSource:
         self.pack_min_len = max(pack_min_len, shortest) if pack_min_len else 0
         self.num_validation_batches = validation_batches
         self.bos = bos_ids(tokenizer, None)
-        excluded = (
-            [] if exclude_eval_seed is None else evaluation_keys(exclude_eval_seed, exclude_eval_samples, key_digits)
-        )
+        excluded = [
+            key
+            for split in (GRID_SPLITS if exclude_eval_seed is not None else ())
+            for key in evaluation_keys(exclude_eval_seed, exclude_eval_samples, key_digits, split)
+        ]
         self.excluded_keys = frozenset(excluded)
         low, high = key_range(key_digits)
         if len(self.excluded_keys) >= high - low:
             raise ValueError(f"the {len(self.excluded_keys)} excluded evaluation keys leave no {key_digits}-digit key")
-        self.exclusion = {"eval_seed": exclude_eval_seed, "eval_samples": len(excluded)}
+        self.exclusion = {
+            "eval_seed": exclude_eval_seed,
+            "eval_samples": 0 if exclude_eval_seed is None else exclude_eval_samples,
+            "splits": [] if exclude_eval_seed is None else list(GRID_SPLITS),
+        }
         # Fail now, not at step 1, if the shortest part cannot hold a prompt.
         self._part(TRAIN_STREAM, 0, min(self.pack_min_len or seq_len, seq_len - len(self.bos)))
 

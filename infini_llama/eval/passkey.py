@@ -39,6 +39,9 @@ EVAL_STREAM = 0
 TRAIN_STREAM = 1
 TRAIN_VALIDATION_STREAM = 2
 SELECTION_STREAM = 3  # the validation prompts on which a study chooses each arm's fine-tuning LR
+GRID_VALIDATION_STREAM = 4  # grids of the validation split: for choosing a recipe without looking at the test grid
+# Evaluation grids: the test split (the reported numbers) and a validation split of the same design.
+GRID_SPLITS = {"test": EVAL_STREAM, "validation": GRID_VALIDATION_STREAM}
 
 
 def sample_rng(stream: int, seed: int, index: int) -> np.random.Generator:
@@ -174,9 +177,9 @@ def shortest_prompt(tokenizer: PreTrainedTokenizerBase, key_digits: int, bos: bo
     return task + needle + len(encode_continuation(tokenizer, QUESTION))
 
 
-def evaluation_keys(seed: int, samples: int, key_digits: int) -> list[str]:
-    """The keys of an evaluation grid with this seed: sample i has the same key in every cell."""
-    return [draw_key(sample_rng(EVAL_STREAM, seed, i), key_digits) for i in range(samples)]
+def evaluation_keys(seed: int, samples: int, key_digits: int, split: str = "test") -> list[str]:
+    """The keys of an evaluation grid of `split` with this seed: sample i has the same key in every cell."""
+    return [draw_key(sample_rng(GRID_SPLITS[split], seed, i), key_digits) for i in range(samples)]
 
 
 def memory_updates(key_last_token: int, prompt_len: int, segment_len: int | None) -> int | None:

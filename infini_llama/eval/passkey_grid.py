@@ -18,7 +18,7 @@ from infini_llama.eval.grid import run_grid
 from infini_llama.eval.inference import ChunkedLM, equal_length_batches
 from infini_llama.eval.passkey import (
     DEFAULT_KEY_DIGITS,
-    EVAL_STREAM,
+    GRID_SPLITS,
     LENGTH_UNITS,
     PasskeySample,
     make_passkey_sample,
@@ -37,7 +37,9 @@ class PasskeyGridConfig:
     our full-attention baseline also records, so both arms are bucketed alike). `haystack` is the filler kind
     (`prompts.HAYSTACKS`; "repeat" is the classic filler, "book" held-out text). `rope_scaling` (None: none) runs
     a full-attention model with RoPE scaled (`eval.rope_scaling`); each prompt is then read in one forward call,
-    as `generate` reads a prompt, since dynamic scaling depends on the longest position of a call."""
+    as `generate` reads a prompt, since dynamic scaling depends on the longest position of a call. `split`: "test"
+    (the reported grid) or "validation" (the same design on other samples: keys, haystack positions), for choosing
+    a recipe without looking at the test grid."""
 
     lengths: Sequence[int] = (256, 512, 1024)
     depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -49,6 +51,7 @@ class PasskeyGridConfig:
     bos: bool | None = None
     memory_off: bool = False
     rope_scaling: dict | None = None
+    split: str = "test"
     segment_len: int | None = None
     batch_size: int = 8
     chunk_len: int | None = None
@@ -70,6 +73,8 @@ class PasskeyGridConfig:
         if self.unit not in LENGTH_UNITS:
             raise ValueError(f"unit must be one of {LENGTH_UNITS}, got {self.unit!r}")
         self.rope_scaling = check_rope_scaling(self.rope_scaling)
+        if self.split not in GRID_SPLITS:
+            raise ValueError(f"split must be one of {tuple(GRID_SPLITS)}, got {self.split!r}")
 
 
 def passkey_cell(length: int, depth: float) -> str:
@@ -98,7 +103,7 @@ def run_passkey_grid(
             depth,
             seed=config.seed,
             index=index,
-            stream=EVAL_STREAM,
+            stream=GRID_SPLITS[config.split],
             key_digits=config.key_digits,
             haystack=config.haystack,
             unit=config.unit,

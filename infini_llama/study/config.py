@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from infini_llama.eval.passkey import GRID_SPLITS
 from infini_llama.eval.prompts import HAYSTACKS
 from infini_llama.layers.rope import ROPE_SCALINGS
 from infini_llama.models.presets import PRESETS
@@ -30,6 +31,8 @@ class StudyConfig:
     training length (never longer) is the one evaluated; empty: `finetune.lr` only. `eval_haystacks`: every passkey
     grid runs on each ("repeat": the classic filler, "book": held-out text). `eval_rope_scaling`: the baseline is
     also evaluated with RoPE scaled this way (its original length is the training length); None: not.
+    `eval_split`: "test" (the reported grids) or "validation" (grids of the same design on other samples), to choose
+    a recipe without looking at the test grids.
     """
 
     preset: str = "tiny"
@@ -45,6 +48,7 @@ class StudyConfig:
     eval_samples: int = 16
     eval_batch_size: int = 16
     eval_haystacks: tuple[str, ...] = ("repeat", "book")
+    eval_split: str = "test"
     # Dynamic NTK with factor 1 stretches RoPE's longest wavelength by exactly (length / training length).
     eval_rope_scaling: dict[str, Any] | None = field(default_factory=lambda: {"rope_type": "dynamic", "factor": 1.0})
     perplexity_windows: int = 4
@@ -69,6 +73,8 @@ class StudyConfig:
             raise ValueError(f"finetune_lr_grid must hold distinct LRs > 0 (or be empty), got {self.finetune_lr_grid}")
         if self.finetune_lr_grid and "finetune.lr" in self.sweeps:
             raise ValueError("finetune_lr_grid chooses the fine-tuning LR: do not also sweep finetune.lr")
+        if self.eval_split not in GRID_SPLITS:
+            raise ValueError(f"eval_split must be one of {tuple(GRID_SPLITS)}, got {self.eval_split!r}")
         if self.selection_samples < 1:
             raise ValueError(f"selection_samples must be >= 1, got {self.selection_samples}")
         scaling = self.eval_rope_scaling

@@ -38,6 +38,12 @@ def describe_study(cfg: StudyConfig) -> str:
         f"depth) cell at depths {', '.join(f'{d:g}' for d in cfg.eval_depths)}, greedy exact match, Wilson 95% "
         f"intervals in brackets, on each haystack: {haystacks}. The held-out text is `{HELD_OUT_BOOK}` of the "
         "embedded corpus, which neither the tokenizer, pretraining nor fine-tuning reads."
+        + (
+            " These are the grids of the validation split (other samples than the test grids), for choosing a "
+            "recipe; they are not the study's result."
+            if cfg.eval_split == "validation"
+            else ""
+        )
     )
 
 

@@ -171,11 +171,18 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
             label = passkey_label(arm, task, cfg)
             if haystack:
                 grid = PasskeyGridConfig(
-                    lengths=eval_lengths(cfg, arm), depths=cfg.eval_depths, samples=cfg.eval_samples, seed=arm.seed,
-                    key_digits=cfg.passkey.get("key_digits", DEFAULT_KEY_DIGITS), haystack=haystack,
-                    memory_off=task == "passkey-memory-off", rope_scaling=rope_row_scaling(cfg, arm) if
-                    task == "passkey-rope" else None, batch_size=cfg.eval_batch_size, progress=progress,
-                )  # fmt: skip
+                    lengths=eval_lengths(cfg, arm),
+                    depths=cfg.eval_depths,
+                    samples=cfg.eval_samples,
+                    seed=arm.seed,
+                    key_digits=cfg.passkey.get("key_digits", DEFAULT_KEY_DIGITS),
+                    haystack=haystack,
+                    memory_off=task == "passkey-memory-off",
+                    rope_scaling=rope_row_scaling(cfg, arm) if task == "passkey-rope" else None,
+                    split=cfg.eval_split,
+                    batch_size=cfg.eval_batch_size,
+                    progress=progress,
+                )
                 run_passkey_grid(model, tokenizer, grid, target, label=label, checkpoint=checkpoint)
             elif task == "perplexity":
                 ppl = PerplexityConfig(

@@ -59,6 +59,21 @@ def test_passkey_grid_rows_and_summary(bpe_tok, micro_model, tmp_path):
     assert sum(b["n"] for b in saved["results"]["by_memory_updates"]) == len(rows)
 
 
+def test_the_validation_split_is_another_grid_of_the_same_design(bpe_tok, micro_model, tmp_path):
+    model = micro_model(len(bpe_tok))
+    test = run_passkey_grid(model, bpe_tok, grid(), tmp_path / "test")
+    validation = run_passkey_grid(model, bpe_tok, grid(split="validation"), tmp_path / "validation")
+    assert validation["settings"]["split"] == "validation" and test["settings"]["split"] == "test"
+    test_rows, validation_rows = (
+        read_rows(tmp_path / "test/samples.jsonl"),
+        read_rows(tmp_path / "validation/samples.jsonl"),
+    )
+    assert [(r["length"], r["depth"]) for r in test_rows] == [(r["length"], r["depth"]) for r in validation_rows]
+    assert not {r["key"] for r in test_rows} & {r["key"] for r in validation_rows}
+    with pytest.raises(ValueError, match="split must be one of"):
+        grid(split="train")
+
+
 def test_batching_does_not_change_results(bpe_tok, micro_model, tmp_path):
     model = micro_model(len(bpe_tok), dtype=torch.float64)
     run_passkey_grid(model, bpe_tok, grid(batch_size=1, chunk_len=16), tmp_path / "one")

@@ -63,7 +63,7 @@ def test_lr_grid_keeps_the_budget_and_the_schedule_shape():
 def test_a_seed_sweep_seeds_every_stage_of_its_arms(tmp_path, monkeypatch):
     """Pretraining, fine-tuning data, its key exclusion, the LR-selection prompts and every grid use the arm's
     seed (before, recipe() got seed twice and the data and grids used the study's seed)."""
-    cfg = study_config("tiny", eval_haystacks=("repeat",), sweeps=sweeps("seed=3"))
+    cfg = study_config("tiny", eval_haystacks=("repeat",), eval_split="validation", sweeps=sweeps("seed=3"))
     arm = next(a for a in expand_arms(cfg) if a.attention == "full")
     assert arm.name == "full-seed=3" and arm.seed == 3
     seen = {}
@@ -99,6 +99,7 @@ def test_a_seed_sweep_seeds_every_stage_of_its_arms(tmp_path, monkeypatch):
     assert seen["source"]["seed"] == 3 and seen["source"]["exclude_eval_seed"] == 3
     assert seen["selection"] == 256, "the LR is chosen at the training length"
     assert seen["passkey-repeat"].seed == 3 and seen["passkey-rope-repeat"].seed == 3
+    assert seen["passkey-repeat"].split == "validation", "a recipe is chosen on the validation grids"
     assert seen["passkey-rope-repeat"].rope_scaling["original_max_position_embeddings"] == 256
     with pytest.raises(ValueError, match="not both"):
         study_config("tiny", seeds=(0, 1), sweeps=sweeps("seed=3"))
