@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import infini_llama
 from infini_llama.cli import main
 from infini_llama.train import read_metrics, train
 from infini_llama.train.checkpoint import latest_checkpoint
@@ -22,9 +23,11 @@ LOGGED_STEP = re.compile(r'"kind": "train", "step": (\d+)')
 
 
 def start_child(command: list[str], cache_root: Path, logs: Path) -> subprocess.Popen:
+    package_root = str(Path(infini_llama.__file__).resolve().parent.parent)  # also where it is not installed
     env = {
         **os.environ, "INFINI_LLAMA_CACHE": str(cache_root), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
     }  # fmt: skip
     with open(logs, "w") as out:  # a file, not a pipe: a child blocked on a full pipe would never be killed
         return subprocess.Popen([sys.executable, *command], env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -43,15 +43,16 @@ class Poisoned(Wrapped):
         return super().validation_batches()
 
     def install(self, monkeypatch) -> None:
-        real = loop.causal_lm_loss
+        """Wrap the trainer's loss of a forward pass (whatever computes it: eager, or compiled on CUDA)."""
+        real = loop._Trainer._forward_loss
 
-        def loss(logits, labels, **kwargs):
-            value = real(logits, labels, **kwargs)
+        def forward_loss(trainer, model, input_ids, labels):
+            value = real(trainer, model, input_ids, labels)
             if self.current not in self.bad_steps:
                 return value
             return value * float("nan") if self.kind == "loss" else NaNGradient.apply(value)
 
-        monkeypatch.setattr(loop, "causal_lm_loss", loss)
+        monkeypatch.setattr(loop._Trainer, "_forward_loss", forward_loss)
 
 
 def events(run_dir) -> list[dict]:
