@@ -7,6 +7,7 @@ from pathlib import Path
 
 from infini_llama.data.corpus import HELD_OUT_BOOK
 from infini_llama.eval.diagnostics import bucket_order
+from infini_llama.eval.finetune import FINETUNE_HAYSTACKS
 from infini_llama.eval.markdown import table
 from infini_llama.eval.prompts import HAYSTACK_LABELS
 from infini_llama.study.config import StudyConfig
@@ -32,7 +33,7 @@ def describe_study(cfg: StudyConfig) -> str:
         f"{sequences_per_step(pre)} × {pre.seq_len} tokens, LR {pre.lr:g}), then passkey fine-tuning ({fin.steps} "
         f"steps of {sequences_per_step(fin)} × {fin.seq_len} tokens, {lr_text}; loss on "
         f"{cfg.passkey.get('loss', 'all')} tokens; haystacks drawn per prompt: "
-        f"{', '.join(cfg.passkey.get('haystacks', ('repeat', 'styles', 'corpus', 'distractors')))}), then the "
+        f"{', '.join(cfg.passkey.get('haystacks', FINETUNE_HAYSTACKS))}), then the "
         f"evaluations below. The training length is the pretraining length, {pre.seq_len} tokens; passkey prompts "
         f"are {', '.join(f'{m:g}×' for m in cfg.eval_multiples)} that, {cfg.eval_samples} samples per (length, "
         f"depth) cell at depths {', '.join(f'{d:g}' for d in cfg.eval_depths)}, greedy exact match, Wilson 95% "

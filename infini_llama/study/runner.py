@@ -61,8 +61,9 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
     out = Path(out)
     _claim_folder(out, cfg, overwrite)
     studies = seed_studies(cfg, out)
-    for seed_cfg, seed_out in studies[1:] if len(studies) == 1 else studies:
-        _claim_folder(seed_out, seed_cfg, overwrite=False)
+    if len(studies) > 1:  # each seed's folder is a study of its own (resumable, refused if it holds another)
+        for seed_cfg, seed_out in studies:
+            _claim_folder(seed_out, seed_cfg, overwrite=False)
     tasks = [(seed_cfg, arm, seed_out) for seed_cfg, seed_out in studies for arm in expand_arms(seed_cfg)]
     jobs = default_jobs(len(tasks), device) if jobs is None else jobs
     if jobs < 1:
@@ -111,7 +112,7 @@ def _run_arm(cfg: StudyConfig, arm: Arm, out: Path, device: str, progress: bool,
     """Every unfinished stage of `arm`, in order; a `<stage>.done` marker records each finished one."""
     if threads is not None:  # a worker process of a parallel study: tell the arms' output lines apart
         torch.set_num_threads(threads)
-        name = arm.name if len(cfg.seeds) == 1 and out.name != f"seed-{cfg.seed}" else f"seed-{cfg.seed}/{arm.name}"
+        name = f"{out.name}/{arm.name}" if out.name == f"seed-{cfg.seed}" else arm.name
         sys.stdout = _LinePrefix(sys.stdout, f"[{name}] ")
     for stage, run in arm_stages(cfg, arm, out / arm.name, device, progress):
         marker = out / arm.name / f"{stage}.done"
