@@ -22,10 +22,14 @@ Library use::
     process's rank (`infini_llama.train.launch_env()` gives (rank, world_size, local_rank)).
 
     Each step's loss is the mean over all its target tokens, whatever the split into processes and
-    accumulation steps. `cfg.resume` continues from the run's latest checkpoint with the same losses an
-    uninterrupted run would have had; SIGINT / SIGTERM end the current step, write a checkpoint and return a
-    result with `stopped_by` set. A setting or input that cannot work raises `ConfigError` (a ValueError)
-    before any file is written.
+    accumulation steps. `cfg.resume` continues from the run's latest intact checkpoint (a damaged one is
+    named in a warning and skipped) with the same losses an uninterrupted run would have had; SIGINT / SIGTERM
+    end the current step, write a checkpoint and return a result with `stopped_by` set. A step whose loss or
+    gradient is not finite makes no update and is listed in `skipped_steps`. A setting or input that cannot
+    work raises `ConfigError` (a ValueError) before any file is written; a run that has to stop part-way
+    (`cfg.max_bad_steps` non-finite steps in a row, a full disk, a batch with ids outside the vocabulary)
+    raises `RunError` with every checkpoint written before intact; a checkpoint holding anything but tensors
+    and plain data raises `CheckpointError`.
 
 Run folder: see `infini_llama.train.rundir`; checkpoint folders: see `infini_llama.train.checkpoint`.
 """
@@ -33,7 +37,9 @@ Run folder: see `infini_llama.train.rundir`; checkpoint folders: see `infini_lla
 from infini_llama.train.batches import BatchSource, TokenWindowSource
 from infini_llama.train.config import RECIPES, TrainConfig, recipe
 from infini_llama.train.distributed import launch_env
+from infini_llama.train.faults import RunError
 from infini_llama.train.loop import TrainResult, hf_progress_bars_off, train
+from infini_llama.train.manifest import CheckpointError
 from infini_llama.train.metrics import flops_per_token, read_metrics
 from infini_llama.train.optim import build_optimizer, build_scheduler, lr_factor
 from infini_llama.train.overrides import resolve_config
@@ -42,7 +48,9 @@ from infini_llama.train.setup import ConfigError
 __all__ = [
     "RECIPES",
     "BatchSource",
+    "CheckpointError",
     "ConfigError",
+    "RunError",
     "TokenWindowSource",
     "TrainConfig",
     "TrainResult",
