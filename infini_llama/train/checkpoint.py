@@ -73,7 +73,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
         if not problems:
             return path
         warnings.warn(
-            f"skipping damaged checkpoint {path}: {'; '.join(problems)}; resuming from the one before it",
+            f"skipping damaged checkpoint {path}: {'; '.join(problems)}; trying the one before it (else the start)",
             UserWarning,
             stacklevel=2,
         )
