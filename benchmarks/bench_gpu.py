@@ -47,8 +47,8 @@ MFU_FORMULA = (
     "peak = dense bf16 datasheet FLOP/s"
 )
 GiB = 2**30
-# Rows at one length besides the every-length arms: the compiled baseline, the linear rule, the eager fallback.
-EXTRA_ROWS = "hf-compiled@2048,full-eager@16384,linear-default@16384,delta-eager@8192"
+# Rows at one length besides the every-length arms: the compiled baseline, our full arm, the linear rule.
+EXTRA_ROWS = "hf-compiled@2048,full-eager@16384,linear-default@16384"
 
 
 def hf_llama(config) -> LlamaForCausalLM:
