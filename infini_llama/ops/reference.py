@@ -53,7 +53,7 @@ def compressive_memory_reference(
         outs.append(memory_retrieve(q[:, :, begin:end], state))
         state = memory_update(k[:, :, begin:end], v[:, :, begin:end], state, update)
 
-    out = torch.cat(outs, dim=2).to(q.dtype)
+    out = torch.cat(outs, dim=2).to(q.dtype) if outs else q.new_zeros(B, Hq, 0, Dv)  # T = 0: no segment
     return out, (state if output_final_state else None)
 
 

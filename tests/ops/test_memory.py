@@ -190,3 +190,11 @@ def test_changing_token_t_leaves_every_earlier_output_bit_identical(update, deta
         later_segment = (t // SEGMENT + 1) * SEGMENT
         if later_segment < T:  # the memory carries the change to the next segments
             assert not torch.equal(out[:, :, later_segment:], out2[:, :, later_segment:])
+
+
+@pytest.mark.parametrize("fn", [compressive_memory, compressive_memory_reference], ids=["fast", "reference"])
+def test_empty_sequence_reads_nothing_and_passes_the_state_on(fn):
+    q, k, v, state = _inputs(2, 4, 2, 0, initial=True)
+    out, final = fn(q, k, v, SEGMENT, update="delta", initial_state=state, output_final_state=True)
+    assert out.shape == (2, 4, 0, DV)
+    assert torch.equal(final.M, state.M) and torch.equal(final.z, state.z)
