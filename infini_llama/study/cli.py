@@ -77,7 +77,10 @@ def parse_sets(items: list[str]) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run the study; a setting error is one line on stderr and exit status 2, a training stage that had to stop
+    part-way (or a checkpoint it refused) one line and exit status 1: the same command continues from there."""
     from infini_llama.study.runner import StudyError, run_study
+    from infini_llama.train import CheckpointError, RunError
 
     try:
         sweeps = dict(parse_sweep(s) for s in args.sweep)
@@ -95,4 +98,7 @@ def main(args: argparse.Namespace) -> int:
     except (StudyError, ValueError, TypeError, FileNotFoundError) as exc:
         print(f"infini-llama study: error: {exc}", file=sys.stderr)
         return 2
+    except (RunError, CheckpointError) as exc:
+        print(f"infini-llama study: stopped: {exc} (run the same command again to continue)", file=sys.stderr)
+        return 1
     return 0

@@ -157,3 +157,16 @@ def test_folder_of_another_study_is_refused(micro, tmp_path):
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
     with pytest.raises(StudyError, match="jobs must be at least 1"):
         run_study(micro(), tmp_path / "new", device="cpu", progress=False, jobs=0)
+
+
+def test_a_stage_that_stops_part_way_is_one_line_and_exit_status_1(tmp_path, monkeypatch, capsys):
+    from infini_llama.cli import main
+    from infini_llama.train import RunError
+
+    def stop(*args, **kwargs):
+        raise RunError("5 non-finite steps in a row (steps 7-11); the last checkpoint, step_5, is intact")
+
+    monkeypatch.setattr(study_runner, "run_study", stop)
+    assert main(["study", "--preset", "tiny", "--out", str(tmp_path / "s"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "stopped: 5 non-finite steps" in err and "run the same command again" in err
