@@ -10,6 +10,7 @@ from infini_llama import InfiniLlamaConfig, InfiniLlamaForCausalLM
 from infini_llama.models.cache import InfiniCache
 from infini_llama.models.decode import StaticDecoder
 from infini_llama.models.fast_generate import fast_generate
+from infini_llama.models.hf_compat import GENERATE_CACHE_NAME
 
 VOCAB, SEGMENT, T = 97, 8, 45
 TOL = 1e-12  # float64: a masked softmax over the whole buffer against one over the filled part
@@ -90,7 +91,8 @@ def test_fast_generate_stops_where_generate_stops_and_leaves_the_same_cache():
     # continuing a streamed prompt: the cache ends holding the same state as after transformers' loop
     _, state = m.stream(x[:, :11])
     theirs, mine = InfiniCache(state, seen_tokens=11), InfiniCache(state, seen_tokens=11)
-    GenerationMixin.generate(m, x, past_key_values=theirs, max_new_tokens=40, do_sample=False, eos_token_id=eos)
+    cache = {GENERATE_CACHE_NAME: theirs}
+    GenerationMixin.generate(m, x, **cache, max_new_tokens=40, do_sample=False, eos_token_id=eos)
     fast_generate(m, x, cache=mine, max_new_tokens=40, do_sample=False, eos_token_id=eos)
     assert mine.get_seq_length() == theirs.get_seq_length()
     for a, b in zip(mine.states, theirs.states, strict=True):
