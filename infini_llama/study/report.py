@@ -64,12 +64,22 @@ def _header(cfg: StudyConfig, lengths: list[int]) -> list[str]:
     return ["row"] + [f"{m:g}× ({n})" for m, n in zip(cfg.eval_multiples, lengths, strict=True)]
 
 
+def environment_lines(environments: list[dict]) -> list[str]:
+    """One line per distinct environment the evaluations ran in: library versions and device."""
+    lines = []
+    for env in environments:
+        versions = ", ".join(f"{name} {version}" for name, version in env["versions"].items() if name != "platform")
+        lines += [f"Environment: {versions}; {env.get('device_name') or 'unknown device'}.", ""]
+    return lines
+
+
 def write_seed_report(cfg: StudyConfig, out: Path, results: dict, command: str | None) -> Path:
     """REPORT.md of the single-seed study in `out`."""
     entries = results["arms"]
     lengths = next(iter(results["lengths"].values()))
     lines = [f"# Study report: Infini-attention vs full attention ({cfg.preset}), seed {cfg.seed}", ""]
     lines += [describe_study(cfg), "", *([f"Command: `{command}`", ""] if command else [])]
+    lines += environment_lines(results["environments"])
     lines += _arm_table(cfg, entries)
     for haystack in cfg.eval_haystacks:
         rows = [(label, grids[haystack]) for label, _, _, grids in passkey_rows(entries) if haystack in grids]
@@ -196,6 +206,7 @@ def write_across_report(cfg: StudyConfig, out: Path, summary: dict, command: str
     seeds = summary["seeds"]
     lines = [f"# Study report: Infini-attention vs full attention ({cfg.preset}), seeds {', '.join(map(str, seeds))}"]
     lines += ["", describe_study(cfg), "", *([f"Command: `{command}`", ""] if command else [])]
+    lines += environment_lines(summary["environments"])
     links = ", ".join(f"[seed {s}](seed-{s}/REPORT.md)" for s in seeds)
     lines += [f"Each seed is a whole study (pretraining, fine-tuning, LR choice, every evaluation): {links}.", ""]
     first = summary["rows"][0]

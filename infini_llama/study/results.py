@@ -93,6 +93,7 @@ def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
     return {
         "study": _plain(cfg),
         "seed": cfg.seed,
+        "environments": environments(out / arm.name / "eval" for arm in arms),
         "lengths": {arm.name: eval_lengths(cfg, arm) for arm in arms},
         "arms": entries,
         "leads": leads(cfg, arms, entries),
@@ -142,6 +143,25 @@ def spread(values: list[float]) -> dict[str, float]:
     }  # fmt: skip
 
 
+def environments(eval_roots) -> list[dict]:
+    """The distinct library versions and devices the evaluations of these folders ran with (usually one)."""
+    found = []
+    for root in eval_roots:
+        for path in sorted(root.glob("*/summary.json")) if root.is_dir() else []:
+            env = json.loads(path.read_text()).get("environment") or {}
+            if env.get("versions") is not None:
+                found.append({"versions": env["versions"], "device_name": env.get("device_name")})
+    return _distinct(found)
+
+
+def _distinct(items) -> list:
+    out = []
+    for item in items:
+        if item not in out:
+            out.append(item)
+    return out
+
+
 def across_seeds(cfg: StudyConfig, per_seed: dict[int, dict]) -> dict:
     """Every passkey row (matched by label) on every haystack and length: exact accuracy and digit accuracy per
     seed with their spread; each seed's leads; each arm's chosen fine-tuning LR per seed."""
@@ -173,6 +193,7 @@ def across_seeds(cfg: StudyConfig, per_seed: dict[int, dict]) -> dict:
     return {
         "study": _plain(cfg),
         "seeds": list(cfg.seeds),
+        "environments": _distinct(env for results in per_seed.values() for env in results["environments"]),
         "rows": rows,
         "leads": {seed: results["leads"] for seed, results in per_seed.items()},
         "chosen_lr": chosen,

@@ -95,8 +95,13 @@ def test_study_runs_end_to_end_and_resumes(micro, tmp_path, monkeypatch):
         128,
         256,
     ]
+    import transformers
+
+    (env,) = results["environments"]  # every evaluation ran here, so one environment, with its versions
+    assert env["versions"]["transformers"] == transformers.__version__
     text = report.read_text()
     for needle in (
+        f"transformers {transformers.__version__}",
         "## Passkey accuracy by length: classic filler",
         "## Passkey accuracy by length: held-out text",
         "| infini (memory off) |",
