@@ -78,8 +78,14 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
         print(f"[study] {len(tasks)} arms, {jobs} at a time, {threads} CPU thread(s) each", flush=True)
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(_run_arm, *task, device, False, threads) for task in tasks]
-            for future in futures:
-                future.result()
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException as exc:
+                # Say so now, not after every other arm: arms not yet started are dropped, running ones finish.
+                print(f"[study] an arm failed ({type(exc).__name__}); waiting for the running arms", flush=True)
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     per_seed = {seed_cfg.seed: _seed_report(seed_cfg, seed_out, command) for seed_cfg, seed_out in studies}
     path = out / "REPORT.md"
     if len(studies) > 1:
@@ -113,7 +119,7 @@ def _run_arm(cfg: StudyConfig, arm: Arm, out: Path, device: str, progress: bool,
     if threads is not None:  # a worker process of a parallel study: tell the arms' output lines apart
         torch.set_num_threads(threads)
         name = f"{out.name}/{arm.name}" if out.name == f"seed-{cfg.seed}" else arm.name
-        sys.stdout = _LinePrefix(sys.stdout, f"[{name}] ")
+        prefix_stdout(f"[{name}] ")
     for stage, run in arm_stages(cfg, arm, out / arm.name, device, progress):
         marker = out / arm.name / f"{stage}.done"
         if marker.exists():
@@ -126,6 +132,13 @@ def _run_arm(cfg: StudyConfig, arm: Arm, out: Path, device: str, progress: bool,
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"seconds": time.time() - t0, **info}, indent=2) + "\n")
         print(f"[study] {arm.name}: {stage} done in {time.time() - t0:.0f} s", flush=True)
+
+
+def prefix_stdout(prefix: str) -> None:
+    """Start every line printed from now on with `prefix`, replacing the prefix of an earlier arm that ran in this
+    worker process (a pool reuses its workers)."""
+    base = sys.stdout.stream if isinstance(sys.stdout, _LinePrefix) else sys.stdout
+    sys.stdout = _LinePrefix(base, prefix)
 
 
 class _LinePrefix(io.TextIOBase):

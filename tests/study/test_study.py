@@ -175,3 +175,16 @@ def test_a_stage_that_stops_part_way_is_one_line_and_exit_status_1(tmp_path, mon
     assert main(["study", "--preset", "tiny", "--out", str(tmp_path / "s"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "stopped: 5 non-finite steps" in err and "run the same command again" in err
+
+
+def test_worker_output_carries_only_the_current_arms_prefix(monkeypatch):
+    import io
+    import sys
+
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    study_runner.prefix_stdout("[seed-0/infini] ")
+    print("step 1")
+    study_runner.prefix_stdout("[seed-1/full] ")  # the next arm in the same (reused) worker process
+    print("step 2\n[study] full: pretrain ...")
+    assert out.getvalue() == "[seed-0/infini] step 1\n[seed-1/full] step 2\n[study] full: pretrain ...\n"
