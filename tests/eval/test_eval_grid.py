@@ -1,6 +1,7 @@
 """The passkey and multi-needle grids: rows, summaries, batching, and resuming a killed run."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -50,6 +51,7 @@ def test_passkey_grid_rows_and_summary(bpe_tok, micro_model, tmp_path):
     assert saved["status"] == "complete"
     assert saved["model"]["fingerprint"] and saved["tokenizer"]["fingerprint"]
     assert saved["environment"]["versions"]["torch"] == torch.__version__
+    assert saved["environment"]["device_name"].endswith(f"{len(os.sched_getaffinity(0))} cores")  # CPU and cores
     assert saved["settings"]["seed"] == 0 and saved["settings"]["segment_len"] == 16
     cells = saved["results"]["cells"]
     assert [(c["length"], c["depth"]) for c in cells] == [(n, d) for n in (160, 224) for d in (0.0, 0.5, 1.0)]
