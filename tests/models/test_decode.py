@@ -4,29 +4,15 @@ import itertools
 
 import pytest
 import torch
+from model_helpers import SEGMENT, T, make_model, tokens
 from transformers import GenerationMixin
 
-from infini_llama import InfiniLlamaConfig, InfiniLlamaForCausalLM
 from infini_llama.models.cache import InfiniCache
 from infini_llama.models.decode import StaticDecoder
 from infini_llama.models.fast_generate import fast_generate
 from infini_llama.models.hf_compat import GENERATE_CACHE_NAME
 
-VOCAB, SEGMENT, T = 97, 8, 45
 TOL = 1e-12  # float64: a masked softmax over the whole buffer against one over the filled part
-
-
-def make_model(seed=0, **overrides) -> InfiniLlamaForCausalLM:
-    config = dict(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, segment_len=SEGMENT, gate_init=1.0,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    return InfiniLlamaForCausalLM(InfiniLlamaConfig(**{**config, **overrides})).double().eval()
-
-
-def tokens(B=2, length=T, seed=1) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (B, length), generator=torch.Generator().manual_seed(seed))
 
 
 CASES = [

@@ -12,13 +12,7 @@ from infini_llama.ops import compressive_memory
 SEGMENTS = 1024
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """A thousand small steps run several times faster on one thread than on two cores that others share."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_memory_op_over_1024_bf16_segments_keeps_z_exact_and_everything_finite():

@@ -5,30 +5,15 @@ import itertools
 
 import pytest
 import torch
+from model_helpers import SEGMENT, T, make_model, tokens
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from infini_llama import InfiniLlamaConfig, InfiniLlamaForCausalLM
+from infini_llama import InfiniLlamaForCausalLM
 from infini_llama.layers import InfiniState, KVState
 from infini_llama.models.cache import InfiniCache, state_tensors
 from infini_llama.models.hf_compat import output_cache
 
-VOCAB = 97
-SEGMENT = 8
-T = 45  # not a multiple of SEGMENT: the stream ends inside an unfinished segment
 TOL = 1e-12  # float64: chunking changes only the order of a few sums
-
-
-def make_model(seed=0, **overrides) -> InfiniLlamaForCausalLM:
-    config = dict(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, segment_len=SEGMENT, gate_init=1.0,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    return InfiniLlamaForCausalLM(InfiniLlamaConfig(**{**config, **overrides})).double().eval()
-
-
-def tokens(B=2, length=T, seed=1) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (B, length), generator=torch.Generator().manual_seed(seed))
 
 
 def chunk_sizes(pattern: str, total: int) -> list[int]:
