@@ -48,7 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--jobs", type=int, default=None,
         help="arms trained at once, each in its own process with a share of the CPU threads (default: one per "
-        "CPU core up to the number of arms on CPU, 1 on a GPU)",
+        "CPU core up to the number of arms on CPU, one per GPU on GPUs: with several GPUs each process keeps one)",
     )  # fmt: skip
     parser.set_defaults(func=main, command_line=None)
 

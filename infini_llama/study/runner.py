@@ -56,8 +56,10 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
 
     Every (seed, arm) is a task; `jobs` tasks run at once, each in its own process with an equal share of the CPU
     threads (default: on CPU as many as there are tasks and cores, since the small CPU models gain little from a
-    second thread; on a GPU one, so arms do not compete for its memory). Progress bars are shown only when one
-    task runs at a time. `command`, the command line that ran the study, is written into the reports."""
+    second thread; on GPUs one per GPU, so arms do not compete for one GPU's memory). With several GPUs each worker
+    process keeps one GPU (worker i the i-th, modulo their number), so `jobs` a multiple of the GPUs spreads the
+    arms evenly. Progress bars are shown only when one task runs at a time. `command`, the command line that ran
+    the study, is written into the reports."""
     out = Path(out)
     _claim_folder(out, cfg, overwrite)
     studies = seed_studies(cfg, out)
@@ -75,8 +77,13 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
             _run_arm(seed_cfg, arm, seed_out, device, progress)
     else:
         threads = max(1, torch.get_num_threads() // jobs)
-        print(f"[study] {len(tasks)} arms, {jobs} at a time, {threads} CPU thread(s) each", flush=True)
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        gpus = visible_gpus() if device in ("auto", "cuda") and uses_gpu(device) else []  # not for "cuda:1"
+        where = f" over {len(gpus)} GPUs" if len(gpus) > 1 else ""
+        print(f"[study] {len(tasks)} arms, {jobs} at a time{where}, {threads} CPU thread(s) each", flush=True)
+        context = multiprocessing.get_context("spawn")
+        counter = context.Value("i", 0)
+        pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_pin_gpu, initargs=(counter, gpus))
+        with pool:
             futures = [pool.submit(_run_arm, *task, device, False, threads) for task in tasks]
             try:
                 for future in futures:
@@ -107,11 +114,36 @@ def _seed_report(cfg: StudyConfig, out: Path, command: str | None) -> dict:
     return results
 
 
+def uses_gpu(device: str) -> bool:
+    """Whether the study's `device` setting runs on CUDA."""
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+
+
+def visible_gpus() -> list[str]:
+    """The CUDA devices this process may use, as CUDA_VISIBLE_DEVICES names them (indices if it is unset)."""
+    names = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if names is not None:
+        return [name.strip() for name in names.split(",") if name.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
 def default_jobs(arms: int, device: str) -> int:
-    """Arms to run at once: one per CPU core on CPU (at most one per arm), one on a GPU."""
-    on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    """Arms to run at once: one per CPU core on CPU, one per GPU on GPUs (at most one per arm)."""
+    if uses_gpu(device):
+        return max(1, min(arms, len(visible_gpus()) if device in ("auto", "cuda") else 1))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 1 if on_gpu else max(1, min(arms, cores))
+    return max(1, min(arms, cores))
+
+
+def _pin_gpu(counter, gpus: list[str]) -> None:
+    """Pool initializer: give this worker process the next of `gpus` (round robin) as its only visible GPU, before
+    anything in it touches CUDA. Nothing to do with fewer than two GPUs."""
+    if len(gpus) < 2:
+        return
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
 
 
 def _run_arm(cfg: StudyConfig, arm: Arm, out: Path, device: str, progress: bool, threads: int | None = None) -> None:

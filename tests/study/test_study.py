@@ -2,6 +2,8 @@
 seeds; and its refusals."""
 
 import json
+import multiprocessing
+import os
 
 import pytest
 import torch
@@ -20,7 +22,7 @@ def micro(tmp_path_factory):
     corpus.write_text(TEXT)
     model = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                  num_key_value_heads=2, segment_len=16)  # fmt: skip
-    steps = dict(steps=3, eval_every=0, save_every=0, eval_windows=2, batch_size=4, log_every=1)
+    steps = dict(steps=3, eval_every=0, save_every=0, eval_windows=2, batch_size=4, log_every=1, compile=False)
 
     def make(**overrides):
         fields = dict(
@@ -146,7 +148,26 @@ def test_default_jobs(monkeypatch):
     assert study_runner.default_jobs(2, "cpu") == 2
     assert study_runner.default_jobs(5, "cpu") == 2  # one arm per core
     assert study_runner.default_jobs(1, "cpu") == 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     assert study_runner.default_jobs(3, "cuda") == 1  # arms share one GPU only when asked (--jobs)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    assert study_runner.visible_gpus() == ["4", "5"]
+    assert study_runner.default_jobs(3, "cuda") == 2  # one arm per GPU
+    assert study_runner.default_jobs(3, "cuda:1") == 1  # a device named by index is one GPU
+
+
+def test_workers_keep_one_gpu_each(monkeypatch):
+    """Each pool worker is pinned to the next visible GPU, round robin, as its only visible one."""
+    counter = multiprocessing.get_context("spawn").Value("i", 0)
+    seen = []
+    for _ in range(5):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+        study_runner._pin_gpu(counter, ["4", "5"])
+        seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
+    assert seen == ["4", "5", "4", "5", "4"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
+    study_runner._pin_gpu(counter, ["7"])
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "7"  # one GPU: left as it is
 
 
 def test_folder_of_another_study_is_refused(micro, tmp_path):
