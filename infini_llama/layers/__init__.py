@@ -1,4 +1,4 @@
-"""Modules that own parameters: LLaMA blocks, full attention and Infini-attention."""
+"""Modules that own parameters: LLaMA blocks, full attention, Infini-attention and segment-local attention."""
 
 from infini_llama.layers.attention import (
     GATE_ACTIVATIONS,
@@ -6,6 +6,8 @@ from infini_llama.layers.attention import (
     InfiniAttention,
     InfiniState,
     KVState,
+    LocalAttention,
+    LocalState,
     gate_value,
 )
 from infini_llama.layers.block import DecoderLayer
@@ -20,6 +22,8 @@ __all__ = [
     "InfiniAttention",
     "InfiniState",
     "KVState",
+    "LocalAttention",
+    "LocalState",
     "RMSNorm",
     "SwiGLU",
     "apply_rope",

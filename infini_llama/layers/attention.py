@@ -1,7 +1,8 @@
-"""Attention blocks: full causal attention (the baseline) and Infini-attention.
+"""Attention blocks: full causal attention (the baseline), Infini-attention and segment-local attention (the
+memory-free control: Infini-attention with neither memory nor gate).
 
-Both take hidden states (B, T, C) and an optional per-layer streaming state, and return the block's output
-and the state after these tokens (None when no state was asked for). Neither keeps hidden state on the module:
+All take hidden states (B, T, C) and an optional per-layer streaming state, and return the block's output
+and the state after these tokens (None when no state was asked for). None keeps hidden state on the module:
 streaming state is data passed in and returned.
 """
 
@@ -39,6 +40,14 @@ class InfiniState(NamedTuple):
     (B, Hkv, p, D) and values (B, Hkv, p, D) of the p < segment_len tokens of the current, unfinished segment."""
 
     memory: MemoryState
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+class LocalState(NamedTuple):
+    """Streaming state of segment-local attention: the un-rotated keys (B, Hkv, p, D) and values (B, Hkv, p, D) of
+    the p < segment_len tokens of the current, unfinished segment (nothing of earlier segments is ever read)."""
+
     keys: torch.Tensor
     values: torch.Tensor
 
@@ -117,7 +126,7 @@ class InfiniAttention(_Projections):
     Local attention uses RoPE with positions restarting at 0 in every segment, so no position ≥ segment_len is
     ever seen. The memory reads and writes q/k without RoPE unless `memory_rope`. `bptt` is "full" (gradients
     flow through the memory across all segments), "none" (memory detached at every segment boundary) or an
-    int k (detached every k segments).
+    int k (detached every k segments). `gate_trainable=False` freezes β (requires_grad False).
     """
 
     def __init__(
@@ -132,6 +141,7 @@ class InfiniAttention(_Projections):
         memory_update: str = "delta",
         gate_activation: str = "hard_sigmoid",
         gate_init: float = 0.0,
+        gate_trainable: bool = True,
         memory_rope: bool = False,
         bptt: str | int = "full",
     ):
@@ -144,13 +154,17 @@ class InfiniAttention(_Projections):
         self.memory_update = memory_update
         self.gate_activation = gate_activation
         self.memory_rope = memory_rope
+        self.gate_trainable = gate_trainable
         self.detach_every = {"full": None, "none": 1}[bptt] if isinstance(bptt, str) else int(bptt)
-        # β, one per query head: the learned balance between memory and local attention.
-        self.memory_gate = nn.Parameter(torch.full((num_heads,), float(gate_init)))
+        # β, one per query head: the learned balance between memory and local attention; a frozen gate
+        # (`gate_trainable=False`, an ablation) keeps g = act(gate_init) and is left out of the optimizer.
+        self.memory_gate = nn.Parameter(torch.full((num_heads,), float(gate_init)), requires_grad=gate_trainable)
 
     def gate(self) -> torch.Tensor:
-        """g = act(β) per head, shape (H,)."""
-        return gate_value(self.memory_gate, self.gate_activation)
+        """g = act(β) per head, shape (H,). A frozen β is detached here, so no gradient reaches it even when a
+        loader (transformers' `from_pretrained`) hands back a parameter that requires one."""
+        beta = self.memory_gate if self.gate_trainable else self.memory_gate.detach()
+        return gate_value(beta, self.gate_activation)
 
     def forward(
         self, x: torch.Tensor, state: InfiniState | None = None, use_cache: bool = False
@@ -240,3 +254,37 @@ class InfiniAttention(_Projections):
         local = torch.cat(local_parts, dim=2)
         read = torch.cat(memory_parts, dim=2)
         return local, read, InfiniState(memory, keys, values)
+
+
+class LocalAttention(_Projections):
+    """Segment-local causal softmax attention, the control arm: Infini-attention's local half with the same
+    segments and RoPE restarting at 0 in every segment, but no memory and no gate, so no token ever sees an
+    earlier segment. It equals Infini-attention with the gate closed (g = 0) on the same projections."""
+
+    def __init__(
+        self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, rope_theta: float, *, segment_len: int
+    ):
+        super().__init__(hidden_size, num_heads, num_kv_heads, head_dim, rope_theta)
+        self.segment_len = segment_len
+
+    def forward(
+        self, x: torch.Tensor, state: LocalState | None = None, use_cache: bool = False
+    ) -> tuple[torch.Tensor, LocalState | None]:
+        q, k, v = self.project(x)
+        L = self.segment_len
+        if state is None and not use_cache:
+            positions = torch.arange(q.shape[2], device=x.device) % L
+            out = segment_attention(self.rotate(q, positions), self.rotate(k, positions), v, L)
+            return self.output(out), None
+        # A stream: the unfinished segment's keys and values come first, so the sequence starts on a segment
+        # boundary; its p earlier positions get zero queries, whose outputs are dropped.
+        past = 0 if state is None else state.keys.shape[2]
+        if past:
+            k = torch.cat([state.keys, k], dim=2)
+            v = torch.cat([state.values, v], dim=2)
+            q = torch.cat([q.new_zeros(*q.shape[:2], past, q.shape[3]), q], dim=2)
+        T = k.shape[2]
+        positions = torch.arange(T, device=x.device) % L
+        out = segment_attention(self.rotate(q, positions), self.rotate(k, positions), v, L)[:, :, past:]
+        done = (T // L) * L  # tokens of finished segments: never read again
+        return self.output(out), LocalState(k[:, :, done:], v[:, :, done:])

@@ -11,7 +11,8 @@ from infini_llama.layers.norm import RMSNorm
 
 
 class DecoderLayer(GradientCheckpointingLayer):
-    """x + attn(norm(x)), then + mlp(norm(x)). `self_attn` is a CausalSelfAttention or an InfiniAttention."""
+    """x + attn(norm(x)), then + mlp(norm(x)). `self_attn` is a CausalSelfAttention, an InfiniAttention or a
+    LocalAttention."""
 
     def __init__(self, self_attn: nn.Module, hidden_size: int, intermediate_size: int, rms_norm_eps: float):
         super().__init__()

@@ -4,7 +4,8 @@
 growing key/value list but `InfiniState`: the compressive memory of every finished segment plus the keys and
 values of the unfinished one (committed into the memory by the layer when the segment fills), so its size
 does not depend on how many tokens came before. The full-attention baseline's state is `KVState`, which does
-grow. The cache holds these NamedTuples as they are and hands them to the layers; the layers return new ones.
+grow; the segment-local control's is `LocalState`, the unfinished segment alone. The cache holds these
+NamedTuples as they are and hands them to the layers; the layers return new ones.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import NamedTuple
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from infini_llama.layers import InfiniState, KVState
+from infini_llama.layers import InfiniState, KVState, LocalState
 
-LayerState = InfiniState | KVState
+LayerState = InfiniState | KVState | LocalState
 
 
 def map_state(state: NamedTuple, fn: Callable[[torch.Tensor], torch.Tensor]) -> NamedTuple:
@@ -35,7 +36,7 @@ def state_tensors(state: NamedTuple) -> list[torch.Tensor]:
 
 
 class StreamingLayer(CacheLayerMixin):
-    """One layer's streaming state (`InfiniState` or `KVState`) and the number of tokens it has seen."""
+    """One layer's streaming state (`InfiniState`, `KVState` or `LocalState`) and the number of tokens it has seen."""
 
     is_compileable = False
     # The memory cannot give back tokens once a segment is committed, so generation that rolls the cache back
@@ -104,7 +105,8 @@ class StreamingLayer(CacheLayerMixin):
 
 
 class InfiniCache(Cache):
-    """Per-layer streaming states (`InfiniState` for Infini-attention, `KVState` for the baseline) for `generate`.
+    """Per-layer streaming states (`InfiniState` for Infini-attention, `KVState` for the baseline, `LocalState` for
+    the local control) for `generate`.
 
     `InfiniCache()` starts empty; `InfiniCache(states, seen_tokens)` wraps the tuple returned by
     `InfiniLlamaForCausalLM.stream` after `seen_tokens` tokens, so a long prompt streamed chunk by chunk can be

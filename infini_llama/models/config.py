@@ -1,4 +1,5 @@
-"""InfiniLlamaConfig: one validated config for both arms (Infini-attention and the full-attention baseline)."""
+"""InfiniLlamaConfig: one validated config for every arm (Infini-attention, the full-attention baseline and the
+segment-local control)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,20 @@ from transformers import PretrainedConfig
 from infini_llama.layers import GATE_ACTIVATIONS
 from infini_llama.ops import MEMORY_UPDATES
 
-ATTENTIONS = ("infini", "full")
+ATTENTIONS = ("infini", "full", "local")
 
 
 class InfiniLlamaConfig(PretrainedConfig):
-    """A LLaMA (RMSNorm, SwiGLU, RoPE, GQA, no biases) whose attention is Infini-attention or full attention.
+    """A LLaMA (RMSNorm, SwiGLU, RoPE, GQA, no biases) whose attention is Infini-attention, full attention or
+    segment-local attention.
 
     Infini-attention fields: `segment_len` (tokens per segment), `memory_update` ("delta" or "linear"),
     `gate_activation` ("hard_sigmoid" = clamp(0.2β + 0.5, 0, 1), as in the 300M study's code, or "sigmoid"),
-    `gate_init` (β at initialisation; 0 gives g = 0.5 for both activations), `memory_rope` (memory reads and
-    writes RoPE'd q/k; default False, the paper's choice), `bptt` ("full", "none" or a number of segments after
-    which the memory's graph is cut). `attention="full"` ignores all of them and builds the baseline.
+    `gate_init` (β at initialisation; 0 gives g = 0.5 for both activations), `gate_trainable` (False: β stays at
+    `gate_init`, a frozen gate), `memory_rope` (memory reads and writes RoPE'd q/k; default False, the paper's
+    choice), `bptt` ("full", "none" or a number of segments after which the memory's graph is cut).
+    `attention="full"` ignores all of them and builds the baseline; `attention="local"` (the memory-free control)
+    keeps only `segment_len`: Infini-attention's local attention with no memory and no gate.
     `initializer_range` None means 1 / sqrt(hidden_size), the study's init.
     """
 
@@ -41,6 +45,7 @@ class InfiniLlamaConfig(PretrainedConfig):
         memory_update: str = "delta",
         gate_activation: str = "hard_sigmoid",
         gate_init: float = 0.0,
+        gate_trainable: bool = True,
         memory_rope: bool = False,
         bptt: str | int = "full",
         initializer_range: float | None = None,
@@ -64,6 +69,7 @@ class InfiniLlamaConfig(PretrainedConfig):
         self.memory_update = memory_update
         self.gate_activation = gate_activation
         self.gate_init = gate_init
+        self.gate_trainable = gate_trainable
         self.memory_rope = memory_rope
         self.bptt = bptt
         self.initializer_range = initializer_range
@@ -103,6 +109,8 @@ class InfiniLlamaConfig(PretrainedConfig):
             raise ValueError(f"memory_update must be one of {MEMORY_UPDATES}, got {self.memory_update!r}")
         if self.gate_activation not in GATE_ACTIVATIONS:
             raise ValueError(f"gate_activation must be one of {GATE_ACTIVATIONS}, got {self.gate_activation!r}")
+        if not isinstance(self.gate_trainable, bool):
+            raise ValueError(f"gate_trainable must be true or false, got {self.gate_trainable!r}")
         bptt_ok = self.bptt in ("full", "none") or (
             isinstance(self.bptt, int) and not isinstance(self.bptt, bool) and self.bptt >= 1
         )

@@ -1,4 +1,4 @@
-"""InfiniLlamaForCausalLM: the causal LM of both arms, as a `transformers.PreTrainedModel`.
+"""InfiniLlamaForCausalLM: the causal LM of every arm, as a `transformers.PreTrainedModel`.
 
 Parameter names follow HF Llama (`model.layers.0.self_attn.q_proj.weight`, ...), so a Llama checkpoint maps
 one to one; Infini-attention adds one tensor per layer, `model.layers.N.self_attn.memory_gate` (β, one per head).
@@ -17,7 +17,7 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from infini_llama.layers import CausalSelfAttention, DecoderLayer, InfiniAttention, RMSNorm
+from infini_llama.layers import CausalSelfAttention, DecoderLayer, InfiniAttention, LocalAttention, RMSNorm
 from infini_llama.models.cache import InfiniCache
 from infini_llama.models.config import InfiniLlamaConfig
 from infini_llama.models.convert import copy_llama_weights, infini_config_from_llama, load_llama
@@ -34,12 +34,15 @@ def build_attention(config: InfiniLlamaConfig) -> nn.Module:
     )  # fmt: skip
     if config.attention == "full":
         return CausalSelfAttention(*dims)
+    if config.attention == "local":
+        return LocalAttention(*dims, segment_len=config.segment_len)
     return InfiniAttention(
         *dims,
         segment_len=config.segment_len,
         memory_update=config.memory_update,
         gate_activation=config.gate_activation,
         gate_init=config.gate_init,
+        gate_trainable=config.gate_trainable,
         memory_rope=config.memory_rope,
         bptt=config.bptt,
     )
@@ -52,6 +55,17 @@ class InfiniLlamaPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["DecoderLayer"]
     _supports_sdpa = True
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, with frozen gates (`gate_trainable=False`) frozen again: the loader
+        replaces every parameter by one that requires a gradient."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info
+        for module in model.modules():
+            if isinstance(module, InfiniAttention):
+                module.memory_gate.requires_grad_(module.gate_trainable)
+        return loaded
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -183,10 +197,11 @@ class InfiniLlamaForCausalLM(InfiniLlamaPreTrainedModel, GenerationMixin):
     def stream(self, input_ids: torch.LongTensor, state: tuple | None = None) -> tuple[torch.Tensor, tuple]:
         """Feed the next chunk (B, n) of a long sequence: returns its logits (B, n, V) and the state to pass with
         the following chunk. Any chunking gives the logits of one forward pass over the whole sequence; an
-        Infini model's state stays constant in size (memory plus at most one unfinished segment).
+        Infini model's state stays constant in size (memory plus at most one unfinished segment), a local model's
+        holds only the unfinished segment.
 
-        The state is the tuple of per-layer `InfiniState` / `KVState`; `InfiniCache(state, seen_tokens)` turns it
-        into the cache `generate` continues from.
+        The state is the tuple of per-layer `InfiniState` / `KVState` / `LocalState`; `InfiniCache(state,
+        seen_tokens)` turns it into the cache `generate` continues from.
         """
         out = self.model(input_ids, None, state, True)
         return self.lm_head(out.last_hidden_state), output_cache(out)
@@ -209,7 +224,7 @@ class InfiniLlamaForCausalLM(InfiniLlamaPreTrainedModel, GenerationMixin):
         return model.train(llama.training)
 
     def gate_values(self) -> torch.Tensor | None:
-        """g = act(β) as a (layers, heads) tensor, or None for the full-attention baseline."""
+        """g = act(β) as a (layers, heads) tensor, or None for a model without gates (full or local attention)."""
         if self.config.attention != "infini":
             return None
         return torch.stack([layer.self_attn.gate().detach() for layer in self.model.layers])
@@ -248,6 +263,8 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
 def parameter_groups(model: nn.Module, weight_decay: float, gate_lr: float | None = None) -> list[dict]:
     """Optimizer groups: matrices (linear and embedding weights) with weight decay; 1-D tensors (norm weights)
     without; the memory gates β on their own learning rate (`gate_lr`, None: the base LR), never decayed.
+    Frozen parameters (a frozen gate, `gate_trainable=False`) are in no group, so a model without trainable gates
+    has no "gates" group.
 
     Weight decay would pull β back to 0 and a global LR near 1e-4 barely moves it, leaving every gate at 0.5;
     the study gave the gates LR 0.01 and no decay.
