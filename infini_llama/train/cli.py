@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 
+from infini_llama.models.config import ATTENTIONS
 from infini_llama.train.config import PRECISIONS, RECIPES
 
 # (flag, TrainConfig field, type, help); flags left out keep the recipe's value.
@@ -72,7 +73,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--preset", choices=sorted(RECIPES), default=argparse.SUPPRESS, help="model and recipe (default tiny)"
     )
-    parser.add_argument("--attention", choices=("infini", "full"), default=argparse.SUPPRESS, help="the arm")
+    parser.add_argument(
+        "--attention", choices=ATTENTIONS, default=argparse.SUPPRESS, help="the arm (local: the memory-free control)"
+    )
     parser.add_argument(
         "--precision", choices=PRECISIONS, default=argparse.SUPPRESS, help="auto: bf16 on CUDA, else fp32"
     )

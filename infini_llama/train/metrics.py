@@ -55,8 +55,8 @@ def flops_per_token(config: InfiniLlamaConfig, seq_len: int) -> float:
     6 · N for the weight matmuls (N = every matrix except the input embedding, which is a lookup; the output
     projection counts even when tied), plus attention: 4 · H · D · c per layer forward, with c the average
     number of keys a query attends to, causally: (T + 1) / 2 for full attention, the same within each segment
-    for Infini-attention, which adds its memory: σ(q)M per query head and σ(k)ᵀv per KV head (2 · D · D each),
-    and σ(k)M for the delta rule's correction.
+    for Infini-attention and the local control; Infini-attention adds its memory: σ(q)M per query head and σ(k)ᵀv
+    per KV head (2 · D · D each), and σ(k)M for the delta rule's correction.
     """
     C, L, V = config.hidden_size, config.num_hidden_layers, config.vocab_size
     H, Hkv, D = config.num_attention_heads, config.num_key_value_heads, config.head_dim
@@ -68,7 +68,9 @@ def flops_per_token(config: InfiniLlamaConfig, seq_len: int) -> float:
         N = config.segment_len
         full, rest = divmod(seq_len, N)
         context = (full * N * (N + 1) / 2 + rest * (rest + 1) / 2) / seq_len
-        memory = 2 * D * D * (H + Hkv * (2 if config.memory_update == "delta" else 1))
+        memory = 0.0
+        if config.attention == "infini":
+            memory = 2 * D * D * (H + Hkv * (2 if config.memory_update == "delta" else 1))
     attention = 4 * H * D * context + memory
     return 6 * matrices + 3 * L * attention
 

@@ -29,7 +29,7 @@ def test_dense_flops_are_six_times_the_matmul_parameters(tied):
     assert flops_per_token(config, seq_len=1) == 6 * matrices + attention_one_key
 
 
-def test_attention_flops_full_vs_infini():
+def test_attention_flops_full_vs_infini_vs_local():
     full = config_from_preset("tiny", **MICRO, attention="full")
     infini = config_from_preset("tiny", **MICRO, memory_update="delta")
     dense = 6 * 30080  # 2 · (4 · 32 · 32 + 3 · 32 · 64) + 300 · 32 matmul parameters
@@ -37,6 +37,9 @@ def test_attention_flops_full_vs_infini():
     # σ(q)M, σ(k)ᵀv and the delta rule's σ(k)M: 2 · 16 · 16 · (2 + 2 · 2) per layer
     assert flops_per_token(full, 32) == dense + 3 * 2 * (4 * 2 * 16 * 16.5)
     assert flops_per_token(infini, 32) == dense + 3 * 2 * (4 * 2 * 16 * 8.5 + 2 * 16 * 16 * 6)
+    # local: Infini's segment-local attention without the memory
+    local = config_from_preset("tiny", **MICRO, attention="local")
+    assert flops_per_token(local, 32) == dense + 3 * 2 * (4 * 2 * 16 * 8.5)
 
 
 def test_peak_flops_table():
