@@ -83,6 +83,10 @@ class TokenData:
     sources_fingerprint: str
     path: Path
 
+    def __reduce__(self):
+        # A process receiving this (a batch-prefetching worker) opens the files again, not a copy of the tokens.
+        return load_token_data, (self.path,)
+
 
 def load_token_data(path: str | os.PathLike) -> TokenData:
     """Open a cache entry written by :func:`prepare_tokens`, after checking it (see the module docstring)."""

@@ -75,6 +75,8 @@ class PasskeyBatchSource:
     but the answers' tokens with -100.
     """
 
+    builds_slowly = True  # prompts are tokenized piece by piece: on CUDA the trainer builds batches ahead
+
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,

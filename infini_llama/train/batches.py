@@ -7,7 +7,9 @@ need to talk to each other about data.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -29,7 +31,9 @@ class BatchSource(Protocol):
     is called.
 
     Optionally, `state_dict()` returns JSON data describing the source; it is stored in checkpoints and a
-    resumed run refuses a source whose description differs.
+    resumed run refuses a source whose description differs. A source whose batches cost CPU time worth taking
+    off the training step's path sets `builds_slowly = True`: on CUDA the trainer then builds its batches ahead
+    in worker processes by default (`TrainConfig.data_workers`).
     """
 
     def batch(self, step: int, micro_step: int) -> Batch: ...
@@ -107,3 +111,64 @@ class TokenWindowSource:
 def count_targets(labels: torch.Tensor) -> int:
     """Positions that enter the loss: labels[:, 1:] (the model shifts) that are not -100."""
     return int((labels[:, 1:] != -100).sum())
+
+
+class PrefetchedBatches:
+    """The batches of a BatchSource, built ahead of the training step by `workers` processes.
+
+    Building a batch can cost more CPU time than the GPU spends on it (passkey prompts are tokenized piece by
+    piece), and the step would wait for it. Since a source is a pure function of (step, micro_step), worker
+    processes can build the next `depth` steps' batches while the current one trains, and the batches are the
+    same as without them. Each worker receives the source once (it must pickle); with `workers` = 0 batches are
+    built in this process when asked for. `batches(step)` returns the micro-batches of `step`; steps are asked
+    for in increasing order (a resumed run starts anywhere). Close it (or use it as a context manager) to stop
+    the workers.
+    """
+
+    def __init__(self, source: BatchSource, grad_accum: int, workers: int = 0, depth: int | None = None) -> None:
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        self.source, self.grad_accum = source, grad_accum
+        self.depth = max(1, depth if depth is not None else 2 * workers)
+        self.pending: dict[int, list[Future]] = {}
+        self.pool = None
+        if workers:
+            # spawn: the training process may hold CUDA and threads that a forked child must not inherit
+            context = multiprocessing.get_context("spawn")
+            self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_set_source, initargs=(source,))
+
+    def batches(self, step: int) -> list[Batch]:
+        if self.pool is None:
+            return [self.source.batch(step, m) for m in range(self.grad_accum)]
+        for stale in [s for s in self.pending if s < step]:  # a step skipped by the caller: drop its batches
+            for future in self.pending.pop(stale):
+                future.cancel()
+        for ahead in range(step, step + self.depth):
+            if ahead not in self.pending:
+                self.pending[ahead] = [self.pool.submit(_source_batch, ahead, m) for m in range(self.grad_accum)]
+        return [future.result() for future in self.pending.pop(step)]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool, self.pending = None, {}
+
+    def __enter__(self) -> PrefetchedBatches:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_WORKER_SOURCE: BatchSource | None = None
+
+
+def _set_source(source: BatchSource) -> None:
+    global _WORKER_SOURCE
+    torch.set_num_threads(1)
+    _WORKER_SOURCE = source
+
+
+def _source_batch(step: int, micro_step: int) -> Batch:
+    assert _WORKER_SOURCE is not None, "a prefetch worker without its source"
+    return _WORKER_SOURCE.batch(step, micro_step)

@@ -21,7 +21,7 @@ RESUMABLE_CHANGES = frozenset(
     {
         "out", "resume", "overwrite", "progress", "tensorboard", "wandb", "wandb_project", "log_every",
         "eval_every", "eval_windows", "save_every", "keep", "compile", "checkpointing", "device", "dist",
-        "cache_dir", "max_bad_steps",
+        "cache_dir", "max_bad_steps", "data_workers",
     }
 )  # fmt: skip
 
@@ -71,6 +71,9 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     compile: bool | None = None  # torch.compile each decoder layer; None: on CUDA, off elsewhere
     checkpointing: bool = False  # activation checkpointing per decoder layer
+    # processes building batches ahead of the step (the same batches); None: 4 on CUDA for sources that build
+    # batches slowly (passkey fine-tuning), else 0 (in the training process)
+    data_workers: int | None = None
     device: str = "auto"  # auto: cuda if available, else cpu
     dist: str = "ddp"  # under torchrun: "ddp" or "fsdp" (FSDP2 fully_shard)
     seed: int = 0
@@ -122,6 +125,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not _is_int(value) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.data_workers is not None and (not _is_int(self.data_workers) or self.data_workers < 0):
+            raise ValueError(f"data_workers must be None (automatic) or an integer >= 0, got {self.data_workers!r}")
         if self.global_batch is not None and (not _is_int(self.global_batch) or self.global_batch < 1):
             raise ValueError(f"global_batch must be None or an integer >= 1, got {self.global_batch!r}")
         if not self.lr > 0:

@@ -20,7 +20,7 @@ from transformers.utils import logging as hf_logging
 from infini_llama.layers import gate_value
 from infini_llama.models import InfiniLlamaForCausalLM, causal_lm_loss
 from infini_llama.train import checkpoint as ckpt
-from infini_llama.train.batches import BatchSource, count_targets
+from infini_llama.train.batches import BatchSource, PrefetchedBatches, count_targets
 from infini_llama.train.compile import compile_decoder_layers, compile_loss
 from infini_llama.train.config import TrainConfig, config_dict
 from infini_llama.train.distributed import (
@@ -184,7 +184,7 @@ class _Trainer:
 
     def _train_step(self, step: int) -> _StepStats:
         """One optimizer step on the batches of `step`, or none if its loss or gradient is not finite."""
-        micro = [self.plan.source.batch(step, m) for m in range(self.plan.grad_accum)]
+        micro = self.batches.batches(step)
         for m, (input_ids, labels) in enumerate(micro):
             check_token_ids(input_ids, labels, self.plan.model_config.vocab_size, f"batch {m} of step {step + 1}")
         targets = torch.tensor(
@@ -328,7 +328,9 @@ class _Trainer:
             purge_step=start or None,
         )
         try:
-            with stop_on_signals() as stop:
+            ahead = PrefetchedBatches(plan.source, plan.grad_accum, plan.data_workers)
+            with stop_on_signals() as stop, ahead:
+                self.batches = ahead
                 self._loop(start, tokens, result, logger, stop)
         except RunError as exc:
             logger.log({"kind": "event", "step": result.step, "event": f"stopped: {exc}"})

@@ -51,6 +51,7 @@ class RunPlan:
     grad_accum: int
     precision: str  # "bf16" or "fp32"
     compile: bool  # compile the decoder layers (cfg.compile, resolved for the device)
+    data_workers: int  # processes building batches ahead of the step (cfg.data_workers, resolved)
 
 
 def plan_run(
@@ -111,7 +112,16 @@ def _plan(cfg, info, batches, tokenizer) -> RunPlan:
         grad_accum=grad_accum,
         precision=precision,
         compile=resolve_compile(cfg.compile, info.device),
+        data_workers=resolve_data_workers(cfg.data_workers, batches, info.device),
     )
+
+
+def resolve_data_workers(setting: int | None, source: BatchSource, device: torch.device) -> int:
+    """`data_workers` of a TrainConfig: None (the default) is 4 on CUDA for a source that builds its batches
+    slowly (passkey prompts), else 0: token windows are slices of a memory map, and on CPU the cores train."""
+    if setting is not None:
+        return setting
+    return 4 if device.type == "cuda" and getattr(source, "builds_slowly", False) else 0
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -9,6 +9,7 @@ from infini_llama.eval import PasskeyGridConfig
 from infini_llama.eval.finetune import FINETUNE_HAYSTACKS, PasskeyBatchSource
 from infini_llama.eval.passkey import DEFAULT_KEY_DIGITS, EVAL_STREAM, evaluation_keys, make_passkey_sample
 from infini_llama.eval.prompts import FILLER_BLOCK, FILLER_STYLES, decode
+from infini_llama.train.batches import PrefetchedBatches
 
 
 def source(tok, **overrides):
@@ -145,3 +146,14 @@ def test_one_default_key_length_for_fine_tuning_and_evaluation(bpe_tok):
     defaults["finetune CLI"] = defaults["finetune CLI"].key_digits
     defaults["eval CLI"] = defaults["eval CLI"].key_digits
     assert set(defaults.values()) == {DEFAULT_KEY_DIGITS}, defaults
+
+
+def test_worker_processes_build_the_same_batches(bpe_tok):
+    """The trainer's prefetching workers (`data_workers`) receive the source once and build what it builds."""
+    src = source(bpe_tok, pack_min_len=None, loss="answer")
+    with PrefetchedBatches(src, grad_accum=2, workers=2) as ahead:
+        for step in (3, 4, 7):  # a start other than 0 (a resumed run), then a skipped step
+            for (ids, labels), m in zip(ahead.batches(step), range(2), strict=True):
+                want_ids, want_labels = src.batch(step, m)
+                assert torch.equal(ids, want_ids) and torch.equal(labels, want_labels)
+        assert all(step > 7 for step in ahead.pending), "batches of passed steps are dropped"
