@@ -3,9 +3,11 @@
 import pytest
 import torch
 
+from infini_llama import InfiniLlamaForCausalLM, config_from_preset
 from infini_llama.cli import build_parser
+from infini_llama.models import causal_lm_loss
 from infini_llama.train import resolve_config, train
-from infini_llama.train.compile import resolve_compile
+from infini_llama.train.compile import compile_decoder_layers, compile_loss, resolve_compile
 
 
 def test_default_compiles_on_cuda_only():
@@ -45,3 +47,29 @@ def test_failed_compilation_warns_and_trains_eagerly(micro_cfg, tmp_path, monkey
         "torch.compile of the loss",
     }
     assert fallback.losses == plain.losses
+
+
+@pytest.mark.parametrize("update", ["delta", "linear"])
+def test_compiled_layers_and_loss_equal_eager_on_cpu(update):
+    """The tiny study preset compiles on CPU: torch.compile's CPU code gives the eager loss and gradients."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    config = config_from_preset("tiny", vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2, num_key_value_heads=2, segment_len=8, gate_init=1.0,
+                                gate_activation="sigmoid", memory_update=update)  # fmt: skip
+    eager = InfiniLlamaForCausalLM(config).train()
+    compiled = InfiniLlamaForCausalLM(config).train()
+    compiled.load_state_dict(eager.state_dict())
+    B, T = 2, 5 * 8 + 3  # a short last segment
+    assert compile_decoder_layers(compiled.model.layers, B, T) is not None
+    loss_fn = compile_loss(B, T, config.vocab_size, torch.device("cpu"))
+    assert loss_fn is not causal_lm_loss
+    x = torch.randint(0, config.vocab_size, (B, T))
+    results = []
+    for model, fn in ((eager, causal_lm_loss), (compiled, loss_fn)):
+        loss = fn(model(input_ids=x).logits, x)
+        results.append((loss.detach(), torch.autograd.grad(loss, list(model.parameters()))))
+    (loss, grads), (loss_c, grads_c) = results
+    assert abs(loss_c.item() - loss.item()) < 1e-5 * abs(loss.item())
+    for a, b in zip(grads_c, grads, strict=True):
+        assert ((a - b).norm() / b.norm().clamp_min(1e-12)).item() < 1e-4
