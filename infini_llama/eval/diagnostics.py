@@ -22,9 +22,25 @@ def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [param for name, param in model.named_parameters() if name.endswith(GATE_PARAMETER)]
 
 
+# A gate this close to 0 or 1 is saturated: its head is (almost) local attention only, or memory only.
+SATURATION = 0.01
+
+
+def saturated_gates(gates: list[list[float]], margin: float = SATURATION) -> dict:
+    """How many of the heads' gates g ((layers, heads) nested lists) are saturated: `closed` (g < margin),
+    `open` (g > 1 − margin), their sum `saturated`, its `share` of all `heads`."""
+    values = [g for row in gates for g in row]
+    closed, opened = sum(g < margin for g in values), sum(g > 1 - margin for g in values)
+    return {
+        "margin": margin, "closed": closed, "open": opened, "saturated": closed + opened, "heads": len(values),
+        "share": (closed + opened) / len(values) if values else 0.0,
+    }  # fmt: skip
+
+
 def gate_report(model: nn.Module) -> dict:
     """g = act(β) and β per layer and head, through the activation the model itself uses (`model.gate_values()`,
-    never an assumed sigmoid), with per-layer means. Raises ValueError for a model without gates."""
+    never an assumed sigmoid), with per-layer means and the share of saturated heads (`saturated_gates`). Raises
+    ValueError for a model without gates."""
     gates = model.gate_values() if hasattr(model, "gate_values") else None
     if gates is None:
         raise ValueError("this model has no memory gates (a full-attention baseline or a non-Infini model)")
@@ -38,6 +54,7 @@ def gate_report(model: nn.Module) -> dict:
         "mean": float(values.mean()),
         "layers": values.shape[0],
         "heads": values.shape[1],
+        "saturated": saturated_gates(values.tolist()),
     }
 
 
@@ -107,8 +124,10 @@ def run_gates(
     ]
     heads = " | ".join(f"head {h}" for h in range(report["heads"]))
     table = [f"| layer | {heads} | mean |", "|" + "---|" * (report["heads"] + 2), *rows]
+    sat = report["saturated"]
     (out / "gates.md").write_text(
-        f"g = {report['activation']}(β), mean {report['mean']:.3f}\n\n" + "\n".join(table) + "\n"
+        f"g = {report['activation']}(β), mean {report['mean']:.3f}, saturated heads {sat['saturated']}/{sat['heads']}"
+        "\n\n" + "\n".join(table) + "\n"
     )
     plots.heatmap(
         report["gates"],

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from infini_llama.eval import plots
-from infini_llama.eval.diagnostics import plot_trajectory
+from infini_llama.eval.diagnostics import plot_trajectory, saturated_gates
 from infini_llama.eval.markdown import image, slug, table
 from infini_llama.eval.records import SUMMARY, write_json
 from infini_llama.eval.report_passkey import haystack_of, passkey_section
@@ -185,7 +185,15 @@ def _gates_section(runs: list[dict], out: Path, figures: list[str]) -> list[str]
     ]
     for r in runs:
         g = r["results"]
-        md += [f"### {r['label']}", "", f"activation `{g['activation']}`, mean g = {g['mean']:.3f}", ""]
+        sat = g.get("saturated") or saturated_gates(g["gates"])
+        md += [
+            f"### {r['label']}",
+            "",
+            f"activation `{g['activation']}`, mean g = {g['mean']:.3f}; saturated heads (g < {sat['margin']:g} or "
+            f"g > {1 - sat['margin']:g}): {sat['saturated']}/{sat['heads']} ({sat['closed']} closed, {sat['open']} "
+            "open)",
+            "",
+        ]
         md += table(
             ["layer"] + [f"head {h}" for h in range(g["heads"])] + ["mean"],
             [[str(i)] + [f"{v:.3f}" for v in row] + [f"{g['layer_mean'][i]:.3f}"] for i, row in enumerate(g["gates"])],
