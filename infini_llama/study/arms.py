@@ -1,11 +1,14 @@
-"""The arms of a study: Infini-attention and the full-attention baseline, for every combination of sweep values.
+"""The arms of a study: Infini-attention and the full-attention baseline (and, with `control_arm`, the segment-local
+control), for every combination of sweep values.
 
 Sweep keys name what they change: a model field (`segment_len`, `memory_update`, ...), `seed` (everything that is
 seeded: pretraining, fine-tuning data and its key exclusion, the evaluation grid), or a training value of one
 stage, `pretrain.<field>` or `finetune.<field>` (`pretrain.lr`, `finetune.gate_lr`, ...): a bare `lr` would say
 neither, and a value given to one stage must not silently change the other. A sweep over a value the baseline does
 not have (`segment_len`, `memory_update`, `gate_activation`, `pretrain.gate_lr`, ...) multiplies the Infini arm
-and leaves one baseline; any other sweep is given to both arms.
+and leaves one baseline; any other sweep is given to both arms. The local control (Infini-attention's local
+attention with no memory and no gate) follows the baseline, but shares the Infini arm's segments: a `segment_len`
+sweep multiplies it too, every other Infini-only sweep leaves one control.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ if TYPE_CHECKING:
 STAGES = ("pretrain", "finetune")
 # Values that change nothing for the full-attention baseline (training values: the field after the stage).
 INFINI_ONLY = frozenset(
-    {"segment_len", "memory_update", "gate_activation", "gate_init", "memory_rope", "bptt", "gate_lr"}
+    {"segment_len", "memory_update", "gate_activation", "gate_init", "gate_trainable", "memory_rope", "bptt", "gate_lr"}
 )
+# Infini-only values the local control shares with the Infini arm.
+LOCAL_SHARES = frozenset({"segment_len"})
 TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - {"model", "out", "preset", "seed"}
 SWEEP_KEYS = (
     (CONFIG_FIELDS - {"attention"}) | {"seed"} | {f"{stage}.{name}" for stage in STAGES for name in TRAIN_FIELDS}
@@ -60,11 +65,12 @@ class Arm:
     pretrain: dict[str, Any]
     finetune: dict[str, Any]
 
-    def shared_key(self) -> tuple:
-        """What this arm shares with its counterpart of the other attention: every choice but Infini-only ones."""
+    def shared_key(self, keep: frozenset[str] = frozenset()) -> tuple:
+        """What this arm shares with its counterpart of another attention: every choice but the Infini-only ones
+        (except those in `keep`)."""
 
         def shared(values: dict[str, Any]) -> tuple:
-            return tuple(sorted((k, v) for k, v in values.items() if k not in INFINI_ONLY))
+            return tuple(sorted((k, v) for k, v in values.items() if k not in INFINI_ONLY - keep))
 
         return self.seed, shared(self.model), shared(self.pretrain), shared(self.finetune)
 
@@ -73,12 +79,18 @@ def _sweep_field(key: str) -> str:
     return key.partition(".")[2] or key
 
 
+def _applies(key: str, attention: str) -> bool:
+    """Whether sweep `key` changes an arm of `attention`."""
+    field = _sweep_field(key)
+    return attention == "infini" or field not in INFINI_ONLY or (attention == "local" and field in LOCAL_SHARES)
+
+
 def expand_arms(cfg: StudyConfig) -> list[Arm]:
-    """Infini and baseline arms for every combination of sweep values (baseline-irrelevant keys skipped), for the
-    seed of a single-seed study."""
+    """Infini, baseline and (with `cfg.control_arm`) local arms for every combination of sweep values (keys that do
+    not change an arm skipped for it), for the seed of a single-seed study."""
     arms = []
-    for attention in ("infini", "full"):
-        keys = [k for k in cfg.sweeps if attention == "infini" or _sweep_field(k) not in INFINI_ONLY]
+    for attention in ("infini", "full", "local") if cfg.control_arm else ("infini", "full"):
+        keys = [k for k in cfg.sweeps if _applies(k, attention)]
         for values in itertools.product(*(cfg.sweeps[k] for k in keys)):
             chosen = dict(zip(keys, values, strict=True))
             suffix = "".join(f"-{k}={_show(v)}" for k, v in chosen.items())
@@ -90,9 +102,17 @@ def expand_arms(cfg: StudyConfig) -> list[Arm]:
 
 
 def counterparts(arms: list[Arm]) -> list[tuple[Arm, Arm]]:
-    """(Infini arm, baseline arm) pairs that differ only in attention and Infini-only values."""
+    """(Infini arm, other arm) pairs: each Infini arm with its baseline (differing only in attention and Infini-only
+    values), then, in a study with the control arm, with its local control (the same segments as well)."""
     baselines = {arm.shared_key(): arm for arm in arms if arm.attention == "full"}
-    return [(arm, baselines[arm.shared_key()]) for arm in arms if arm.attention == "infini"]
+    controls = {arm.shared_key(LOCAL_SHARES): arm for arm in arms if arm.attention == "local"}
+    pairs = []
+    for arm in arms:
+        if arm.attention == "infini":
+            pairs.append((arm, baselines[arm.shared_key()]))
+            if controls:
+                pairs.append((arm, controls[arm.shared_key(LOCAL_SHARES)]))
+    return pairs
 
 
 def _show(value: Any) -> str:

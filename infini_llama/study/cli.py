@@ -42,6 +42,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="override a study field, e.g. pretrain.steps=100, finetune.lr=3e-4, model.segment_len=32, "
         "eval_samples=8, finetune_lr_grid=1e-3,2e-3,4e-3, eval_rope_scaling.rope_type=yarn, eval_haystacks=repeat",
     )  # fmt: skip
+    parser.add_argument(
+        "--control-arm", action="store_true",
+        help="also train the local control: the Infini arm's segment-local attention with no memory and no gate "
+        "(the same as --set control_arm=true)",
+    )  # fmt: skip
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     parser.add_argument("--overwrite", action="store_true", help="delete a study already in --out and start over")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -85,7 +90,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         sweeps = dict(parse_sweep(s) for s in args.sweep)
         seeds = args.seeds if args.seeds is not None else [0 if args.seed is None else args.seed]
-        cfg = study_config(args.preset, sweeps=sweeps, seeds=seeds, **parse_sets(args.set))
+        sets = parse_sets(args.set)
+        if args.control_arm:
+            sets["control_arm"] = True
+        cfg = study_config(args.preset, sweeps=sweeps, seeds=seeds, **sets)
         run_study(
             cfg,
             args.out,

@@ -1,7 +1,8 @@
 """What a study runs: one config for the whole pipeline, and presets of it.
 
-A study trains and evaluates *arms* (see `study.arms`): the Infini-attention arm and the full-attention baseline,
-sharing data, tokens, seeds and every recipe value, once per seed of `seeds`.
+A study trains and evaluates *arms* (see `study.arms`): the Infini-attention arm and the full-attention baseline
+(and, with `control_arm`, the segment-local control), sharing data, tokens, seeds and every recipe value, once per
+seed of `seeds`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class StudyConfig:
     grid runs on each ("repeat": the classic filler, "book": held-out text). `eval_rope_scaling`: the baseline is
     also evaluated with RoPE scaled this way (its original length is the training length); None: not.
     `eval_split`: "test" (the reported grids) or "validation" (grids of the same design on other samples), to choose
-    a recipe without looking at the test grids.
+    a recipe without looking at the test grids. `control_arm`: also train and evaluate the local control (the
+    Infini arm's segment-local attention, no memory, no gate) with the Infini arm's segments and recipe.
     """
 
     preset: str = "tiny"
@@ -54,6 +56,7 @@ class StudyConfig:
     perplexity_windows: int = 4
     perplexity_bucket: int = 64
     sweeps: dict[str, list[Any]] = field(default_factory=dict)
+    control_arm: bool = False
 
     def __post_init__(self):
         self.seeds = _as_tuple(self.seeds, int)
@@ -75,6 +78,8 @@ class StudyConfig:
             raise ValueError("finetune_lr_grid chooses the fine-tuning LR: do not also sweep finetune.lr")
         if self.eval_split not in GRID_SPLITS:
             raise ValueError(f"eval_split must be one of {tuple(GRID_SPLITS)}, got {self.eval_split!r}")
+        if not isinstance(self.control_arm, bool):
+            raise ValueError(f"control_arm must be true or false, got {self.control_arm!r}")
         if self.selection_samples < 1:
             raise ValueError(f"selection_samples must be >= 1, got {self.selection_samples}")
         scaling = self.eval_rope_scaling

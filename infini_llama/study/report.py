@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from infini_llama.data.corpus import HELD_OUT_BOOK
-from infini_llama.eval.diagnostics import bucket_order
+from infini_llama.eval.diagnostics import SATURATION, bucket_order
 from infini_llama.eval.finetune import FINETUNE_HAYSTACKS
 from infini_llama.eval.markdown import table
 from infini_llama.eval.prompts import HAYSTACK_LABELS
@@ -28,8 +28,16 @@ def describe_study(cfg: StudyConfig) -> str:
         else f"LR {fin.lr:g}"
     )
     haystacks = ", ".join(f"{HAYSTACK_LABELS[h]} (`{h}`)" for h in cfg.eval_haystacks)
+    control = (
+        "The local control is the Infini arm's segment-local attention (the same segments, RoPE restarting in each) "
+        "with no memory and no gate. "
+        if cfg.control_arm
+        else ""
+    )
     return (
-        f"Both arms share the data, tokens, seeds and recipe: pretraining on {data} ({pre.steps} steps of "
+        control
+        + f"{'All' if cfg.control_arm else 'Both'} arms share the data, tokens, seeds and recipe: pretraining on "
+        f"{data} ({pre.steps} steps of "
         f"{sequences_per_step(pre)} × {pre.seq_len} tokens, LR {pre.lr:g}), then passkey fine-tuning ({fin.steps} "
         f"steps of {sequences_per_step(fin)} × {fin.seq_len} tokens, {lr_text}; loss on "
         f"{cfg.passkey.get('loss', 'all')} tokens; haystacks drawn per prompt: "
@@ -96,6 +104,7 @@ def write_seed_report(cfg: StudyConfig, out: Path, results: dict, command: str |
         lines += table(_header(cfg, lengths), digits)
         lines += [""] + _compression_table(entries, haystack)
     lines += _leads_table(results["leads"])
+    lines += _gates_table(entries)
     training = []
     for name, entry in entries.items():
         pre, chosen = entry.get("pretrain") or {}, _chosen(entry)
@@ -137,10 +146,9 @@ def _arm_table(cfg: StudyConfig, entries: dict) -> list[str]:
         scores = "; ".join(
             f"{c['lr']:g}: {_pct(c['exact'])} / {c['digit_acc']['mean']:.2f}" for c in selection["candidates"]
         )
-        gates = entry["attention"] == "infini"  # the baseline has no gates, so no gate LR
         lines.append(
-            f"| {name} | {entry['seed']} | {pre['lr']:g} ({_lr(pre['gate_lr'] if gates else None)}) | {fin['steps']} × "
-            f"{fin['sequences_per_step']} × {fin['seq_len']}, {_lr(fin['gate_lr'] if gates else None)} | "
+            f"| {name} | {entry['seed']} | {pre['lr']:g} ({_gate_lr(entry, pre)}) | {fin['steps']} × "
+            f"{fin['sequences_per_step']} × {fin['seq_len']}, {_gate_lr(entry, fin)} | "
             f"{scores or '–'} | {_lr(selection.get('chosen_lr'))} |"
         )
     return lines + [""]
@@ -150,13 +158,22 @@ def _lr(value: float | None) -> str:
     return "–" if value is None else f"{value:g}"
 
 
+def _gate_lr(entry: dict, stage: dict) -> str:
+    """The gate LR of a stage: none for the arms without gates, "frozen" for frozen gates."""
+    if entry["attention"] != "infini":
+        return "–"
+    if entry.get("gate_trainable") is False:
+        return "frozen"
+    return _lr(stage["gate_lr"])
+
+
 def _compression_table(entries: dict, haystack: str) -> list[str]:
-    """Exact accuracy of the Infini rows by the number of memory updates (compressions) between the key and the
-    question, over every length and depth."""
+    """Exact accuracy of the Infini rows (and the local control's) by the number of memory updates (compressions)
+    between the key and the question, over every length and depth."""
     rows = {
         grids["label"]: {r["memory_updates"]: r["exact"] for r in grids["haystacks"][haystack]["by_memory_updates"]}
         for entry in entries.values()
-        if entry["attention"] == "infini"
+        if entry["attention"] in ("infini", "local")
         for task, grids in entry["passkey"].items()
         if task == "passkey" and haystack in grids["haystacks"]
     }
@@ -195,6 +212,32 @@ def _leads_table(leads: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def _gates_table(entries: dict) -> list[str]:
+    """The final gates of every Infini arm: learned or frozen, mean g per layer, and the saturated heads."""
+    rows = []
+    for name, entry in entries.items():
+        gates = entry.get("gates")
+        if gates is None:
+            continue
+        sat = gates["saturated"]
+        rows.append([
+            name, f"{gates['activation']}, {'learned' if entry.get('gate_trainable', True) else 'frozen'}",
+            f"{gates['mean']:.3f}", " / ".join(f"{g:.2f}" for g in gates["layer_mean"]),
+            f"{sat['saturated']}/{sat['heads']} ({100 * sat['share']:.0f}%)", str(sat["closed"]), str(sat["open"]),
+        ])  # fmt: skip
+    if not rows:
+        return []
+    lines = [
+        "## Memory gates",
+        "",
+        f"The balance factor g = act(β) after fine-tuning (1: memory only, 0: local attention only). A head is "
+        f"saturated when g < {SATURATION:g} (closed) or g > {1 - SATURATION:g} (open). Every head's g: Details, below.",
+        "",
+    ]
+    header = ["Infini arm", "gate", "mean g", "mean g per layer", "saturated heads", "closed", "open"]
+    return lines + table(header, rows) + [""]
+
+
 def _relink(line: str) -> str:
     """Point the detail report's relative image links at report/."""
     return line.replace("](", "](report/") if "![" in line and "](http" not in line else line
@@ -221,6 +264,7 @@ def write_across_report(cfg: StudyConfig, out: Path, summary: dict, command: str
         )
         lines += [""]
     lines += _leads_by_seed(summary)
+    lines += _gates_by_seed(summary)
     lines += ["## Fine-tuning LR chosen per seed", ""]
     chosen = [[name] + [_lr(by_seed.get(s)) for s in seeds] for name, by_seed in summary["chosen_lr"].items()]
     lines += table(["arm"] + [f"seed {s}" for s in seeds], chosen)
@@ -272,3 +316,29 @@ def _leads_by_seed(summary: dict) -> list[str]:
         cells = [_lead(by_seed.get(s)) for s in seeds]
         rows.append([infini, baseline, HAYSTACK_LABELS[haystack]] + cells)
     return lines + table(["Infini arm", "compared with", "haystack"] + [f"seed {s}" for s in seeds], rows) + [""]
+
+
+def _gates_by_seed(summary: dict) -> list[str]:
+    """Per Infini arm and seed: the saturated heads and the mean gate."""
+    seeds = summary["seeds"]
+    arms = summary["per_seed"][seeds[0]]["arms"]
+    rows = []
+    for name, entry in arms.items():
+        if entry["attention"] != "infini":
+            continue
+        cells = []
+        for seed in seeds:
+            gates = summary["per_seed"][seed]["arms"][name].get("gates")
+            sat = (gates or {}).get("saturated")
+            cells.append("–" if sat is None else f"{sat['saturated']}/{sat['heads']}, g {gates['mean']:.2f}")
+        rows.append([name] + cells)
+    if not rows:
+        return []
+    lines = [
+        "## Saturated gates per seed",
+        "",
+        f"Heads whose final gate is saturated (g < {SATURATION:g} or g > {1 - SATURATION:g}) out of all heads, and "
+        "the mean g.",
+        "",
+    ]
+    return lines + table(["Infini arm"] + [f"seed {s}" for s in seeds], rows) + [""]

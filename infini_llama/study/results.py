@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from infini_llama.eval.diagnostics import saturated_gates
 from infini_llama.study.arms import Arm, counterparts
 from infini_llama.study.config import StudyConfig
 from infini_llama.study.stages import (
@@ -54,6 +55,10 @@ def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
             "attention": arm.attention,
             "seed": arm.seed,
             "model": arm.model,
+            # Infini arms: whether the gates learned (False: frozen at gate_init, the gate ablation).
+            "gate_trainable": (
+                {**cfg.model, **arm.model}.get("gate_trainable", True) if arm.attention == "infini" else None
+            ),
             "training_length": training_length(cfg, arm),
             "recipe": {
                 "pretrain": recipe_summary(train_recipe(cfg, arm, "pretrain")),
@@ -89,6 +94,8 @@ def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
             summary = _summary(root / "eval" / task)
             if summary is not None:
                 entry[task] = summary["results"]
+        if "gates" in entry:
+            entry["gates"].setdefault("saturated", saturated_gates(entry["gates"]["gates"]))
         entries[arm.name] = entry
     return {
         "study": _plain(cfg),
@@ -114,14 +121,14 @@ def passkey_rows(entries: dict) -> list[tuple[str, str, str, dict]]:
 
 
 def leads(cfg: StudyConfig, arms: list[Arm], entries: dict) -> list[dict]:
-    """For each Infini arm and each row of its baseline (plain, RoPE-scaled) on each haystack: the mean over the
-    lengths beyond the training length of (Infini's exact accuracy − the row's), in points, and at how many of
-    those lengths Infini is ahead."""
+    """For each Infini arm and each row of its baseline (plain, RoPE-scaled) and of its local control (if the study
+    has one) on each haystack: the mean over the lengths beyond the training length of (Infini's exact accuracy −
+    the row's), in points, and at how many of those lengths Infini is ahead."""
     beyond = [i for i, m in enumerate(cfg.eval_multiples) if m > 1]
     out = []
-    for infini, baseline in counterparts(arms):
+    for infini, other in counterparts(arms):
         ours = entries[infini.name]["passkey"]["passkey"]["haystacks"]
-        for task, grids in entries[baseline.name]["passkey"].items():
+        for task, grids in entries[other.name]["passkey"].items():
             for haystack in cfg.eval_haystacks:
                 if haystack not in ours or haystack not in grids["haystacks"] or not beyond:
                     continue

@@ -1,7 +1,7 @@
 """The stages of one arm of a single-seed study, in order: pretraining → passkey fine-tuning at each LR of the grid
 → choosing the LR on held-apart fine-tuning prompts at the training length → passkey grids on every haystack
-(and, for Infini arms, with the memory switched off; for the baseline, with RoPE scaled) → perplexity by position →
-gates.
+(and, for Infini arms, with the memory switched off; for the baseline, with RoPE scaled; the local control has the
+plain grid only) → perplexity by position → gates (Infini arms).
 
 Layout of an arm's folder:
 
@@ -111,7 +111,8 @@ def passkey_label(arm: Arm, task: str, cfg: StudyConfig) -> str:
 
 
 def passkey_tasks(cfg: StudyConfig, arm: Arm) -> list[str]:
-    """The passkey grids of `arm` (each run on every haystack of the study)."""
+    """The passkey grids of `arm` (each run on every haystack of the study): Infini with the memory on and off; the
+    baseline plain and, if the study says so, RoPE-scaled; the local control plain."""
     if arm.attention == "infini":
         return ["passkey", "passkey-memory-off"]
     return ["passkey"] + (["passkey-rope"] if rope_row_scaling(cfg, arm) else [])

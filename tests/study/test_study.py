@@ -209,3 +209,44 @@ def test_worker_output_carries_only_the_current_arms_prefix(monkeypatch):
     study_runner.prefix_stdout("[seed-1/full] ")  # the next arm in the same (reused) worker process
     print("step 2\n[study] full: pretrain ...")
     assert out.getvalue() == "[seed-0/infini] step 1\n[seed-1/full] step 2\n[study] full: pretrain ...\n"
+
+
+def test_control_arm_and_frozen_gate_arms_run_and_are_reported(micro, tmp_path):
+    cfg = micro(seeds=(0, 1), control_arm=True, eval_haystacks=("repeat",), eval_rope_scaling=None,
+                sweeps={"gate_trainable": [True, False]})  # fmt: skip
+    out = tmp_path / "study"
+    report = run_study(cfg, out, device="cpu", progress=False, jobs=1)
+    seed_out = out / "seed-0"
+    local = seed_out / "local"
+    for stage in ("pretrain", "select", "passkey-repeat", "perplexity"):
+        assert (local / f"{stage}.done").exists(), stage
+    assert not (local / "passkey-memory-off-repeat.done").exists() and not (local / "gates.done").exists()
+    config = json.loads((local / "pretrain" / "final" / "config.json").read_text())
+    assert config["attention"] == "local" and config["segment_len"] == 16
+
+    results = json.loads((seed_out / "results.json").read_text())
+    frozen = results["arms"]["infini-gate_trainable=False"]
+    assert frozen["gate_trainable"] is False and results["arms"]["local"]["gate_trainable"] is None
+    assert frozen["gates"]["gates"] == [[0.5, 0.5]], "g = sigmoid(0), never trained"
+    assert frozen["gates"]["saturated"]["saturated"] == 0
+    compared = {(d["infini"], d["baseline"]) for d in results["leads"]}
+    assert compared == {(i, o) for i in ("infini-gate_trainable=True", "infini-gate_trainable=False")
+                        for o in ("full", "local")}  # fmt: skip
+
+    text = (seed_out / "REPORT.md").read_text()
+    for needle in (
+        "The local control is the Infini arm's segment-local attention",
+        "| local | 0 |",  # the arm table
+        "| infini-gate_trainable=False | local | classic filler |",  # the lead over the control
+        "## Memory gates",
+        "| infini-gate_trainable=False | sigmoid, frozen | 0.500 |",
+        "(frozen) | 3 × 4 × 128, frozen |",  # no gate LR for a frozen gate
+        "saturated heads (g < 0.01 or g > 0.99): 0/2",
+    ):
+        assert needle in text, needle
+    across = report.read_text()
+    assert (
+        "## Saturated gates per seed" in across
+        and "| infini-gate_trainable=False | 0/2, g 0.50 | 0/2, g 0.50 |" in across
+    )
+    assert "| local | 0 |" in across and "| infini-gate_trainable=True | local | classic filler |" in across

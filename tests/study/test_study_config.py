@@ -146,3 +146,61 @@ def test_bad_study_arguments():
         study_config("tiny", eval_rope_scaling={"rope_type": "linear"})
     with pytest.raises(ValueError, match="each seed's study has one"):
         _ = study_config("tiny", seeds=(0, 1)).seed
+
+
+def test_the_control_arm_shares_the_infini_arms_segments_and_recipe():
+    keys = ("segment_len=8,16", "gate_init=0,2", "gate_trainable=true,false", "pretrain.lr=1e-3")
+    cfg = study_config("tiny", control_arm=True, sweeps=sweeps(*keys))
+    arms = expand_arms(cfg)
+    names = [a.name for a in arms]
+    assert len([n for n in names if n.startswith("infini-")]) == 8
+    assert names[8:] == [
+        "full-pretrain.lr=0.001",
+        "local-segment_len=8-pretrain.lr=0.001",
+        "local-segment_len=16-pretrain.lr=0.001",
+    ], "one baseline; one control per segment length: it has no gates"
+    local = arms[9]
+    assert local.attention == "local" and local.model == {"segment_len": 8} and local.pretrain == {"lr": 0.001}
+    # Each Infini arm is compared with the baseline, then with the control of its own segment length.
+    pairs = [(i.name, o.name) for i, o in counterparts(arms)]
+    assert len(pairs) == 16 and pairs[:2] == [(names[0], names[8]), (names[0], names[9])]
+    assert all(o.model.get("segment_len") == i.model["segment_len"] for i, o in counterparts(arms)[1::2])
+    assert study_stages.passkey_tasks(cfg, local) == ["passkey"], "no memory-off row, no RoPE row"
+    assert study_stages.train_recipe(cfg, local, "finetune") == study_stages.train_recipe(cfg, arms[0], "finetune")
+    assert "The local control is the Infini arm's segment-local attention" in describe_study(cfg)
+    assert [a.attention for a in expand_arms(study_config("tiny"))] == ["infini", "full"], "off by default"
+
+
+def test_the_control_arm_and_frozen_gate_from_the_command_line(monkeypatch):
+    from infini_llama.cli import main
+    from infini_llama.study import runner
+
+    studies = []
+    monkeypatch.setattr(runner, "run_study", lambda cfg, out, **kwargs: studies.append(cfg))
+    for extra in (["--control-arm"], ["--set", "control_arm=true"]):
+        assert (
+            main(["study", "--out", "o", *extra, "--sweep", "gate_trainable=false", "--set", "model.gate_init=0"]) == 0
+        )
+        assert studies[-1].control_arm is True and studies[-1].model["gate_init"] == 0
+        arms = expand_arms(studies[-1])
+        assert [(a.attention, a.model) for a in arms] == [
+            ("infini", {"gate_trainable": False}),
+            ("full", {}),
+            ("local", {}),
+        ]
+    with pytest.raises(ValueError, match="control_arm must be true or false"):
+        study_config("tiny", control_arm="yes")
+
+
+def test_a_study_folder_from_before_the_control_arm_continues(tmp_path):
+    import dataclasses
+
+    from infini_llama.study.runner import STUDY_FILE, _claim_folder
+
+    cfg = study_config("tiny")
+    saved = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    del saved["control_arm"]
+    (tmp_path / STUDY_FILE).write_text(json.dumps(saved))
+    _claim_folder(tmp_path, cfg, overwrite=False)  # the same study: no error
+    with pytest.raises(ValueError, match="differs in: control_arm"):
+        _claim_folder(tmp_path, study_config("tiny", control_arm=True), overwrite=False)
