@@ -184,7 +184,7 @@ class _Trainer:
 
     def _train_step(self, step: int) -> _StepStats:
         """One optimizer step on the batches of `step`, or none if its loss or gradient is not finite."""
-        micro = self.batches.batches(step)
+        micro = self.ahead.batches(step)
         for m, (input_ids, labels) in enumerate(micro):
             check_token_ids(input_ids, labels, self.plan.model_config.vocab_size, f"batch {m} of step {step + 1}")
         targets = torch.tensor(
@@ -330,7 +330,7 @@ class _Trainer:
         try:
             ahead = PrefetchedBatches(plan.source, plan.grad_accum, plan.data_workers)
             with stop_on_signals() as stop, ahead:
-                self.batches = ahead
+                self.ahead = ahead
                 self._loop(start, tokens, result, logger, stop)
         except RunError as exc:
             logger.log({"kind": "event", "step": result.step, "event": f"stopped: {exc}"})
