@@ -73,6 +73,12 @@ class PasskeyBatchSource:
     (never "book", the held-out text of evaluation); keys have `key_digits` digits, redrawn when they are keys of
     the excluded evaluation grid. loss="all" trains on every token (the study); loss="answer" masks everything
     but the answers' tokens with -100.
+
+    `curriculum_steps` > 0 (with packing) starts fine-tuning with the needle close to the question and moves it
+    away over that many steps: at step s, with p = min(1, (s + 1) / curriculum_steps), parts are at most
+    pack_min_len + p · (seq_len − pack_min_len) tokens long and needle depths are drawn from those ≥ 1 − p (the
+    deepest one at least). From step curriculum_steps on, and in the validation batches, the draws are exactly
+    those without a curriculum.
     """
 
     builds_slowly = True  # prompts are tokenized piece by piece: on CUDA the trainer builds batches ahead
@@ -93,6 +99,7 @@ class PasskeyBatchSource:
         loss: str = "all",
         pack_min_len: int | None = None,
         validation_batches: int = 2,
+        curriculum_steps: int = 0,
         exclude_eval_seed: int | None = 0,
         exclude_eval_samples: int = 1024,
     ):
@@ -116,6 +123,11 @@ class PasskeyBatchSource:
         self.key_digits, self.depths, self.haystacks, self.loss = key_digits, tuple(depths), haystacks, loss
         shortest = shortest_prompt(tokenizer, key_digits, bos=False) + key_digits + 2  # + answer (≤ digits + 1), EOS
         self.pack_min_len = max(pack_min_len, shortest) if pack_min_len else 0
+        if not isinstance(curriculum_steps, int) or curriculum_steps < 0:
+            raise ValueError(f"curriculum_steps must be an integer >= 0, got {curriculum_steps!r}")
+        if curriculum_steps and not self.pack_min_len:
+            raise ValueError("curriculum_steps grows the packed parts: it needs packing (pack_min_len > 0)")
+        self.curriculum_steps = curriculum_steps
         self.num_validation_batches = validation_batches
         self.bos = bos_ids(tokenizer, None)
         excluded = [
@@ -135,40 +147,47 @@ class PasskeyBatchSource:
         # Fail now, not at step 1, if the shortest part cannot hold a prompt.
         self._part(TRAIN_STREAM, 0, min(self.pack_min_len or seq_len, seq_len - len(self.bos)))
 
-    def sequence(self, stream: int, index: int) -> tuple[list[int], list[int]]:
-        """Ids (seq_len,) of sequence `index` of `stream`, and the positions of its answers' tokens."""
+    def progress(self, step: int) -> float:
+        """How far the curriculum is at optimizer step `step`: from 1 / curriculum_steps to 1 (no curriculum: 1)."""
+        return min(1.0, (step + 1) / self.curriculum_steps) if self.curriculum_steps else 1.0
+
+    def sequence(self, stream: int, index: int, progress: float = 1.0) -> tuple[list[int], list[int]]:
+        """Ids (seq_len,) of sequence `index` of `stream` at curriculum `progress`, and the positions of its
+        answers' tokens."""
         ids, answers = list(self.bos), []
-        for part, length in enumerate(self._part_lengths(sample_rng(stream, self.seed, index))):
+        for part, length in enumerate(self._part_lengths(sample_rng(stream, self.seed, index), progress)):
             # Each part has its own sample index; parts never outnumber 2**20.
-            part_ids, part_answers = self._part(stream, (index << 20) | part, length)
+            part_ids, part_answers = self._part(stream, (index << 20) | part, length, progress)
             answers += [len(ids) + p for p in part_answers]
             ids += part_ids
         assert len(ids) == self.seq_len
         return ids, answers
 
-    def _part_lengths(self, rng: np.random.Generator) -> list[int]:
+    def _part_lengths(self, rng: np.random.Generator, progress: float) -> list[int]:
         left = self.seq_len - len(self.bos)
         if not self.pack_min_len:
             return [left]
+        longest = self.pack_min_len + int(progress * (self.seq_len - self.pack_min_len))
         lengths = []
         while left >= 2 * self.pack_min_len:
-            n = int(rng.integers(self.pack_min_len, left + 1))
+            n = int(rng.integers(self.pack_min_len, min(left, longest) + 1))
             n = left if left - n < self.pack_min_len else n
             lengths.append(n)
             left -= n
         return lengths + ([left] if left else [])
 
-    def _draw(self, stream: int, index: int) -> tuple[str, float, str]:
+    def _draw(self, stream: int, index: int, progress: float = 1.0) -> tuple[str, float, str]:
         """Key (never an excluded evaluation key), depth and haystack kind of prompt `index` of `stream`."""
         rng = sample_rng(stream, self.seed, index)
         key = draw_key(rng, self.key_digits)
         while key in self.excluded_keys:
             key = draw_key(rng, self.key_digits)
-        depth = self.depths[int(rng.integers(len(self.depths)))]
+        depths = [d for d in self.depths if d >= 1.0 - progress] or [max(self.depths)]
+        depth = depths[int(rng.integers(len(depths)))]
         return key, depth, self.haystacks[int(rng.integers(len(self.haystacks)))]
 
-    def _prompt(self, stream: int, index: int, length: int, bos: bool) -> PasskeySample:
-        key, depth, haystack = self._draw(stream, index)
+    def _prompt(self, stream: int, index: int, length: int, bos: bool | None, progress: float = 1.0) -> PasskeySample:
+        key, depth, haystack = self._draw(stream, index, progress)
         return make_passkey_sample(
             self.tokenizer,
             length,
@@ -188,12 +207,12 @@ class PasskeyBatchSource:
         BOS as evaluation prompts do, and are scored as evaluation prompts are."""
         return [self._prompt(SELECTION_STREAM, index, length, bos=None) for index in range(count)]
 
-    def _part(self, stream: int, index: int, length: int) -> tuple[list[int], list[int]]:
+    def _part(self, stream: int, index: int, length: int, progress: float = 1.0) -> tuple[list[int], list[int]]:
         """`length` tokens: prompt (no BOS), answer, EOS; and the answer's positions in them."""
         answer = answer_ids(self.tokenizer, self._draw(stream, index)[0])
         prompt_len = target = length - len(answer) - 1
         for _ in range(4):  # a tokenizer that merges across the joins may move the length: aim again
-            sample = self._prompt(stream, index, target, bos=False)
+            sample = self._prompt(stream, index, target, bos=False, progress=progress)
             if len(sample.input_ids) == prompt_len:
                 break
             target -= len(sample.input_ids) - prompt_len
@@ -202,8 +221,8 @@ class PasskeyBatchSource:
         ids = sample.input_ids + answer + [self.tokenizer.eos_token_id]
         return ids, list(range(prompt_len, prompt_len + len(answer)))
 
-    def _batch(self, stream: int, first: int) -> Batch:
-        rows, masks = zip(*(self.sequence(stream, first + b) for b in range(self.batch_size)), strict=True)
+    def _batch(self, stream: int, first: int, progress: float = 1.0) -> Batch:
+        rows, masks = zip(*(self.sequence(stream, first + b, progress) for b in range(self.batch_size)), strict=True)
         input_ids = torch.tensor(rows, dtype=torch.long)  # (B, T)
         if self.loss == "all":
             return input_ids, input_ids.clone()
@@ -214,7 +233,7 @@ class PasskeyBatchSource:
 
     def batch(self, step: int, micro_step: int) -> Batch:
         block = (step * self.grad_accum + micro_step) * self.world_size + self.rank
-        return self._batch(TRAIN_STREAM, block * self.batch_size)
+        return self._batch(TRAIN_STREAM, block * self.batch_size, self.progress(step))
 
     def validation_batches(self) -> Iterator[Batch]:
         for i in range(self.num_validation_batches):
@@ -232,6 +251,7 @@ class PasskeyBatchSource:
             "haystacks": list(self.haystacks),
             "loss": self.loss,
             "pack_min_len": self.pack_min_len,
+            "curriculum_steps": self.curriculum_steps,
             "excluded": self.exclusion,
             "excluded_keys_sha256": hashlib.sha256(",".join(sorted(self.excluded_keys)).encode()).hexdigest()[:16],
             "tokenizer": tokenizer_fingerprint(self.tokenizer),
@@ -285,6 +305,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         help="pack prompts of random lengths, each at least this many tokens, into every sequence (default: "
         "seq-len / 8; 0: one prompt per sequence)",
+    )
+    passkey.add_argument(
+        "--curriculum-steps",
+        type=int,
+        default=0,
+        help="start with the needle close to the question and move it away over this many steps (0: no curriculum)",
     )
     passkey.add_argument("--seed", type=int, default=0, help="seed of the training samples (their own stream)")
     passkey.add_argument(
@@ -354,6 +380,7 @@ def _finetune_passkey(args: argparse.Namespace) -> int:
             haystacks=args.haystacks,
             loss=args.loss,
             validation_batches=args.validation_batches,
+            curriculum_steps=args.curriculum_steps,
             exclude_eval_seed=args.exclude_eval_seed,
             exclude_eval_samples=args.exclude_eval_samples,
         ),

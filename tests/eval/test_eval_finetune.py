@@ -107,6 +107,35 @@ def test_packed_sequences_hold_several_prompts_of_varied_lengths(bpe_tok):
     assert PasskeyBatchSource(bpe_tok, 2048, 2).pack_min_len == 2048 // 8
 
 
+def _parts(tok, ids):
+    """(length, tokens from the needle's key to the part's end) of each packed part of a sequence."""
+    parts = decode(tok, ids[1:]).split("<|endoftext|>")[:-1]
+    count = lambda text: len(tok.encode(text, add_special_tokens=False))  # noqa: E731
+    return [(count(p), count(p.split("The pass key is", 1)[1])) for p in parts]
+
+
+def test_a_curriculum_starts_with_the_needle_close_and_ends_as_without_one(bpe_tok):
+    options = dict(seq_len=1024, pack_min_len=150, loss="answer", depths=[i / 10 for i in range(11)])
+    plain, taught = source(bpe_tok, **options), source(bpe_tok, **options, curriculum_steps=10)
+    assert [taught.progress(s) for s in (0, 4, 9, 50)] == [0.1, 0.5, 1.0, 1.0] and plain.progress(0) == 1.0
+    early = [part for row in taught.batch(0, 0)[0].tolist() for part in _parts(bpe_tok, row)]
+    longest = taught.pack_min_len + int(0.1 * (1024 - taught.pack_min_len))
+    assert all(length <= longest for length, _ in early[:-1]), "parts no longer than the curriculum allows"
+    # At progress 0.1 only the depths 0.9 and 1.0 are drawn: the needle is in the last tenth of the filler.
+    assert max(distance for _, distance in early) < 130
+    late = [part for row in plain.batch(0, 0)[0].tolist() for part in _parts(bpe_tok, row)]
+    assert max(distance for _, distance in late) > 200, "without a curriculum needles lie anywhere"
+    # From curriculum_steps on, and for validation, the batches are those without a curriculum.
+    for step in (9, 12):
+        assert torch.equal(taught.batch(step, 0)[1], plain.batch(step, 0)[1])
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(taught.validation_batches(), plain.validation_batches()))
+    assert taught.state_dict()["curriculum_steps"] == 10
+    with pytest.raises(ValueError, match="needs packing"):
+        source(bpe_tok, curriculum_steps=10)
+    with pytest.raises(ValueError, match="curriculum_steps must be"):
+        source(bpe_tok, **options, curriculum_steps=-1)
+
+
 def test_haystacks_vary_and_never_use_the_held_out_text(bpe_tok):
     src = source(bpe_tok, seq_len=1024, pack_min_len=150)
     kinds = [src._draw(1, i)[2] for i in range(200)]
