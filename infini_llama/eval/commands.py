@@ -50,6 +50,17 @@ def parse_floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def parse_layers(text: str) -> list[int]:
+    """ "0,2" -> [0, 2]: layer indices."""
+    try:
+        layers = [int(part) for part in text.split(",")]
+    except ValueError:
+        layers = []
+    if not layers or min(layers) < 0:
+        raise argparse.ArgumentTypeError(f"expected layer indices >= 0 separated by commas, got {text!r}")
+    return layers
+
+
 def parse_names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -65,7 +76,15 @@ def _common(parser: argparse.ArgumentParser, *, grid: bool = True) -> None:
         return
     parser.add_argument("--batch-size", type=int, default=8, help="samples run together")
     parser.add_argument("--chunk-len", type=int, help="tokens per forward call (default: the model's segment)")
-    parser.add_argument("--memory-off", action="store_true", help="ablation: every memory gate forced to g = 0")
+    parser.add_argument(
+        "--memory-off",
+        nargs="?",
+        const=True,
+        default=False,
+        type=parse_layers,
+        metavar="LAYERS",
+        help="ablation: memory gates forced to g = 0, in every layer, or with LAYERS (e.g. 0,2) in those layers only",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -58,29 +58,56 @@ def gate_report(model: nn.Module) -> dict:
     }
 
 
+def memory_off_layers(setting: bool | Sequence[int]) -> tuple[int, ...] | None:
+    """The layers a `memory_off` setting closes: None for every layer (True), the sorted distinct indices for a list
+    of them, () for none (False or an empty list)."""
+    if setting is True:
+        return None
+    if setting is False or setting is None:
+        return ()
+    layers = tuple(sorted(set(setting)))
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):
+        raise ValueError(f"memory_off takes true (every layer) or layer indices >= 0, got {setting!r}")
+    return layers
+
+
+def memory_off_text(setting: bool | Sequence[int]) -> str:
+    """How a run's label names a `memory_off` setting: "memory off", "memory off in layer 2", "" when off for none."""
+    layers = memory_off_layers(setting)
+    if layers is None:
+        return "memory off"
+    if not layers:
+        return ""
+    return f"memory off in layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}"
+
+
 @contextlib.contextmanager
-def memory_off(model: nn.Module) -> Iterator[nn.Module]:
-    """Inside the block every gate is g = 0, so each Infini layer uses local attention only (the ablation).
+def memory_off(model: nn.Module, layers: Sequence[int] | None = None) -> Iterator[nn.Module]:
+    """Inside the block the gates of `layers` (indices among the Infini layers; None: every one) are g = 0, so
+    those layers use local attention only (the ablation; one layer at a time measures what each layer's memory adds).
 
     β is set to −∞ and restored on exit: both gate activations map −∞ to exactly 0 (clamp(0.2·(−∞) + 0.5, 0, 1) =
     0 and sigmoid(−∞) = 0), so the ablation runs through the model's own gate code; the model's `gate_values()`
-    is checked to be exactly 0 before anything runs. The memory is still read, then weighted by 0.
+    is checked to be exactly 0 in those layers before anything runs. The memory is still read, then weighted by 0.
     """
     params = gate_parameters(model)
     if not params:
         raise ValueError("memory_off needs a model with Infini-attention gates; this model has none")
-    saved = [p.detach().clone() for p in params]
+    chosen = range(len(params)) if layers is None else sorted(set(layers))
+    if any(not 0 <= i < len(params) for i in chosen):
+        raise ValueError(f"memory_off layers must be in 0..{len(params) - 1} (the Infini layers), got {list(layers)}")
+    saved = [params[i].detach().clone() for i in chosen]
     try:
         with torch.no_grad():
-            for p in params:
-                p.fill_(float("-inf"))
-        if not bool((model.gate_values() == 0).all()):
-            raise RuntimeError("setting β = -inf did not close every gate exactly; the ablation would be unsound")
+            for i in chosen:
+                params[i].fill_(float("-inf"))
+        if not bool((model.gate_values()[list(chosen)] == 0).all()):
+            raise RuntimeError("setting β = -inf did not close the gates exactly; the ablation would be unsound")
         yield model
     finally:
         with torch.no_grad():
-            for p, value in zip(params, saved, strict=True):
-                p.copy_(value)
+            for i, value in zip(chosen, saved, strict=True):
+                params[i].copy_(value)
 
 
 def updates_bucket(updates: int | None) -> str:

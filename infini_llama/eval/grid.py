@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from infini_llama.eval.checkpoint import check_vocab
-from infini_llama.eval.diagnostics import memory_off
+from infini_llama.eval.diagnostics import memory_off, memory_off_layers
 from infini_llama.eval.records import ResumableRun, run_header
 from infini_llama.eval.rope_scaling import rope_scaled
 
@@ -38,7 +38,8 @@ def run_grid(
     returns the `rows_per_cell` rows of each cell it is given), append each cell's rows as soon as they are done,
     then write the summary with `summarize(all rows in cell order)`.
 
-    `settings["memory_off"]` runs everything with every memory gate closed, `settings["rope_scaling"]` with RoPE
+    `settings["memory_off"]` runs everything with the memory gates closed (true: every layer's; a list: those
+    layers'), `settings["rope_scaling"]` with RoPE
     scaled (`eval.rope_scaling`); `settings["progress"]` shows a bar.
     """
     check_vocab(model, tokenizer)
@@ -51,7 +52,8 @@ def run_grid(
     run = ResumableRun(out_dir, task, identity, header)
     rows_by_cell = run.finished_cells(lambda cell: rows_per_cell)
     todo = [cell for cell in cells if cell not in rows_by_cell]
-    ablation = memory_off(model) if settings.get("memory_off") else contextlib.nullcontext(model)
+    closed = memory_off_layers(settings.get("memory_off", False))
+    ablation = memory_off(model, closed) if closed != () else contextlib.nullcontext(model)
     scaled = rope_scaled(model, settings["rope_scaling"]) if settings.get("rope_scaling") else contextlib.nullcontext()
     bar = tqdm(total=len(todo) * rows_per_cell, desc=task, unit="sample", disable=not settings.get("progress", True))
     with ablation, scaled, bar:

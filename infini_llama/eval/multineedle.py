@@ -145,7 +145,7 @@ class MultiNeedleConfig:
     max_new_tokens: int = 128
     haystack: str = "repeat"
     bos: bool | None = None
-    memory_off: bool = False
+    memory_off: bool | Sequence[int] = False  # true: every layer; layer indices: those layers only
     segment_len: int | None = None
     batch_size: int = 8
     chunk_len: int | None = None

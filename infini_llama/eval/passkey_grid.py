@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from infini_llama.eval.diagnostics import bucket_order, updates_bucket
+from infini_llama.eval.diagnostics import bucket_order, memory_off_layers, updates_bucket
 from infini_llama.eval.grid import run_grid
 from infini_llama.eval.inference import ChunkedLM, equal_length_batches
 from infini_llama.eval.passkey import (
@@ -39,7 +39,8 @@ class PasskeyGridConfig:
     a full-attention model with RoPE scaled (`eval.rope_scaling`); each prompt is then read in one forward call,
     as `generate` reads a prompt, since dynamic scaling depends on the longest position of a call. `split`: "test"
     (the reported grid) or "validation" (the same design on other samples: keys, haystack positions), for choosing
-    a recipe without looking at the test grid."""
+    a recipe without looking at the test grid. `memory_off`: true closes every memory gate (the ablation), a list of
+    layer indices closes those layers' only (what one layer's memory adds)."""
 
     lengths: Sequence[int] = (256, 512, 1024)
     depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -49,7 +50,7 @@ class PasskeyGridConfig:
     haystack: str = "repeat"
     unit: str = "tokens"
     bos: bool | None = None
-    memory_off: bool = False
+    memory_off: bool | Sequence[int] = False
     rope_scaling: dict | None = None
     split: str = "test"
     segment_len: int | None = None
@@ -73,6 +74,8 @@ class PasskeyGridConfig:
         if self.unit not in LENGTH_UNITS:
             raise ValueError(f"unit must be one of {LENGTH_UNITS}, got {self.unit!r}")
         self.rope_scaling = check_rope_scaling(self.rope_scaling)
+        layers = memory_off_layers(self.memory_off)
+        self.memory_off = True if layers is None else (list(layers) or False)
         if self.split not in GRID_SPLITS:
             raise ValueError(f"split must be one of {tuple(GRID_SPLITS)}, got {self.split!r}")
 

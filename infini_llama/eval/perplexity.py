@@ -37,7 +37,7 @@ class PerplexityConfig:
     train_len: int | None = None
     bucket_len: int = 256
     windows: int = 4
-    memory_off: bool = False
+    memory_off: bool | Sequence[int] = False  # true: every layer; layer indices: those layers only
     batch_size: int = 4
     chunk_len: int | None = None
     progress: bool = True

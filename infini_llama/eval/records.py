@@ -201,7 +201,9 @@ def run_header(
         else:
             label = f"{model_info['class']}-{model_info['fingerprint'][:8]}"
         if settings.get("memory_off"):
-            label += " (memory off)"
+            from infini_llama.eval.diagnostics import memory_off_text  # diagnostics imports this module
+
+            label += f" ({memory_off_text(settings['memory_off'])})"
         if settings.get("rope_scaling"):
             label += f" ({rope_scaling_label(settings['rope_scaling'])})"
     return {

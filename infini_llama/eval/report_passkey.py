@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from infini_llama.eval import plots
-from infini_llama.eval.diagnostics import bucket_order
+from infini_llama.eval.diagnostics import bucket_order, memory_off_text
 from infini_llama.eval.markdown import image, pct, pct_or_dash, slug, table
 from infini_llama.eval.prompts import HAYSTACK_LABELS, HAYSTACKS
 
@@ -59,7 +59,7 @@ def _passkey_run(run: dict, haystack: str, out: Path, figures: list[str]) -> lis
     depths = sorted({c["depth"] for c in results["cells"]})
     cell = {(c["length"], c["depth"]): c for c in results["cells"]}
     md = [f"#### {run['label']}", ""]
-    memory = "OFF (ablation)" if settings.get("memory_off") else "on"
+    memory = f"OFF (ablation: {memory_off_text(settings['memory_off'])})" if settings.get("memory_off") else "on"
     scaling = settings.get("rope_scaling")
     md += [
         f"{settings['samples']} samples per cell, {settings['key_digits']}-digit keys, haystack "

@@ -1,5 +1,6 @@
 """The arms of a study: Infini-attention and the full-attention baseline (and, with `control_arm`, the segment-local
-control), for every combination of sweep values.
+control), for every combination of sweep values, and once more for each ablation (a set of values changed
+together, each ablation on its own: `gate_init=2`, `pretrain.gate_lr=none+finetune.gate_lr=none`).
 
 Sweep keys name what they change: a model field (`segment_len`, `memory_update`, ...), `seed` (everything that is
 seeded: pretraining, fine-tuning data and its key exclusion, the evaluation grid), or a training value of one
@@ -38,19 +39,33 @@ SWEEP_KEYS = (
 
 
 def check_sweeps(cfg: StudyConfig) -> None:
-    """Raise ValueError for a sweep key that is unknown or does not say its stage, or a sweep without values."""
+    """Raise ValueError for a sweep or ablation key that is unknown or does not say its stage, a sweep without
+    values, an empty ablation, or an ablation of a swept key."""
+    for ablation in cfg.ablations:
+        if not ablation:
+            raise ValueError("an ablation changes at least one value")
+        for key in ablation:
+            _check_key(key)
+            if key in cfg.sweeps:
+                raise ValueError(f"{key!r} is swept: ablate it or sweep it, not both")
+            if key == "seed":
+                raise ValueError("seed is not an ablation: run several seeds (--seeds)")
     for key, values in cfg.sweeps.items():
-        if key in TRAIN_FIELDS:
-            raise ValueError(
-                f"sweep key {key!r} is a training value: say which stage it is for, pretrain.{key} or "
-                f"finetune.{key} (two sweeps for both)"
-            )
-        if key not in SWEEP_KEYS:
-            raise ValueError(f"unknown sweep key {key!r}; sweepable: {sorted(SWEEP_KEYS)}")
+        _check_key(key)
         if not values:
             raise ValueError(f"sweep {key!r} has no values")
     if "seed" in cfg.sweeps and len(cfg.seeds) > 1:
         raise ValueError("sweep seed or run several seeds (--seeds), not both")
+
+
+def _check_key(key: str) -> None:
+    if key in TRAIN_FIELDS:
+        raise ValueError(
+            f"sweep key {key!r} is a training value: say which stage it is for, pretrain.{key} or "
+            f"finetune.{key} (two keys for both)"
+        )
+    if key not in SWEEP_KEYS:
+        raise ValueError(f"unknown sweep key {key!r}; sweepable: {sorted(SWEEP_KEYS)}")
 
 
 @dataclass(frozen=True)
@@ -87,12 +102,15 @@ def _applies(key: str, attention: str) -> bool:
 
 def expand_arms(cfg: StudyConfig) -> list[Arm]:
     """Infini, baseline and (with `cfg.control_arm`) local arms for every combination of sweep values (keys that do
-    not change an arm skipped for it), for the seed of a single-seed study."""
+    not change an arm skipped for it), then one more such set per ablation (one set of changed values each) for the
+    attentions it changes, for the seed of a single-seed study."""
     arms = []
     for attention in ("infini", "full", "local") if cfg.control_arm else ("infini", "full"):
         keys = [k for k in cfg.sweeps if _applies(k, attention)]
-        for values in itertools.product(*(cfg.sweeps[k] for k in keys)):
-            chosen = dict(zip(keys, values, strict=True))
+        variants = [{}] + [a for a in cfg.ablations if any(_applies(k, attention) for k in a)]
+        for variant, values in itertools.product(variants, itertools.product(*(cfg.sweeps[k] for k in keys))):
+            changed = {k: v for k, v in variant.items() if _applies(k, attention)}
+            chosen = {**dict(zip(keys, values, strict=True)), **changed}
             suffix = "".join(f"-{k}={_show(v)}" for k, v in chosen.items())
             stage = {s: {k.partition(".")[2]: v for k, v in chosen.items() if k.startswith(s + ".")} for s in STAGES}
             model = {k: v for k, v in chosen.items() if k in CONFIG_FIELDS}
@@ -134,6 +152,17 @@ def parse_value(text: str) -> Any:
         except ValueError:
             pass
     return text.strip()
+
+
+def parse_ablation(text: str) -> dict[str, Any]:
+    """ "k1=v1+k2=v2" -> {"k1": v1, "k2": v2}: the values one ablation changes together."""
+    ablation = {}
+    for part in text.split("+"):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip() or "," in value:
+            raise ValueError(f"--ablate takes KEY=VALUE (several joined by +), got {text!r}")
+        ablation[key.strip()] = parse_value(value)
+    return ablation
 
 
 def parse_sweep(text: str) -> tuple[str, list[Any]]:

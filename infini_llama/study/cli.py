@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from infini_llama.study.arms import parse_sweep, parse_value
+from infini_llama.study.arms import parse_ablation, parse_sweep, parse_value
 from infini_llama.study.config import STUDY_PRESETS, study_config
 
 
@@ -37,6 +37,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "segment_len=64,128,256, gate_trainable=true,false (false: the gate frozen at gate_init), "
         "pretrain.gate_lr=0.01,none, pretrain.lr=1e-3,2e-3, finetune.lr=..., seed=0,1; "
         "training values name their stage; values the baseline does not have multiply the Infini arm only",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ablate", action="append", default=[], metavar="KEY=VALUE[+KEY=VALUE]",
+        help="one more arm per --ablate, changing these values alone (keys as for --sweep; the baseline is not "
+        "repeated for values it does not have), e.g. --ablate gate_trainable=false --ablate gate_init=2 --ablate "
+        "pretrain.gate_lr=none+finetune.gate_lr=none",
     )  # fmt: skip
     parser.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -94,6 +100,8 @@ def main(args: argparse.Namespace) -> int:
         sets = parse_sets(args.set)
         if args.control_arm:
             sets["control_arm"] = True
+        if args.ablate:
+            sets["ablations"] = [parse_ablation(a) for a in args.ablate]
         cfg = study_config(args.preset, sweeps=sweeps, seeds=seeds, **sets)
         run_study(
             cfg,

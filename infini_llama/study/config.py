@@ -35,6 +35,11 @@ class StudyConfig:
     `eval_split`: "test" (the reported grids) or "validation" (grids of the same design on other samples), to choose
     a recipe without looking at the test grids. `control_arm`: also train and evaluate the local control (the
     Infini arm's segment-local attention, no memory, no gate) with the Infini arm's segments and recipe.
+    `sweeps`: {key: values}, one arm per combination of values; `ablations`: [{key: value, ...}], one more arm per
+    ablation, each changing its values alone (keys as for sweeps; arms it does not change are not repeated).
+    `layer_off_multiple`: Infini arms are also evaluated with the memory switched off in one layer at a time, at
+    this multiple of the training length (one of `eval_multiples`) on the first haystack, to measure what each
+    layer's memory adds against its gate; None: not.
     """
 
     preset: str = "tiny"
@@ -56,7 +61,9 @@ class StudyConfig:
     perplexity_windows: int = 4
     perplexity_bucket: int = 64
     sweeps: dict[str, list[Any]] = field(default_factory=dict)
+    ablations: list[dict[str, Any]] = field(default_factory=list)
     control_arm: bool = False
+    layer_off_multiple: float | None = 2.0
 
     def __post_init__(self):
         self.seeds = _as_tuple(self.seeds, int)
@@ -64,6 +71,9 @@ class StudyConfig:
         self.eval_depths = _as_tuple(self.eval_depths, float)
         self.eval_haystacks = _as_tuple(self.eval_haystacks, str)
         self.finetune_lr_grid = _as_tuple(self.finetune_lr_grid, float) if self.finetune_lr_grid else ()
+        if not isinstance(self.ablations, (list, tuple)) or not all(isinstance(a, dict) for a in self.ablations):
+            raise ValueError(f"ablations must be a list of {{key: value}} dicts, got {self.ablations!r}")
+        self.ablations = [dict(a) for a in self.ablations]
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         if not self.seeds or min(self.seeds) < 0 or len(set(self.seeds)) != len(self.seeds):
@@ -80,6 +90,11 @@ class StudyConfig:
             raise ValueError(f"eval_split must be one of {tuple(GRID_SPLITS)}, got {self.eval_split!r}")
         if not isinstance(self.control_arm, bool):
             raise ValueError(f"control_arm must be true or false, got {self.control_arm!r}")
+        if self.layer_off_multiple is not None and float(self.layer_off_multiple) not in self.eval_multiples:
+            raise ValueError(
+                f"layer_off_multiple must be one of eval_multiples {self.eval_multiples} (or none), got "
+                f"{self.layer_off_multiple!r}"
+            )
         if self.selection_samples < 1:
             raise ValueError(f"selection_samples must be >= 1, got {self.selection_samples}")
         scaling = self.eval_rope_scaling

@@ -105,6 +105,7 @@ def write_seed_report(cfg: StudyConfig, out: Path, results: dict, command: str |
         lines += [""] + _compression_table(entries, haystack)
     lines += _leads_table(results["leads"])
     lines += _gates_table(entries)
+    lines += _layers_off_table(entries)
     training = []
     for name, entry in entries.items():
         pre, chosen = entry.get("pretrain") or {}, _chosen(entry)
@@ -238,6 +239,53 @@ def _gates_table(entries: dict) -> list[str]:
     return lines + table(header, rows) + [""]
 
 
+def _layers_off_text(row: dict) -> list[str]:
+    return [
+        f"What each layer's memory adds: exact match at {row['length']} tokens on the "
+        f"{HAYSTACK_LABELS[row['haystack']]} with the memory switched off in that layer only (its gates closed), "
+        "against the plain grid's samples at that length; the drop is in points. If the gate says how much a layer "
+        "relies on its memory, layers with a higher mean g lose more (a positive correlation).",
+        "",
+    ]
+
+
+def _layers_off_table(entries: dict) -> list[str]:
+    """Per Infini arm and layer: the mean gate, the accuracy with that layer's memory off, the drop; and r."""
+    lines, rows = [], []
+    for name, entry in entries.items():
+        off = entry.get("layers_off")
+        if not off:
+            continue
+        for x in off["layers"]:
+            rows.append([name, str(x["layer"]), f"{x['gate_mean']:.2f}", _pct(x["exact"]), f"{x['drop']:+.0f}"])
+        r = off["pearson"]
+        rows.append([name, "all on", "", _pct(off["memory_on"]), f"r = {_num(r, 2)}"])
+        if not lines:
+            lines = ["## Memory switched off in one layer", "", *_layers_off_text(off)]
+    if not rows:
+        return []
+    header = ["Infini arm", "layer", "mean g", "exact, this layer's memory off", "drop (points)"]
+    return lines + table(header, rows) + [""]
+
+
+def _layers_off_by_seed(summary: dict) -> list[str]:
+    """Per Infini arm and layer across seeds: mean gate and drop (mean ± sd), and r over every (seed, layer)."""
+    lines, rows = [], []
+    for name, found in summary.get("layers_off", {}).items():
+        for x in found["layers"]:
+            g, d = x["gate_mean"], x["drop"]
+            rows.append(
+                [name, str(x["layer"]), f"{g['mean']:.2f} ± {g['std']:.2f}", f"{d['mean']:+.0f} ± {d['std']:.0f}"]
+            )
+        r = found["pearson_pooled"]
+        rows.append([name, "r over every seed and layer", "", f"{_num(r, 2)} ({found['points']} points)"])
+        if not lines:
+            lines = ["## Memory switched off in one layer, across seeds", "", *_layers_off_text(found)]
+    if not rows:
+        return []
+    return lines + table(["Infini arm", "layer", "mean g", "drop (points)"], rows) + [""]
+
+
 def _relink(line: str) -> str:
     """Point the detail report's relative image links at report/."""
     return line.replace("](", "](report/") if "![" in line and "](http" not in line else line
@@ -265,6 +313,7 @@ def write_across_report(cfg: StudyConfig, out: Path, summary: dict, command: str
         lines += [""]
     lines += _leads_by_seed(summary)
     lines += _gates_by_seed(summary)
+    lines += _layers_off_by_seed(summary)
     lines += ["## Fine-tuning LR chosen per seed", ""]
     chosen = [[name] + [_lr(by_seed.get(s)) for s in seeds] for name, by_seed in summary["chosen_lr"].items()]
     lines += table(["arm"] + [f"seed {s}" for s in seeds], chosen)

@@ -1,6 +1,7 @@
 """The numbers of a study, as written to results.json: per seed, each arm's recipe, training, LR selection, passkey
-grids on every haystack, perplexity and gates; across seeds, the mean and spread of every passkey row, and Infini's
-lead over the baseline beyond the training length, seed by seed."""
+grids on every haystack, perplexity, gates and what each layer's memory adds; across seeds, the mean and spread of
+every passkey row, Infini's lead over the baseline beyond the training length seed by seed, and each layer's gate
+against its memory's drop."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from infini_llama.study.stages import (
     candidate_lrs,
     eval_lengths,
     finetune_dir,
+    layer_off_folder,
+    layer_off_length,
     passkey_label,
     passkey_tasks,
     train_recipe,
@@ -96,6 +99,7 @@ def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
                 entry[task] = summary["results"]
         if "gates" in entry:
             entry["gates"].setdefault("saturated", saturated_gates(entry["gates"]["gates"]))
+            entry["layers_off"] = layers_off(cfg, arm, root, entry)
         entries[arm.name] = entry
     return {
         "study": _plain(cfg),
@@ -105,6 +109,37 @@ def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
         "arms": entries,
         "leads": leads(cfg, arms, entries),
     }
+
+
+def layers_off(cfg: StudyConfig, arm: Arm, root: Path, entry: dict) -> dict | None:
+    """What each layer's memory adds, at one length on the first haystack: per layer its mean gate, the exact
+    accuracy with that layer's memory switched off and the drop from the plain grid's (same samples), in points; and
+    the Pearson correlation between the layers' mean gates and drops (None for fewer than two layers or no spread)."""
+    if cfg.layer_off_multiple is None:
+        return None
+    haystack = cfg.eval_haystacks[0]
+    plain = entry["passkey"]["passkey"]["haystacks"].get(haystack)
+    if plain is None:
+        return None
+    on = plain["by_length"][cfg.eval_multiples.index(float(cfg.layer_off_multiple))]["exact"]
+    layers = []
+    for layer, gate in enumerate(entry["gates"]["layer_mean"]):
+        summary = _summary(root / "eval" / layer_off_folder(layer, haystack))
+        if summary is None or summary.get("status") != "complete":
+            return None
+        exact = summary["results"]["by_length"][0]["exact"]
+        layers.append({"layer": layer, "gate_mean": gate, "exact": exact, "drop": 100 * (on["rate"] - exact["rate"])})
+    return {
+        "haystack": haystack, "length": layer_off_length(cfg, arm), "memory_on": on, "layers": layers,
+        "pearson": pearson([x["gate_mean"] for x in layers], [x["drop"] for x in layers]),
+    }  # fmt: skip
+
+
+def pearson(xs: list[float], ys: list[float]) -> float | None:
+    """The Pearson correlation of two series, or None when it is undefined (fewer than two points, or a constant)."""
+    if len(xs) < 2 or len(set(xs)) < 2 or len(set(ys)) < 2:
+        return None
+    return statistics.correlation(xs, ys)
 
 
 def _plain(cfg: StudyConfig) -> dict:
@@ -197,6 +232,22 @@ def across_seeds(cfg: StudyConfig, per_seed: dict[int, dict]) -> dict:
         name: {seed: (r["arms"][name].get("selection") or {}).get("chosen_lr") for seed, r in per_seed.items()}
         for name in first["arms"]
     }
+    layer_rows = {}
+    for name, entry in first["arms"].items():
+        found = [r["arms"][name].get("layers_off") for r in per_seed.values()]
+        if entry["attention"] != "infini" or any(f is None for f in found):
+            continue
+        points = [(x["gate_mean"], x["drop"]) for f in found for x in f["layers"]]
+        layer_rows[name] = {
+            "length": found[0]["length"], "haystack": found[0]["haystack"],
+            "layers": [
+                {"layer": i, "gate_mean": spread([f["layers"][i]["gate_mean"] for f in found]),
+                 "drop": spread([f["layers"][i]["drop"] for f in found])}
+                for i in range(len(found[0]["layers"]))
+            ],
+            "pearson_pooled": pearson([g for g, _ in points], [d for _, d in points]),
+            "points": len(points),
+        }  # fmt: skip
     return {
         "study": _plain(cfg),
         "seeds": list(cfg.seeds),
@@ -204,5 +255,6 @@ def across_seeds(cfg: StudyConfig, per_seed: dict[int, dict]) -> dict:
         "rows": rows,
         "leads": {seed: results["leads"] for seed, results in per_seed.items()},
         "chosen_lr": chosen,
+        "layers_off": layer_rows,
         "per_seed": per_seed,
     }

@@ -1,14 +1,16 @@
 """The stages of one arm of a single-seed study, in order: pretraining → passkey fine-tuning at each LR of the grid
 → choosing the LR on held-apart fine-tuning prompts at the training length → passkey grids on every haystack
 (and, for Infini arms, with the memory switched off; for the baseline, with RoPE scaled; the local control has the
-plain grid only) → perplexity by position → gates (Infini arms).
+plain grid only) → perplexity by position → gates (Infini arms) → the memory switched off in one layer at a time
+(Infini arms, one length, the first haystack).
 
 Layout of an arm's folder:
 
     pretrain/                   a training run (see infini_llama.train.rundir); final/ is a HF model folder
     finetune-lr=<lr>/           a passkey fine-tuning run from pretrain/final, one per LR of the grid
     eval/<task>/                evaluation runs (summary.json + samples.jsonl): passkey-<haystack>,
-                                passkey-memory-off-<haystack>, passkey-rope-<haystack>, perplexity, gates
+                                passkey-memory-off-<haystack>, passkey-rope-<haystack>, perplexity, gates,
+                                passkey-memory-off-layer<l>-<haystack> (one per Infini layer)
     <stage>.done                written when a stage finished (select.done names the chosen LR)
 """
 
@@ -33,6 +35,7 @@ from infini_llama.eval import (
     run_gates,
     run_passkey_grid,
 )
+from infini_llama.eval.diagnostics import gate_parameters
 from infini_llama.eval.passkey import DEFAULT_KEY_DIGITS
 from infini_llama.eval.rope_scaling import rope_scaling, rope_scaling_label
 from infini_llama.eval.scoring import mean_and_stderr, proportion
@@ -99,6 +102,16 @@ def rope_row_scaling(cfg: StudyConfig, arm: Arm) -> dict | None:
         return None
     options = dict(cfg.eval_rope_scaling)
     return rope_scaling(options.pop("rope_type"), training_length(cfg, arm), **options)
+
+
+def layer_off_folder(layer: int, haystack: str) -> str:
+    """The eval folder of the grid with the memory switched off in `layer` only."""
+    return f"passkey-memory-off-layer{layer}-{haystack}"
+
+
+def layer_off_length(cfg: StudyConfig, arm: Arm) -> int:
+    """The length of the one-layer memory-off grids: `layer_off_multiple` × the training length."""
+    return eval_lengths(cfg, arm)[cfg.eval_multiples.index(float(cfg.layer_off_multiple))]
 
 
 def passkey_label(arm: Arm, task: str, cfg: StudyConfig) -> str:
@@ -199,6 +212,21 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
 
         return run
 
+    def layers_off():
+        # What each layer's memory adds: the plain grid's design at one length, one layer's gates closed at a time.
+        checkpoint = chosen_checkpoint(root)
+        model, tokenizer = load_model(checkpoint, device=on), load_eval_tokenizer(checkpoint)
+        haystack = cfg.eval_haystacks[0]
+        for layer in range(len(gate_parameters(model))):
+            grid = PasskeyGridConfig(
+                lengths=[layer_off_length(cfg, arm)], depths=cfg.eval_depths, samples=cfg.eval_samples, seed=arm.seed,
+                key_digits=cfg.passkey.get("key_digits", DEFAULT_KEY_DIGITS), haystack=haystack, memory_off=[layer],
+                split=cfg.eval_split, batch_size=cfg.eval_batch_size, progress=progress,
+            )  # fmt: skip
+            target = root / "eval" / layer_off_folder(layer, haystack)
+            label = f"{arm.name} (memory off in layer {layer})"
+            run_passkey_grid(model, tokenizer, grid, target, label=label, checkpoint=checkpoint)
+
     stages: list[Stage] = [("pretrain", pretrain)]
     stages += [(finetune_dir(root, lr).name, finetune(lr)) for lr in candidate_lrs(cfg, arm)]
     stages.append(("select", select))
@@ -206,6 +234,8 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
     stages.append(("perplexity", evaluate("perplexity")))
     if arm.attention == "infini":
         stages.append(("gates", evaluate("gates")))
+        if cfg.layer_off_multiple is not None:
+            stages.append(("layers-off", layers_off))
     return stages
 
 

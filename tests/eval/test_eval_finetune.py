@@ -128,7 +128,9 @@ def test_a_curriculum_starts_with_the_needle_close_and_ends_as_without_one(bpe_t
     # From curriculum_steps on, and for validation, the batches are those without a curriculum.
     for step in (9, 12):
         assert torch.equal(taught.batch(step, 0)[1], plain.batch(step, 0)[1])
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(taught.validation_batches(), plain.validation_batches()))
+    assert all(
+        torch.equal(a[0], b[0]) for a, b in zip(taught.validation_batches(), plain.validation_batches(), strict=True)
+    )
     assert taught.state_dict()["curriculum_steps"] == 10
     with pytest.raises(ValueError, match="needs packing"):
         source(bpe_tok, curriculum_steps=10)

@@ -154,6 +154,20 @@ def test_memory_off_grid_differs_and_is_labelled(bpe_tok, micro_model, tmp_path)
     assert on["label"] == "infini"
 
 
+def test_memory_off_in_one_layer_is_its_own_labelled_resumable_grid(bpe_tok, micro_model, tmp_path):
+    model = micro_model(len(bpe_tok), gate_init=2.0)
+    run_passkey_grid(model, bpe_tok, grid(memory_off=True), tmp_path / "every")
+    one = run_passkey_grid(model, bpe_tok, grid(memory_off=(1,)), tmp_path / "one")
+    assert one["settings"]["memory_off"] == [1] and one["label"].endswith("(memory off in layer 1)")
+    every_rows, one_rows = read_rows(tmp_path / "every/samples.jsonl"), read_rows(tmp_path / "one/samples.jsonl")
+    assert [r["answer_logprob"] for r in every_rows] != [r["answer_logprob"] for r in one_rows]
+    again = run_passkey_grid(model, bpe_tok, grid(memory_off=[1]), tmp_path / "one")
+    assert again["results"] == one["results"], "the same grid continues, not refused"
+    assert grid(memory_off=[]).memory_off is False
+    with pytest.raises(ValueError, match="layer indices"):
+        grid(memory_off=[-2])
+
+
 def test_multineedle_grid(bpe_tok, micro_model, tmp_path):
     model = micro_model(len(bpe_tok))
     config = MultiNeedleConfig(lengths=(400,), samples=2, max_new_tokens=6, batch_size=2, progress=False)

@@ -6,6 +6,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from infini_llama.eval import ChunkedLM, gate_report, memory_off
+from infini_llama.eval.diagnostics import memory_off_layers, memory_off_text
 from infini_llama.eval.inference import equal_length_batches
 
 VOCAB = 101
@@ -117,6 +118,33 @@ def test_memory_off_closes_every_gate_exactly_and_restores(micro_model, activati
         normal = model(input_ids=x).logits
     assert rel_err(ablated, expected) < TOL
     assert rel_err(normal, expected) > 1e-3, "with the memory on the model differs"
+
+
+def test_memory_off_in_some_layers_closes_those_gates_only(micro_model):
+    model = micro_model(VOCAB, dtype=torch.float64, gate_activation="sigmoid", gate_init=0.7)
+    x = tokens()
+    before = model.gate_values().clone()
+    with memory_off(model, [1]):
+        gates = model.gate_values()
+        assert bool((gates[1] == 0).all()) and torch.equal(gates[0], before[0]), "layer 0 keeps its gates"
+        with torch.no_grad():
+            second_off = model(input_ids=x).logits
+    assert torch.equal(model.gate_values(), before), "restored"
+    with memory_off(model, [0, 1]), torch.no_grad():
+        both = model(input_ids=x).logits
+    with memory_off(model), torch.no_grad():
+        every = model(input_ids=x).logits
+        assert torch.equal(both, every), "every layer listed is the whole ablation"
+    with torch.no_grad():
+        normal = model(input_ids=x).logits
+    assert rel_err(second_off, normal) > 1e-3 and rel_err(second_off, every) > 1e-3, "one layer: neither extreme"
+    with pytest.raises(ValueError, match=r"must be in 0\.\.1"):
+        with memory_off(model, [2]):
+            pass
+    assert memory_off_text(True) == "memory off" and memory_off_text([2, 0]) == "memory off in layers 0, 2"
+    assert memory_off_text([1]) == "memory off in layer 1" and memory_off_layers(False) == ()
+    with pytest.raises(ValueError, match="layer indices"):
+        memory_off_layers([-1])
 
 
 def test_memory_off_and_gates_refuse_models_without_memory(micro_model):

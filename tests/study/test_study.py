@@ -75,7 +75,10 @@ def test_study_runs_end_to_end_and_resumes(micro, tmp_path, monkeypatch):
 
     passkey = [f"{task}-{h}" for h in ("repeat", "book") for task in ("passkey", "passkey-memory-off")]
     baseline = [f"{task}-{h}" for h in ("repeat", "book") for task in ("passkey", "passkey-rope")]
-    for arm, stages in (("infini", passkey + ["perplexity", "gates"]), ("full", baseline + ["perplexity"])):
+    for arm, stages in (
+        ("infini", passkey + ["perplexity", "gates", "layers-off"]),
+        ("full", baseline + ["perplexity"]),
+    ):
         for stage in ["pretrain", "finetune-lr=0.001", "finetune-lr=0.003", "select"] + stages:
             assert (out / arm / f"{stage}.done").exists(), (arm, stage)
 
@@ -229,6 +232,17 @@ def test_control_arm_and_frozen_gate_arms_run_and_are_reported(micro, tmp_path):
     assert frozen["gate_trainable"] is False and results["arms"]["local"]["gate_trainable"] is None
     assert frozen["gates"]["gates"] == [[0.5, 0.5]], "g = sigmoid(0), never trained"
     assert frozen["gates"]["saturated"]["saturated"] == 0
+    # One layer: closing its memory alone is the whole ablation, on the plain grid's samples at 2x.
+    off = results["arms"]["infini-gate_trainable=True"]["layers_off"]
+    whole = results["arms"]["infini-gate_trainable=True"]["passkey"]["passkey-memory-off"]["haystacks"]["repeat"]
+    assert off["length"] == 256 and off["haystack"] == "repeat" and off["pearson"] is None
+    assert off["layers"][0]["exact"] == whole["by_length"][1]["exact"]
+    plain = results["arms"]["infini-gate_trainable=True"]["passkey"]["passkey"]["haystacks"]["repeat"]
+    assert off["memory_on"] == plain["by_length"][1]["exact"]
+    assert off["layers"][0]["drop"] == pytest.approx(
+        100 * (plain["by_length"][1]["exact"]["rate"] - whole["by_length"][1]["exact"]["rate"])
+    )
+    assert (local / "gates.done").exists() is False and "layers_off" not in results["arms"]["local"]
     compared = {(d["infini"], d["baseline"]) for d in results["leads"]}
     assert compared == {(i, o) for i in ("infini-gate_trainable=True", "infini-gate_trainable=False")
                         for o in ("full", "local")}  # fmt: skip
@@ -242,9 +256,12 @@ def test_control_arm_and_frozen_gate_arms_run_and_are_reported(micro, tmp_path):
         "| infini-gate_trainable=False | sigmoid, frozen | 0.500 |",
         "(frozen) | 3 × 4 × 128, frozen |",  # no gate LR for a frozen gate
         "saturated heads (g < 0.01 or g > 0.99): 0/2",
+        "## Memory switched off in one layer",
+        "| infini-gate_trainable=False | 0 | 0.50 |",
     ):
         assert needle in text, needle
     across = report.read_text()
+    assert "## Memory switched off in one layer, across seeds" in across and "(2 points)" in across
     assert (
         "## Saturated gates per seed" in across
         and "| infini-gate_trainable=False | 0/2, g 0.50 | 0/2, g 0.50 |" in across

@@ -9,7 +9,7 @@ import pytest
 from infini_llama.cli import build_parser
 from infini_llama.study import expand_arms, study_config
 from infini_llama.study import stages as study_stages
-from infini_llama.study.arms import counterparts, parse_sweep
+from infini_llama.study.arms import counterparts, parse_ablation, parse_sweep
 from infini_llama.study.cli import parse_sets
 from infini_llama.study.report import describe_study
 
@@ -204,3 +204,58 @@ def test_a_study_folder_from_before_the_control_arm_continues(tmp_path):
     _claim_folder(tmp_path, cfg, overwrite=False)  # the same study: no error
     with pytest.raises(ValueError, match="differs in: control_arm"):
         _claim_folder(tmp_path, study_config("tiny", control_arm=True), overwrite=False)
+
+
+def test_layer_off_multiple_is_an_evaluated_length_or_none():
+    assert study_config("tiny").layer_off_multiple == 2.0
+    assert study_config("tiny", layer_off_multiple=None).layer_off_multiple is None
+    with pytest.raises(ValueError, match="layer_off_multiple must be one of eval_multiples"):
+        study_config("tiny", layer_off_multiple=3)
+
+
+def test_ablations_add_one_arm_each_and_share_the_arms_they_do_not_change():
+    texts = ["gate_trainable=false", "gate_init=-2", "pretrain.gate_lr=none+finetune.gate_lr=none", "segment_len=32"]
+    ablations = [parse_ablation(t) for t in texts]
+    assert ablations[2] == {"pretrain.gate_lr": None, "finetune.gate_lr": None}
+    cfg = study_config("tiny", ablations=ablations, control_arm=True)
+    arms = expand_arms(cfg)
+    assert [a.name for a in arms] == [
+        "infini",
+        "infini-gate_trainable=False",
+        "infini-gate_init=-2",
+        "infini-pretrain.gate_lr=none-finetune.gate_lr=none",
+        "infini-segment_len=32",
+        "full",
+        "local",
+        "local-segment_len=32",
+    ], "one baseline (it has none of these values); the control repeats only for the segment it shares"
+    by_name = {a.name: a for a in arms}
+    gate_lr = by_name["infini-pretrain.gate_lr=none-finetune.gate_lr=none"]
+    assert gate_lr.pretrain == {"gate_lr": None} and gate_lr.finetune == {"gate_lr": None} and gate_lr.model == {}
+    assert study_stages.train_recipe(cfg, gate_lr, "finetune").gate_lr is None
+    assert study_stages.train_recipe(cfg, by_name["infini"], "finetune").gate_lr == 0.1
+    pairs = {(i.name, o.name) for i, o in counterparts(arms)}
+    assert ("infini-segment_len=32", "full") in pairs and ("infini-segment_len=32", "local-segment_len=32") in pairs
+    assert ("infini-gate_init=-2", "local") in pairs
+    # With a sweep, each ablation repeats over the sweep's values.
+    swept = expand_arms(study_config("tiny", ablations=[{"gate_init": 2}], sweeps=sweeps("finetune.lr=1e-3,2e-3")))
+    assert [a.name for a in swept] == [
+        "infini-finetune.lr=0.001", "infini-finetune.lr=0.002", "infini-finetune.lr=0.001-gate_init=2",
+        "infini-finetune.lr=0.002-gate_init=2", "full-finetune.lr=0.001", "full-finetune.lr=0.002",
+    ]  # fmt: skip
+    for bad, match in (
+        ([{"lr": 1e-3}], "say which stage"),
+        ([{}], "at least one value"),
+        ([{"seed": 1}], "not an ablation"),
+        ([{"gate_init": 2, "nonsense": 1}], "unknown sweep key"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            study_config("tiny", ablations=bad)
+    with pytest.raises(ValueError, match="ablate it or sweep it"):
+        study_config("tiny", ablations=[{"gate_init": 2}], sweeps=sweeps("gate_init=0,1"))
+    with pytest.raises(ValueError, match="--ablate takes KEY=VALUE"):
+        parse_ablation("gate_init=1,2")
+    args = build_parser(["study"]).parse_args(
+        ["study", "--out", "x", "--ablate", "gate_init=2", "--ablate", "gate_trainable=false"]
+    )
+    assert args.ablate == ["gate_init=2", "gate_trainable=false"]
