@@ -197,7 +197,11 @@ def _claim_folder(out: Path, cfg: StudyConfig, overwrite: bool) -> None:
     file = out / STUDY_FILE
     if file.is_file():
         # A field added to StudyConfig after the study started reads as its default (the study ran without it).
-        defaults = {f.name: f.default for f in dataclasses.fields(StudyConfig) if f.default is not dataclasses.MISSING}
+        defaults = {
+            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(StudyConfig)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        }
         saved = {**json.loads(json.dumps(defaults)), **json.loads(file.read_text())}
         if saved != wanted and not overwrite:
             changed = sorted(k for k in wanted.keys() | saved.keys() if wanted.get(k) != saved.get(k))

@@ -1,5 +1,6 @@
 """Study configs without running them: sweeps into arms, what each stage of an arm gets, the recipe sentence."""
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -259,3 +260,16 @@ def test_ablations_add_one_arm_each_and_share_the_arms_they_do_not_change():
         ["study", "--out", "x", "--ablate", "gate_init=2", "--ablate", "gate_trainable=false"]
     )
     assert args.ablate == ["gate_init=2", "gate_trainable=false"]
+
+
+def test_a_study_started_before_a_field_existed_continues(tmp_path):
+    from infini_llama.study.runner import StudyError, _claim_folder
+
+    cfg = study_config("tiny")
+    saved = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    for newer in ("ablations", "layer_off_multiple", "control_arm"):  # fields added after studies had run
+        del saved[newer]
+    (tmp_path / "study.json").write_text(json.dumps(saved))
+    _claim_folder(tmp_path, cfg, overwrite=False)  # the missing fields read as their defaults
+    with pytest.raises(StudyError, match="differs in: ablations"):
+        _claim_folder(tmp_path, study_config("tiny", ablations=[{"gate_init": 2}]), overwrite=False)
