@@ -39,8 +39,7 @@ def run_grid(
     then write the summary with `summarize(all rows in cell order)`.
 
     `settings["memory_off"]` runs everything with the memory gates closed (true: every layer's; a list: those
-    layers'), `settings["rope_scaling"]` with RoPE
-    scaled (`eval.rope_scaling`); `settings["progress"]` shows a bar.
+    layers'), `settings["rope_scaling"]` with RoPE scaled (`eval.rope_scaling`); `settings["progress"]` shows a bar.
     """
     check_vocab(model, tokenizer)
     header = run_header(model, tokenizer, settings, label=label, checkpoint=checkpoint)
