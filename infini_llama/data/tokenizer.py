@@ -49,8 +49,8 @@ def _wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on ``texts`` (deterministic for the same input).
 
-    Byte-level means every UTF-8 string round-trips exactly and nothing is ever unknown; digits
-    are never merged, so numbers are one token per digit.
+    Byte-level means every UTF-8 string round-trips exactly and nothing is ever unknown; no two
+    digits are merged, so numbers are one token per digit (a space before a number may merge with its first digit).
     ``vocab_size`` counts the 256 byte symbols and the two special tokens, so it must be
     at least 258.  Words seen fewer than twice produce no merges (``min_frequency=2``).
     """
