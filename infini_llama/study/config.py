@@ -20,7 +20,9 @@ from infini_llama.study.arms import check_sweeps
 
 @dataclass
 class StudyConfig:
-    """One study. `pretrain` and `finetune` are TrainConfig fields layered on the model preset's recipe;
+    """One study. `base` is the model preset (model and training recipe) the arms start from (None: `preset`, the
+    study preset's own name when it is also a model preset). `pretrain` and `finetune` are TrainConfig fields layered
+    on that preset's recipe;
     `model` overrides InfiniLlamaConfig fields for every arm; `passkey` holds PasskeyBatchSource options (key_digits,
     depths, haystacks, loss, ...). Evaluation lengths are multiples of the training length, the pretraining
     `seq_len` (the longest context either arm ever trained on); as in the 300M study, passkey fine-tuning may run at
@@ -43,6 +45,7 @@ class StudyConfig:
     """
 
     preset: str = "tiny"
+    base: str | None = None
     seeds: tuple[int, ...] = (0,)
     model: dict[str, Any] = field(default_factory=dict)
     pretrain: dict[str, Any] = field(default_factory=dict)
@@ -74,8 +77,8 @@ class StudyConfig:
         if not isinstance(self.ablations, (list, tuple)) or not all(isinstance(a, dict) for a in self.ablations):
             raise ValueError(f"ablations must be a list of {{key: value}} dicts, got {self.ablations!r}")
         self.ablations = [dict(a) for a in self.ablations]
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        if self.model_preset not in PRESETS:
+            raise ValueError(f"unknown model preset {self.model_preset!r}; choose one of {sorted(PRESETS)}")
         if not self.seeds or min(self.seeds) < 0 or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be one or more distinct integers >= 0, got {self.seeds}")
         if not self.eval_haystacks or not set(self.eval_haystacks) <= set(HAYSTACKS):
@@ -104,6 +107,11 @@ class StudyConfig:
                 f"got {scaling!r}"
             )
         check_sweeps(self)
+
+    @property
+    def model_preset(self) -> str:
+        """The model preset whose model and training recipe the arms start from."""
+        return self.base or self.preset
 
     @property
     def seed(self) -> int:
@@ -165,6 +173,24 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
         finetune_lr_grid=(3.75e-5, 7.5e-5, 1.5e-4),
         passkey=dict(key_digits=4, loss="all"),
         eval_multiples=(0.125, 0.25, 0.5, 1, 2), eval_samples=64, eval_batch_size=4, perplexity_windows=8,
+        perplexity_bucket=1024,
+    ),
+    # The 300M study at its own shape, cut to fit two GPUs for about 20 minutes, one arm per GPU: its 302M model,
+    # segment 1,024, pretraining at 8,192 tokens, passkey fine-tuning at 4,096 (4-digit keys, loss on every token,
+    # the LR grid around the study's 7.5e-5) and evaluation from 1,024 to 16,384 tokens. Pretraining is 1,500 steps
+    # of 4 x 8,192 (49M tokens, 5% of the study's 983M) at a peak LR raised to 3e-4 for the short schedule, and
+    # fine-tuning 100 of the study's 500 steps of 64 x 4,096. The budget is estimated from one H200's measured
+    # rate for this model (about 200K tokens/s compiled at 4 x 8,192); the first run's times replace it. On the
+    # embedded corpus 49M tokens are several passes over the same text; with a network, --set pretrain.dataset=...
+    "paper-short": dict(
+        base="paper-300m",
+        pretrain=dict(batch_size=4, global_batch=4, steps=1500, lr=3e-4, min_lr=3e-5, warmup_steps=150,
+                      eval_every=500, save_every=500),
+        finetune=dict(seq_len=4096, global_batch=64, batch_size=8, steps=100, lr=7.5e-5, min_lr=3e-6,
+                      warmup_steps=10, gate_lr=1.5e-4, eval_every=50, save_every=50),
+        finetune_lr_grid=(3.75e-5, 7.5e-5, 1.5e-4),
+        passkey=dict(key_digits=4, loss="all"),
+        eval_multiples=(0.125, 0.25, 0.5, 1, 2), eval_samples=16, eval_batch_size=4, perplexity_windows=4,
         perplexity_bucket=1024,
     ),
 }  # fmt: skip

@@ -18,7 +18,7 @@ from infini_llama.train import recipe
 def describe_study(cfg: StudyConfig) -> str:
     """One paragraph: what both arms share and how they are evaluated (the study's recipe before sweeps and the LR
     grid; what each arm got is in the arm table)."""
-    pre, fin = recipe(cfg.preset, **cfg.pretrain), recipe(cfg.preset, **cfg.finetune)
+    pre, fin = recipe(cfg.model_preset, **cfg.pretrain), recipe(cfg.model_preset, **cfg.finetune)
     data = ", ".join(pre.data) if pre.data else (pre.dataset or "the embedded corpus")
     lrs = ", ".join(f"{lr:g}" for lr in cfg.finetune_lr_grid)
     lr_text = (

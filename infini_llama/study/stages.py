@@ -52,7 +52,7 @@ def train_recipe(cfg: StudyConfig, arm: Arm, stage: str, **extra: Any) -> TrainC
     """The resolved TrainConfig of `stage` ("pretrain" or "finetune") for `arm`: the preset's recipe, the study's
     values for that stage, the arm's own, then `extra`; the arm's seed."""
     study_values = cfg.pretrain if stage == "pretrain" else cfg.finetune
-    return recipe(cfg.preset, **{**study_values, **getattr(arm, stage), **extra, "seed": arm.seed})
+    return recipe(cfg.model_preset, **{**study_values, **getattr(arm, stage), **extra, "seed": arm.seed})
 
 
 def training_length(cfg: StudyConfig, arm: Arm) -> int:

@@ -273,3 +273,17 @@ def test_a_study_started_before_a_field_existed_continues(tmp_path):
     _claim_folder(tmp_path, cfg, overwrite=False)  # the missing fields read as their defaults
     with pytest.raises(StudyError, match="differs in: ablations"):
         _claim_folder(tmp_path, study_config("tiny", ablations=[{"gate_init": 2}]), overwrite=False)
+
+
+def test_a_study_preset_can_build_on_a_model_preset_of_another_name():
+    cfg = study_config("paper-short")
+    assert cfg.preset == "paper-short" and cfg.model_preset == "paper-300m"
+    arm = expand_arms(cfg)[0]
+    pre, fin = (study_stages.train_recipe(cfg, arm, stage) for stage in ("pretrain", "finetune"))
+    assert pre.preset == fin.preset == "paper-300m" and pre.seq_len == 8192 and fin.seq_len == 4096
+    assert pre.steps * pre.global_batch * pre.seq_len == 1500 * 4 * 8192, "the token budget the preset states"
+    assert study_stages.eval_lengths(cfg, arm) == [1024, 2048, 4096, 8192, 16384]
+    assert "1500 steps of 4 × 8192 tokens" in describe_study(cfg)
+    assert study_config("mini").model_preset == "mini"
+    with pytest.raises(ValueError, match="unknown model preset 'nano'"):
+        study_config("tiny", base="nano")
