@@ -175,24 +175,23 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
         eval_multiples=(0.125, 0.25, 0.5, 1, 2), eval_samples=64, eval_batch_size=4, perplexity_windows=8,
         perplexity_bucket=1024,
     ),
-    # The 300M study at its own shape, cut to fit two GPUs for about 20 minutes, one arm per GPU: its 302M model,
-    # segment 1,024, pretraining at 8,192 tokens, passkey fine-tuning at 4,096 (4-digit keys, loss on every token,
-    # the LR grid around the study's 7.5e-5) and evaluation from 1,024 to 16,384 tokens. Pretraining is 1,500 steps
-    # of 4 x 8,192 (49M tokens, 5% of the study's 983M) at a peak LR raised to 3e-4 for the short schedule, and
-    # fine-tuning 100 of the study's 500 steps of 64 x 4,096. The budget is estimated from one H200's measured
-    # rate for this model (about 200K tokens/s compiled at 4 x 8,192); the first run's times replace it. On the
-    # embedded corpus 49M tokens are several passes over the same text; with a network, --set pretrain.dataset=...
-    "paper-short": dict(
-        base="paper-300m",
-        pretrain=dict(batch_size=4, global_batch=4, steps=1500, lr=3e-4, min_lr=3e-5, warmup_steps=150,
-                      eval_every=500, save_every=500),
-        finetune=dict(seq_len=4096, global_batch=64, batch_size=8, steps=100, lr=7.5e-5, min_lr=3e-6,
-                      warmup_steps=10, gate_lr=1.5e-4, eval_every=50, save_every=50),
-        finetune_lr_grid=(3.75e-5, 7.5e-5, 1.5e-4),
-        passkey=dict(key_digits=4, loss="all"),
-        eval_multiples=(0.125, 0.25, 0.5, 1, 2), eval_samples=16, eval_batch_size=4, perplexity_windows=4,
-        perplexity_bucket=1024,
-    ),
+}  # fmt: skip
+# The 300M study at its own shape, cut to fit two GPUs for about 20 minutes, one arm per GPU: its 302M model, segment
+# 1,024, pretraining at 8,192 tokens, its passkey fine-tuning at 4,096 (4-digit keys, loss on every token, the LR
+# grid around its 7.5e-5) cut to 100 of its 500 steps, evaluation from 1,024 to 16,384 tokens. Pretraining is 1,500
+# steps of 4 x 8,192 (49M tokens, 5% of the study's 983M) at a peak LR raised to 3e-4 for the short schedule. The
+# budget is estimated from one H200's measured rate for this model (about 200K tokens/s compiled at 4 x 8,192); the
+# first run's times replace it. On the embedded corpus 49M tokens are several passes over the same text; with a
+# network, --set pretrain.dataset=...
+STUDY_PRESETS["paper-short"] = {
+    **STUDY_PRESETS["paper-300m"],
+    "base": "paper-300m",
+    "pretrain": dict(batch_size=4, global_batch=4, steps=1500, lr=3e-4, min_lr=3e-5, warmup_steps=150, eval_every=500,
+                     save_every=500),
+    "finetune": {**STUDY_PRESETS["paper-300m"]["finetune"], "steps": 100, "warmup_steps": 10, "eval_every": 50,
+                 "save_every": 50},
+    "eval_samples": 16,
+    "perplexity_windows": 4,
 }  # fmt: skip
 
 
