@@ -31,6 +31,8 @@ LIBRARIES = ("torch", "transformers", "tokenizers", "numpy", "safetensors", "inf
 
 
 def library_versions() -> dict:
+    """Python, the platform and each of LIBRARIES' versions: the installed distribution's, else (a package run
+    from a source tree on the path, not installed) the imported module's `__version__`, else None."""
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {"python": sys.version.split()[0], "platform": platform.platform()}
@@ -38,7 +40,7 @@ def library_versions() -> dict:
         try:
             versions[name] = version(name.replace("_", "-"))
         except PackageNotFoundError:
-            versions[name] = None
+            versions[name] = getattr(sys.modules.get(name), "__version__", None)
     return versions
 
 

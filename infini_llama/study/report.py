@@ -150,9 +150,24 @@ def _arm_table(cfg: StudyConfig, entries: dict) -> list[str]:
         lines.append(
             f"| {name} | {entry['seed']} | {pre['lr']:g} ({_gate_lr(entry, pre)}) | {fin['steps']} × "
             f"{fin['sequences_per_step']} × {fin['seq_len']}, {_gate_lr(entry, fin)} | "
-            f"{scores or '–'} | {_lr(selection.get('chosen_lr'))} |"
+            f"{scores or '–'} | {_lr(selection.get('chosen_lr'))}{_edge(selection)} |"
         )
+    if any(_edge(entry.get("selection") or {}) for entry in entries.values()):
+        lines += [
+            "",
+            "An LR chosen at an edge of a grid of three or more may be beaten by one beyond it: widen the grid "
+            "(`--set finetune_lr_grid=...`, for every arm alike).",
+        ]
     return lines + [""]
+
+
+def _edge(selection: dict) -> str:
+    """The note after the chosen LR: "(largest tried)" or "(smallest tried)" at an edge of a grid of three or more."""
+    lrs = sorted(c["lr"] for c in selection.get("candidates", []))
+    chosen = selection.get("chosen_lr")
+    if len(lrs) < 3 or chosen not in (lrs[0], lrs[-1]):
+        return ""
+    return " (largest tried)" if chosen == lrs[-1] else " (smallest tried)"
 
 
 def _lr(value: float | None) -> str:

@@ -267,3 +267,25 @@ def test_control_arm_and_frozen_gate_arms_run_and_are_reported(micro, tmp_path):
         and "| infini-gate_trainable=False | 0/2, g 0.50 | 0/2, g 0.50 |" in across
     )
     assert "| local | 0 |" in across and "| infini-gate_trainable=True | local | classic filler |" in across
+
+
+def test_an_lr_chosen_at_the_grids_edge_is_marked():
+    from infini_llama.study.report import _arm_table
+
+    def entry(chosen, lrs):
+        score = {"exact": {"rate": 0.5, "ci_low": 0.4, "ci_high": 0.6}, "digit_acc": {"mean": 0.9}}
+        return {
+            "attention": "full", "seed": 0,
+            "recipe": {"pretrain": {"lr": 1e-3, "gate_lr": None},
+                       "finetune": {"steps": 3, "sequences_per_step": 4, "seq_len": 128, "gate_lr": None}},
+            "selection": {"chosen_lr": chosen, "candidates": [{"lr": lr, **score} for lr in lrs]},
+        }  # fmt: skip
+
+    grid = (2.5e-4, 5e-4, 1e-3)
+    text = "\n".join(_arm_table(None, {"a": entry(1e-3, grid), "b": entry(2.5e-4, grid), "c": entry(5e-4, grid)}))
+    assert "| 0.001 (largest tried) |" in text and "| 0.00025 (smallest tried) |" in text
+    assert "| 0.0005 |" in text and "widen the grid" in text
+    # Two LRs, or the middle of three: nothing to say.
+    for entries in ({"a": entry(1e-3, (5e-4, 1e-3))}, {"c": entry(5e-4, grid)}):
+        text = "\n".join(_arm_table(None, entries))
+        assert "tried)" not in text and "widen" not in text
