@@ -11,7 +11,7 @@ from infini_llama.eval.finetune import FINETUNE_HAYSTACKS
 from infini_llama.eval.markdown import table
 from infini_llama.eval.prompts import HAYSTACK_LABELS
 from infini_llama.study.config import StudyConfig
-from infini_llama.study.results import passkey_rows, sequences_per_step
+from infini_llama.study.results import passkey_rows, sequences_per_step, spread
 from infini_llama.train import recipe
 
 
@@ -405,4 +405,39 @@ def _gates_by_seed(summary: dict) -> list[str]:
         "the mean g.",
         "",
     ]
-    return lines + table(["Infini arm"] + [f"seed {s}" for s in seeds], rows) + [""]
+    return lines + table(["Infini arm"] + [f"seed {s}" for s in seeds], rows) + [""] + _gate_layers_across(summary)
+
+
+def _gate_layers_across(summary: dict) -> list[str]:
+    """Per Infini arm: each layer's mean gate after pretraining (where fine-tuning starts) and after fine-tuning,
+    mean ± standard deviation over seeds: which layers use the memory, and what fine-tuning changes."""
+    seeds = summary["seeds"]
+    rows, layers = [], 0
+    for name, entry in summary["per_seed"][seeds[0]]["arms"].items():
+        if entry["attention"] != "infini":
+            continue
+        gates = [summary["per_seed"][s]["arms"][name].get("gates") or {} for s in seeds]
+        starts = [(g.get("trajectory") or [{}])[0] for g in gates]
+        for when, per_seed in (
+            ("after pretraining", [t.get("layer_mean") if t.get("step") == 0 else None for t in starts]),
+            ("after fine-tuning", [g.get("layer_mean") for g in gates]),
+        ):
+            if any(v is None for v in per_seed):
+                continue
+            means = [spread([v[i] for v in per_seed]) for i in range(len(per_seed[0]))]
+            overall = spread([sum(v) / len(v) for v in per_seed])
+            rows.append([name, when, [f"{m['mean']:.2f} ± {m['std']:.2f}" for m in means + [overall]]])
+            layers = max(layers, len(means))
+    if not rows:
+        return []
+    # Arms of a sweep over the depth have fewer layers than others: their missing layers are "–".
+    rows = [[name, when, *cells[:-1], *["–"] * (layers + 1 - len(cells)), cells[-1]] for name, when, cells in rows]
+    lines = [
+        "## Gates per layer across seeds",
+        "",
+        "Each layer's mean g (1: memory only, 0: local attention only), mean ± standard deviation over seeds, where "
+        "fine-tuning starts (the pretrained model) and where it ends.",
+        "",
+    ]
+    header = ["Infini arm", "when"] + [f"layer {i}" for i in range(layers)] + ["all layers"]
+    return lines + table(header, rows) + [""]

@@ -267,6 +267,9 @@ def test_control_arm_and_frozen_gate_arms_run_and_are_reported(micro, tmp_path):
         and "| infini-gate_trainable=False | 0/2, g 0.50 | 0/2, g 0.50 |" in across
     )
     assert "| local | 0 |" in across and "| infini-gate_trainable=True | local | classic filler |" in across
+    assert "## Gates per layer across seeds" in across
+    for when in ("after pretraining", "after fine-tuning"):
+        assert f"| infini-gate_trainable=False | {when} | 0.50 ± 0.00 | 0.50 ± 0.00 |" in across
 
 
 def test_an_lr_chosen_at_the_grids_edge_is_marked():
