@@ -7,7 +7,9 @@ from collections.abc import Sequence
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "run"
+    """A file-name piece for a run's label: runs of characters other than letters, digits and ``._=+-`` become one
+    "-". The kept characters tell apart labels that differ only in them (``gate_init=-2`` and ``gate_init=2``)."""
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "-", text).strip("-").lower() or "run"
 
 
 def pct(p: dict) -> str:
