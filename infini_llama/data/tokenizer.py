@@ -31,7 +31,7 @@ PAD_TOKEN = "<|pad|>"
 SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN)  # ids 0 and 1 in the default tokenizer
 DEFAULT_VOCAB_SIZE = 8192
 # Bump when the training recipe below changes, so cached tokenizers are rebuilt.
-_RECIPE_VERSION = "bpe-bytelevel-digits-v2"
+_RECIPE_VERSION = "bpe-bytelevel-digits-v3"
 
 
 def default_cache_dir() -> Path:
@@ -49,21 +49,23 @@ def _wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on ``texts`` (deterministic for the same input).
 
-    Byte-level means every UTF-8 string round-trips exactly and nothing is ever unknown; no two
-    digits are merged, so numbers are one token per digit (a space before a number may merge with its first digit).
+    Byte-level means every UTF-8 string round-trips exactly and nothing is ever unknown; a digit is never merged
+    with anything, so a number is one token per digit and the space before it a token of its own.
     ``vocab_size`` counts the 256 byte symbols and the two special tokens, so it must be
     at least 258.  Words seen fewer than twice produce no merges (``min_frequency=2``).
     """
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size={vocab_size} is too small: byte-level BPE needs at least 258")
     backend = Tokenizer(models.BPE())
-    # No normaliser: the text is kept byte-exact.  Every digit is its own piece (with the
-    # space before it, if any), as in LLaMA's tokenizer, so a number of n digits is n tokens
-    # whatever the vocabulary size; then GPT-2 style splitting without an added prefix
-    # space, so a text's first word is encoded as it is written.
+    # No normaliser: the text is kept byte-exact.  Every digit is a piece of its own, as in LLaMA's tokenizer,
+    # so a number of n digits is n tokens whatever the vocabulary size. The space before a number is not merged
+    # with its first digit either: with " 1", " 2", " 3" in the vocabulary (frequent in the corpus) and " 8" not,
+    # a number's first token would depend on its first digit, and a model answering " 86556" after "is" would
+    # have to choose between " " and a merged " 2" before it had read the key (small models did, wrongly).
+    # Then GPT-2 style splitting without an added prefix space, so a text's first word is encoded as written.
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(r" ?\p{N}"), behavior="isolated"),
+            pre_tokenizers.Split(Regex(r"\p{N}"), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False),
         ]
     )

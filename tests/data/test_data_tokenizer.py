@@ -82,14 +82,19 @@ def test_round_trip_on_corpus_text(default_tok):
 
 
 def test_numbers_are_one_token_per_digit(default_tok):
-    # The corpus is full of years and chapter numbers; no merge may join digits, so a k-digit passkey is k
-    # tokens (the first may carry the space before it) whatever the key and the vocabulary size.
-    for text in (" 1851", " 40213", " 99999", "chapter 42.", "(1611)"):
+    # The corpus is full of years and chapter numbers; no merge may join a digit to anything, so a k-digit passkey
+    # is k tokens whatever the key and the vocabulary size, and the space before it is one token whatever its first
+    # digit (a merged " 2" made small models answer " 2" + "86556" for the key 86556).
+    for text in (" 1851", " 40213", " 99999", "chapter 42.", "(1611)", "is 286", "is 886"):
         ids = default_tok(text, add_special_tokens=False)["input_ids"]
         pieces = default_tok.convert_ids_to_tokens(ids)
         digits = [p for p in pieces if any(c.isdigit() for c in p)]
-        assert all(len(p.lstrip("Ġ")) == 1 for p in digits), pieces
+        assert all(len(p) == 1 for p in digits), pieces
         assert len(digits) == sum(c.isdigit() for c in text)
+    assert not [p for p in default_tok.get_vocab() if len(p) > 1 and any(c in "0123456789" for c in p)]
+    space = default_tok.convert_tokens_to_ids("Ġ")
+    for key in ("12345", "23456", "86556"):
+        assert default_tok(" " + key, add_special_tokens=False)["input_ids"][0] == space
 
 
 def test_train_bpe_is_deterministic_and_validates_size():
