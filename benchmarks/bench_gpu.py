@@ -76,8 +76,9 @@ def fresh() -> None:
     torch.cuda.reset_peak_memory_stats()
 
 
-def train_rate(arm: str, T: int, args) -> dict:
-    """tokens/s, peak memory and warm-up of one arm at length T; arm = "<model>-<mode>"."""
+def make_step(arm: str, T: int, args):
+    """One training step of `arm` ("<model>-<mode>") at length T as a function returning its seconds, with the
+    model's config, the batch size and the time its construction (and compilation setup) began."""
     fresh()
     kind, mode = arm.rsplit("-", 1)
     config = config_from_preset(args.preset, attention="full" if kind in ("hf", "full") else "infini")
@@ -110,6 +111,13 @@ def train_rate(arm: str, T: int, args) -> dict:
         torch.cuda.synchronize()
         return time.perf_counter() - start
 
+    return step, config, batch, began
+
+
+def train_rate(arm: str, T: int, args) -> dict:
+    """tokens/s, peak memory and warm-up of one arm at length T; arm = "<model>-<mode>"."""
+    step, config, batch, began = make_step(arm, T, args)
+    mode = arm.rsplit("-", 1)[1]
     step()
     first_done = time.perf_counter()
     step()
