@@ -56,6 +56,7 @@ SWITCHES: tuple[tuple[str, str, bool, str], ...] = (
     ("--compile", "compile", True, "torch.compile each decoder layer (the default on CUDA; this flag: also on CPU)"),
     ("--no-compile", "compile", False, "run eagerly, also on CUDA"),
     ("--checkpointing", "checkpointing", True, "activation checkpointing (less memory, ~30%% more compute)"),
+    ("--deterministic", "deterministic", True, "deterministic GPU kernels: a rerun is bit-exact (a little slower)"),
     ("--resume", "resume", True, "continue the run in --out from its latest checkpoint"),
     ("--overwrite", "overwrite", True, "delete the run in --out and start over"),
     ("--wandb", "wandb", True, "also log to Weights & Biases (needs `pip install wandb`)"),

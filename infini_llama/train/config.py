@@ -71,6 +71,9 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     compile: bool | None = None  # torch.compile each decoder layer; None: on CUDA, off elsewhere
     checkpointing: bool = False  # activation checkpointing per decoder layer
+    # deterministic kernels, so that a rerun on the same GPU is bit-exact (a little slower): flash attention's backward
+    # without atomic sums, cuBLAS with a fixed workspace; CPU runs are bit-exact without it
+    deterministic: bool = False
     # processes building batches ahead of the step (the same batches); None: 4 on CUDA for sources that build
     # batches slowly (passkey fine-tuning), else 0 (in the training process)
     data_workers: int | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -81,7 +82,8 @@ def train(
     try:
         with hf_progress_bars_off():  # per-file bars of loading and saving would break the training bar
             plan = plan_run(cfg, info, batches=batches, tokenizer=tokenizer)
-            return _Trainer(plan).run()
+            with deterministic_kernels(cfg.deterministic):
+                return _Trainer(plan).run()
     finally:
         close_distributed(info)
 
@@ -96,6 +98,30 @@ def hf_progress_bars_off() -> Iterator[None]:
     finally:
         if was:
             hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def deterministic_kernels(enabled: bool) -> Iterator[None]:
+    """With `enabled`, only deterministic kernels inside the block, as PyTorch's settings were after.
+
+    On CUDA flash attention's backward otherwise sums dQ over key blocks with atomics, in a different order each run
+    (long full-attention rows; the Infini arm's short segments fit one block), and cuBLAS needs a fixed workspace
+    (CUBLAS_WORKSPACE_CONFIG, read when the process first uses cuBLAS, which a fresh process does in this block).
+    An op with no deterministic kernel raises.
+    """
+    if not enabled:
+        yield
+        return
+    was = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+           torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)  # fmt: skip
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was[0], warn_only=was[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = was[2], was[3]
 
 
 def seed_everything(seed: int) -> None:
