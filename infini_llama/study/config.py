@@ -181,7 +181,7 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
 # evaluation from 1,024 to 16,384 tokens. Set from its first run (1,500 pretraining steps, the study's fine-tuning
 # with the loss on every token, 22.7 minutes on two H200s): on the embedded corpus (3.6M tokens at this vocabulary)
 # the 302M model memorised, its validation loss rising from 6.1 at step 500 to 7.7 at step 1,500 as its training loss
-# fell to 1.1, and 100 steps with the loss on every token taught neither arm to retrieve (0% at every length). So
+# fell to 1.2, and 100 steps with the loss on every token taught neither arm to retrieve (0% at every length). So
 # pretraining stops at 300 steps of 4 x 8,192 (9.8M tokens, 1% of the study's 983M, under three passes over the
 # corpus), and fine-tuning puts the loss on the answer, with an LR grid of once, twice and four times the study's
 # 7.5e-5. With a network, --set pretrain.dataset=... gives the pretraining real data to use more steps on.
