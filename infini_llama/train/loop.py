@@ -102,7 +102,7 @@ def hf_progress_bars_off() -> Iterator[None]:
 
 @contextlib.contextmanager
 def deterministic_kernels(enabled: bool) -> Iterator[None]:
-    """With `enabled`, only deterministic kernels inside the block, as PyTorch's settings were after.
+    """With `enabled`, only deterministic kernels inside the block; PyTorch's settings are restored after it.
 
     On CUDA flash attention's backward otherwise sums dQ over key blocks with atomics, in a different order each run
     (long full-attention rows; the Infini arm's short segments fit one block), and cuBLAS needs a fixed workspace
