@@ -24,13 +24,15 @@ from pathlib import Path
 
 GROUPS = ("matmul", "attention", "triton fused", "eager elementwise", "optimizer", "copy", "other")
 # The first group whose patterns occur in the lower-cased kernel name wins. Order matters: a Triton GEMM template
-# is a matmul, and a fused Triton kernel named after the attention op it sits beside is not the attention kernel.
+# is a matmul; a fused Triton kernel named after the attention op it sits beside is not the attention kernel; and
+# attention kernels built from GEMM pieces (cuDNN's "..._sdpa_sm90_flash_bprop_wgmma_...", CUTLASS-based flash
+# kernels) are attention, so attention is matched before the GEMM names.
 _PATTERNS = (
     ("optimizer", ("multi_tensor_apply", "fused_adam", "fusedadam")),
-    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "wgmma", "splitkreduce", "triton_tem_fused_mm",
-                "triton_tem_fused_bmm", "triton_tem_fused_addmm")),
+    ("matmul", ("triton_tem_fused_mm", "triton_tem_fused_bmm", "triton_tem_fused_addmm")),
     ("triton fused", ("triton_",)),
-    ("attention", ("flash", "fmha", "attention", "attn")),
+    ("attention", ("flash", "fmha", "sdpa", "attention", "attn")),
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "wgmma", "splitkreduce")),
     ("copy", ("memcpy", "memset", "copy_kernel", "catarray", "cat_batched")),
     ("eager elementwise", ("elementwise", "reduce_kernel", "softmax", "norm", "index", "scatter", "gather")),
 )  # fmt: skip

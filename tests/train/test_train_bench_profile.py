@@ -31,6 +31,8 @@ def profile_gpu():
             "attention",
         ),
         ("cudnn_generated_fmha_sm90_bf16_causal", "attention"),
+        ("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x128_kernel0_0", "attention"),
+        ("void cutlass::Kernel2<cutlass_80_tensorop_s1688gemm_64x128_32x3_nn_align1>(Params)", "matmul"),
         ("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0", "triton fused"),
         ("triton_poi_fused__scaled_dot_product_flash_attention_backward_2", "triton fused"),
         ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer"),
