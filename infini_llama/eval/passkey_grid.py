@@ -200,7 +200,10 @@ def _passkey_batch(runner: ChunkedLM, tokenizer: PreTrainedTokenizerBase, batch:
 
 def summarize_passkey(rows: Sequence[dict], lengths: Sequence[int], depths: Sequence[float]) -> dict:
     """Accuracy per cell (exact, with Wilson intervals; token_exact, contains, digit_acc), per length, per
-    number of memory updates (bucketed) and overall."""
+    number of memory updates (bucketed), per (length, number of memory updates) and overall.
+
+    The last but one separates two things a longer prompt brings at once: more compressions between the key and the
+    question, and more text in the memory. Pooled over lengths, accuracy by memory updates mixes them."""
 
     def scores(group: Sequence[dict]) -> dict:
         return {
@@ -221,4 +224,16 @@ def summarize_passkey(rows: Sequence[dict], lengths: Sequence[int], depths: Sequ
     for r in rows:
         buckets.setdefault(updates_bucket(r["memory_updates"]), []).append(r)
     by_updates = [{"memory_updates": b, **scores(buckets[b])} for b in sorted(buckets, key=bucket_order)]
-    return {"cells": cells, "by_length": by_length, "by_memory_updates": by_updates, "overall": scores(rows)}
+    by_length_and_updates = [
+        {"length": length, "memory_updates": b, **scores(group)}
+        for length in lengths
+        for b in sorted(buckets, key=bucket_order)
+        if b != "n/a" and (group := [r for r in buckets[b] if r["length"] == length])
+    ]
+    return {
+        "cells": cells,
+        "by_length": by_length,
+        "by_memory_updates": by_updates,
+        "by_length_and_memory_updates": by_length_and_updates,
+        "overall": scores(rows),
+    }

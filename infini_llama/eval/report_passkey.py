@@ -96,7 +96,31 @@ def _passkey_run(run: dict, haystack: str, out: Path, figures: list[str]) -> lis
             for c in results["by_length"]
         ],
     ) + [""]
-    return md
+    return md + updates_by_length_lines(results.get("by_length_and_memory_updates", []), settings["unit"])
+
+
+UPDATES_BY_LENGTH = (
+    "Exact match by the number of memory updates between the key and the question (rows) at each length (columns): "
+    "a longer prompt brings both more updates after the key and more text into the memory, so read down a column "
+    "for the updates alone and along a row for the length alone."
+)
+
+
+def updates_by_length_lines(groups: list[dict], unit: str = "tokens") -> list[str]:
+    """`UPDATES_BY_LENGTH`'s table from a summary's `by_length_and_memory_updates`; nothing for a model without a
+    memory (no groups)."""
+    if not groups:
+        return []
+    return [UPDATES_BY_LENGTH.replace("(columns)", f"(columns, {unit})"), ""] + updates_by_length_table(groups)
+
+
+def updates_by_length_table(groups: list[dict]) -> list[str]:
+    """Rows: memory-update buckets; columns: lengths; cells: exact match with counts and Wilson interval."""
+    lengths = sorted({g["length"] for g in groups})
+    buckets = sorted({g["memory_updates"] for g in groups}, key=bucket_order)
+    by_key = {(g["length"], g["memory_updates"]): g for g in groups}
+    rows = [[b] + [pct_or_dash(by_key.get((n, b))) for n in lengths] for b in buckets]
+    return table(["updates \\ length"] + [str(n) for n in lengths], rows) + [""]
 
 
 def _passkey_lines(runs: list[dict], haystack: str, out: Path, figures: list[str]) -> list[str]:

@@ -10,6 +10,7 @@ from infini_llama.eval.diagnostics import SATURATION, bucket_order
 from infini_llama.eval.finetune import FINETUNE_HAYSTACKS
 from infini_llama.eval.markdown import table
 from infini_llama.eval.prompts import HAYSTACK_LABELS
+from infini_llama.eval.report_passkey import UPDATES_BY_LENGTH, updates_by_length_table
 from infini_llama.study.config import StudyConfig
 from infini_llama.study.results import passkey_rows, sequences_per_step, spread
 from infini_llama.train import recipe
@@ -185,14 +186,15 @@ def _gate_lr(entry: dict, stage: dict) -> str:
 
 def _compression_table(entries: dict, haystack: str) -> list[str]:
     """Exact accuracy of the Infini rows (and the local control's) by the number of memory updates (compressions)
-    between the key and the question, over every length and depth."""
-    rows = {
-        grids["label"]: {r["memory_updates"]: r["exact"] for r in grids["haystacks"][haystack]["by_memory_updates"]}
+    between the key and the question, over every length and depth, then within each length."""
+    grids = {
+        g["label"]: g["haystacks"][haystack]
         for entry in entries.values()
         if entry["attention"] in ("infini", "local")
-        for task, grids in entry["passkey"].items()
-        if task == "passkey" and haystack in grids["haystacks"]
+        for task, g in entry["passkey"].items()
+        if task == "passkey" and haystack in g["haystacks"]
     }
+    rows = {label: {r["memory_updates"]: r["exact"] for r in g["by_memory_updates"]} for label, g in grids.items()}
     labels = sorted({label for row in rows.values() for label in row} - {"n/a"}, key=bucket_order)
     if not labels:
         return []
@@ -206,7 +208,19 @@ def _compression_table(entries: dict, haystack: str) -> list[str]:
     lines += table(
         ["row"] + labels, [[name] + [_pct(row[b]) if b in row else "–" for b in labels] for name, row in rows.items()]
     )
-    return lines + [""]
+    by_length = {label: g.get("by_length_and_memory_updates", []) for label, g in grids.items()}
+    return lines + [""] + _updates_by_length(by_length)
+
+
+def _updates_by_length(groups: dict[str, list[dict]]) -> list[str]:
+    """For each row (label: its `by_length_and_memory_updates`), exact match by memory updates within each length."""
+    groups = {label: g for label, g in groups.items() if g}
+    if not groups:
+        return []
+    lines = [UPDATES_BY_LENGTH, ""]
+    for label, g in groups.items():
+        lines += [f"{label}:", ""] + updates_by_length_table(g)
+    return lines
 
 
 def _leads_table(leads: list[dict]) -> list[str]:
@@ -327,6 +341,7 @@ def write_across_report(cfg: StudyConfig, out: Path, summary: dict, command: str
         )
         lines += [""]
     lines += _leads_by_seed(summary)
+    lines += _updates_pooled(cfg, summary.get("memory_updates_pooled", {}))
     lines += _gates_by_seed(summary)
     lines += _layers_off_by_seed(summary)
     lines += ["## Fine-tuning LR chosen per seed", ""]
@@ -346,6 +361,32 @@ def write_across_report(cfg: StudyConfig, out: Path, summary: dict, command: str
     path = out / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _updates_pooled(cfg: StudyConfig, pooled: dict) -> list[str]:
+    """Exact match by the number of memory updates, every seed's samples pooled: over all lengths, then within each."""
+    lines = []
+    for haystack in cfg.eval_haystacks:
+        rows = {e["label"]: e["haystacks"][haystack] for e in pooled.values() if haystack in e["haystacks"]}
+        labels = sorted({r["memory_updates"] for g in rows.values() for r in g["by_memory_updates"]} - {"n/a"},
+                        key=bucket_order)  # fmt: skip
+        if not labels:
+            continue
+        lines += [f"## Accuracy by memory updates, seeds pooled: {HAYSTACK_LABELS[haystack]}", ""]
+        lines += [
+            "Memory updates between the segment holding the last token of the key's last copy and the question's "
+            "segment; exact match over every seed's samples [Wilson 95%]. Over every length and depth:",
+            "",
+        ]
+        by_bucket = {
+            label: {r["memory_updates"]: r["exact"] for r in g["by_memory_updates"]} for label, g in rows.items()
+        }
+        lines += table(
+            ["row"] + labels,
+            [[name] + [_pct(row[b]) if b in row else "–" for b in labels] for name, row in by_bucket.items()],
+        )
+        lines += [""] + _updates_by_length({label: g["by_length_and_memory_updates"] for label, g in rows.items()})
+    return lines
 
 
 def _spread(stats: dict) -> str:

@@ -11,7 +11,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from infini_llama.eval.diagnostics import saturated_gates
+from infini_llama.eval.diagnostics import bucket_order, saturated_gates
+from infini_llama.eval.scoring import proportion
 from infini_llama.study.arms import Arm, counterparts
 from infini_llama.study.config import StudyConfig
 from infini_llama.study.stages import (
@@ -87,6 +88,10 @@ def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
                         "by_memory_updates": [
                             {"memory_updates": r["memory_updates"], "exact": r["exact"]}
                             for r in results["by_memory_updates"]
+                        ],
+                        "by_length_and_memory_updates": [
+                            {"length": r["length"], "memory_updates": r["memory_updates"], "exact": r["exact"]}
+                            for r in results.get("by_length_and_memory_updates", [])
                         ],
                         "cells": [
                             {"length": r["length"], "depth": r["depth"], "exact": r["exact"]} for r in results["cells"]
@@ -251,6 +256,7 @@ def across_seeds(cfg: StudyConfig, per_seed: dict[int, dict]) -> dict:
     return {
         "study": _plain(cfg),
         "seeds": list(cfg.seeds),
+        "memory_updates_pooled": memory_updates_pooled(per_seed),
         "environments": _distinct(env for results in per_seed.values() for env in results["environments"]),
         "rows": rows,
         "leads": {seed: results["leads"] for seed, results in per_seed.items()},
@@ -258,3 +264,39 @@ def across_seeds(cfg: StudyConfig, per_seed: dict[int, dict]) -> dict:
         "layers_off": layer_rows,
         "per_seed": per_seed,
     }
+
+
+def memory_updates_pooled(per_seed: dict[int, dict]) -> dict:
+    """For the plain passkey grid of every arm with a memory count (Infini, local control), on every haystack: exact
+    accuracy by the number of memory updates, and by (length, number of memory updates), with every seed's samples
+    pooled into one proportion (the cells are too small to give a spread per seed)."""
+    pooled: dict[str, dict] = {}
+    for results in per_seed.values():
+        for name, entry in results["arms"].items():
+            grids = entry["passkey"].get("passkey") if entry["attention"] in ("infini", "local") else None
+            for haystack, grid in (grids or {}).get("haystacks", {}).items():
+                into = pooled.setdefault(name, {"label": grids["label"], "haystacks": {}})["haystacks"]
+                counts = into.setdefault(haystack, {"by_memory_updates": {}, "by_length_and_memory_updates": {}})
+                for r in grid["by_memory_updates"]:
+                    _add(counts["by_memory_updates"], r["memory_updates"], r["exact"])
+                for r in grid.get("by_length_and_memory_updates", []):
+                    _add(counts["by_length_and_memory_updates"], (r["length"], r["memory_updates"]), r["exact"])
+    for entry in pooled.values():
+        for haystack, counts in entry["haystacks"].items():
+            by_updates, by_both = counts["by_memory_updates"], counts["by_length_and_memory_updates"]
+            entry["haystacks"][haystack] = {
+                "by_memory_updates": [
+                    {"memory_updates": b, "exact": proportion(*by_updates[b])}
+                    for b in sorted(by_updates, key=bucket_order)
+                ],
+                "by_length_and_memory_updates": [
+                    {"length": n, "memory_updates": b, "exact": proportion(*by_both[n, b])}
+                    for n, b in sorted(by_both, key=lambda key: (key[0], bucket_order(key[1])))
+                ],
+            }
+    return pooled
+
+
+def _add(counts: dict, key, exact: dict) -> None:
+    successes, n = counts.get(key, (0, 0))
+    counts[key] = (successes + exact["successes"], n + exact["n"])

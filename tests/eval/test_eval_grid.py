@@ -59,6 +59,27 @@ def test_passkey_grid_rows_and_summary(bpe_tok, micro_model, tmp_path):
     exact = sum(r["exact"] for r in rows)
     assert saved["results"]["overall"]["exact"]["successes"] == exact
     assert sum(b["n"] for b in saved["results"]["by_memory_updates"]) == len(rows)
+    assert sum(g["n"] for g in saved["results"]["by_length_and_memory_updates"]) == len(rows)
+
+
+def test_accuracy_by_memory_updates_is_also_given_within_each_length():
+    """Pooled over lengths, a bucket of memory updates mixes short prompts with long ones; within a length, not."""
+
+    def row(length, updates, exact):
+        return {"length": length, "depth": 1.0, "memory_updates": updates, "exact": exact, "token_exact": exact,
+                "contains": exact, "digit_acc": float(exact)}  # fmt: skip
+
+    rows = [row(128, 1, True)] * 4 + [row(1024, 1, True), row(1024, 1, False)] + [row(1024, 40, False)] * 3
+    summary = passkey_grid.summarize_passkey(rows, (128, 1024), (1.0,))
+    assert [(b["memory_updates"], b["exact"]["successes"], b["n"]) for b in summary["by_memory_updates"]] == [
+        ("1", 5, 6), ("33-64", 0, 3),
+    ]  # fmt: skip
+    both = [(g["length"], g["memory_updates"], g["exact"]["successes"], g["n"])
+            for g in summary["by_length_and_memory_updates"]]  # fmt: skip
+    assert both == [(128, "1", 4, 4), (1024, "1", 1, 2), (1024, "33-64", 0, 3)]
+    # A model without a memory has no update count: nothing to separate.
+    full = passkey_grid.summarize_passkey([{**r, "memory_updates": None} for r in rows], (128, 1024), (1.0,))
+    assert full["by_length_and_memory_updates"] == [] and full["by_memory_updates"][0]["memory_updates"] == "n/a"
 
 
 def test_the_validation_split_is_another_grid_of_the_same_design(bpe_tok, micro_model, tmp_path):

@@ -114,6 +114,7 @@ def test_study_runs_end_to_end_and_resumes(micro, tmp_path, monkeypatch):
         "## What each arm got",
         "## Infini's lead beyond the training length",
         "Command: `infini-llama study --out study`",
+        "| updates \\ length | 128 | 256 |",
     ):
         assert needle in text, needle
     assert "1 × 3 tokens" not in text and "3 steps of 4 × 128 tokens" in text
@@ -141,6 +142,17 @@ def test_several_seeds_run_whole_studies_and_report_their_spread(micro, tmp_path
     text = report.read_text()
     assert "## Passkey accuracy across seeds: held-out text" in text and "[seed 1](seed-1/REPORT.md)" in text
     assert "| infini | 1 |" in text and "## Fine-tuning LR chosen per seed" in text
+    # Accuracy by memory updates, every seed's samples pooled: the counts are the seeds' counts added up.
+    pooled = summary["memory_updates_pooled"]["infini"]["haystacks"]["book"]
+    for key in ("by_memory_updates", "by_length_and_memory_updates"):
+        per_seed = [summary["per_seed"][s]["arms"]["infini"]["passkey"]["passkey"]["haystacks"]["book"][key]
+                    for s in ("0", "1")]  # fmt: skip
+        assert sum(g["exact"]["n"] for g in pooled[key]) == sum(g["exact"]["n"] for seed in per_seed for g in seed)
+        assert sum(g["exact"]["successes"] for g in pooled[key]) == sum(
+            g["exact"]["successes"] for seed in per_seed for g in seed
+        )
+    assert "full" not in summary["memory_updates_pooled"], "no memory, no update count"
+    assert "## Accuracy by memory updates, seeds pooled: held-out text" in text and "| updates \\ length |" in text
     assert run_study(cfg, out, device="cpu", progress=False, jobs=1) == report, "a finished study resumes instantly"
     with pytest.raises(StudyError, match="different config"):
         run_study(micro(seeds=(0, 1, 2)), out, device="cpu", progress=False)
