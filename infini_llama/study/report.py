@@ -321,8 +321,8 @@ def _relink(line: str) -> str:
 
 
 def write_across_report(cfg: StudyConfig, out: Path, summary: dict, command: str | None) -> Path:
-    """REPORT.md of a multi-seed study: every passkey row's mean and spread across seeds, the lead per seed, the LR
-    each arm got per seed, and every seed's exact accuracy."""
+    """REPORT.md of a multi-seed study: every passkey row's mean and spread across seeds, the lead per seed, accuracy
+    by memory updates with the seeds pooled, the LR each arm got per seed, and every seed's exact accuracy."""
     seeds = summary["seeds"]
     lines = [f"# Study report: Infini-attention vs full attention ({cfg.preset}), seeds {', '.join(map(str, seeds))}"]
     lines += ["", describe_study(cfg), "", *([f"Command: `{command}`", ""] if command else [])]

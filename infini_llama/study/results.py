@@ -1,7 +1,8 @@
 """The numbers of a study, as written to results.json: per seed, each arm's recipe, training, LR selection, passkey
 grids on every haystack, perplexity, gates and what each layer's memory adds; across seeds, the mean and spread of
-every passkey row, Infini's lead over the baseline beyond the training length seed by seed, and each layer's gate
-against its memory's drop."""
+every passkey row, Infini's lead over the baseline beyond the training length seed by seed, each layer's gate
+against its memory's drop, and accuracy by memory updates (over all lengths and within each) with the seeds'
+samples pooled."""
 
 from __future__ import annotations
 
