@@ -82,7 +82,7 @@ def train(
     try:
         with hf_progress_bars_off():  # per-file bars of loading and saving would break the training bar
             plan = plan_run(cfg, info, batches=batches, tokenizer=tokenizer)
-            with deterministic_kernels(cfg.deterministic):
+            with deterministic_kernels(cfg.deterministic), tf32_matmuls(uses_tf32(plan)):
                 return _Trainer(plan).run()
     finally:
         close_distributed(info)
@@ -124,6 +124,32 @@ def deterministic_kernels(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = was[2], was[3]
 
 
+def uses_tf32(plan: RunPlan) -> bool:
+    """Whether the run lets float32 matmuls use TF32: under bf16 autocast on CUDA, where the only float32 matmuls
+    left are the memory op's (its state stays float32). TF32 inputs keep 3 more mantissa bits than the bf16 of every
+    other matmul, accumulate in float32, and run on the tensor cores instead of at the float32 rate, about 8x
+    slower."""
+    return plan.precision == "bf16" and plan.info.device.type == "cuda"
+
+
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool) -> Iterator[None]:
+    """With `enabled`, CUDA float32 matmuls may use TF32 inside the block; PyTorch's settings are restored after it,
+    so an evaluation run later in the same process (a study reuses its worker processes) computes in the float32 it
+    states, whatever ran before it."""
+    if not enabled:
+        yield
+        return
+    was = (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        # The precision first: setting it also sets the matmul flag, which then gets its own value back.
+        torch.set_float32_matmul_precision(was[0])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = was[1], was[2]
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -145,11 +171,6 @@ class _Trainer:
         self.device = plan.info.device
         bf16 = plan.precision == "bf16"
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else None
-        if bf16 and self.device.type == "cuda":
-            # Under bf16 autocast the only float32 matmuls left are the memory op's (its state stays float32):
-            # TF32 inputs keep 3 more mantissa bits than the bf16 of every other matmul, accumulate in float32,
-            # and run on the tensor cores instead of at the float32 rate, about 8x slower.
-            torch.backends.cuda.matmul.allow_tf32 = True
         self.loss_fn = causal_lm_loss  # compiled by _build_model when compiling
 
     # ------------------------------------------------------------------ setup
