@@ -37,6 +37,7 @@ from infini_llama.eval.passkey import (
     key_range,
     make_passkey_sample,
     sample_rng,
+    sample_seed,
     shortest_prompt,
 )
 from infini_llama.eval.prompts import HAYSTACKS, bos_ids
@@ -74,9 +75,13 @@ class PasskeyBatchSource:
     the excluded evaluation grid. loss="all" trains on every token (the study); loss="answer" masks everything
     but the answers' tokens with -100.
 
+    Every random quantity of a prompt (key, depth, haystack kind, filler style, text start, distractors) and the
+    lengths of a sequence's parts are drawn from generators of their own, so none of them follows another.
+
     `curriculum_steps` > 0 (with packing) starts fine-tuning with the needle close to the question and moves it
     away over that many steps: at step s, with p = min(1, (s + 1) / curriculum_steps), parts are at most
-    pack_min_len + p · (seq_len − pack_min_len) tokens long and needle depths are drawn from those ≥ 1 − p (the
+    `longest_part(p)` = pack_min_len + p · (seq_len − pack_min_len) tokens long (never below 2 · pack_min_len − 1,
+    so that what is left of a sequence can always be cut to it) and needle depths are drawn from those ≥ 1 − p (the
     deepest one at least). From step curriculum_steps on, and in the validation batches, the draws are exactly
     those without a curriculum.
     """
@@ -155,7 +160,8 @@ class PasskeyBatchSource:
         """Ids (seq_len,) of sequence `index` of `stream` at curriculum `progress`, and the positions of its
         answers' tokens."""
         ids, answers = list(self.bos), []
-        for part, length in enumerate(self._part_lengths(sample_rng(stream, self.seed, index), progress)):
+        lengths = self._part_lengths(sample_rng(stream, self.seed, index, "part_lengths"), progress)
+        for part, length in enumerate(lengths):
             # Each part has its own sample index; parts never outnumber 2**20.
             part_ids, part_answers = self._part(stream, (index << 20) | part, length, progress)
             answers += [len(ids) + p for p in part_answers]
@@ -167,24 +173,35 @@ class PasskeyBatchSource:
         left = self.seq_len - len(self.bos)
         if not self.pack_min_len:
             return [left]
-        longest = self.pack_min_len + int(progress * (self.seq_len - self.pack_min_len))
+        shortest, longest = self.pack_min_len, self.longest_part(progress)
         lengths = []
-        while left >= 2 * self.pack_min_len:
-            n = int(rng.integers(self.pack_min_len, min(left, longest) + 1))
-            n = left if left - n < self.pack_min_len else n
+        while left >= 2 * shortest:
+            if left > longest:  # split off a part that leaves room for at least one more
+                n = int(rng.integers(shortest, min(longest, left - shortest) + 1))
+            else:
+                n = int(rng.integers(shortest, left + 1))
+                n = left if left - n < shortest else n
             lengths.append(n)
             left -= n
         return lengths + ([left] if left else [])
 
+    def longest_part(self, progress: float) -> int:
+        """The longest packed part at curriculum `progress`: pack_min_len + progress · (seq_len − pack_min_len),
+        but never below 2 · pack_min_len − 1, the shortest cap any rest of a sequence can be cut to."""
+        grown = self.pack_min_len + int(progress * (self.seq_len - self.pack_min_len))
+        return max(grown, 2 * self.pack_min_len - 1)
+
     def _draw(self, stream: int, index: int, progress: float = 1.0) -> tuple[str, float, str]:
-        """Key (never an excluded evaluation key), depth and haystack kind of prompt `index` of `stream`."""
-        rng = sample_rng(stream, self.seed, index)
-        key = draw_key(rng, self.key_digits)
+        """Key (never an excluded evaluation key), depth and haystack kind of prompt `index` of `stream`, each
+        from its own generator (the haystack's own draws too: see `prompts.SampleSeed`)."""
+        seed = sample_seed(stream, self.seed, index)
+        keys = seed.rng("key")
+        key = draw_key(keys, self.key_digits)
         while key in self.excluded_keys:
-            key = draw_key(rng, self.key_digits)
+            key = draw_key(keys, self.key_digits)
         depths = [d for d in self.depths if d >= 1.0 - progress] or [max(self.depths)]
-        depth = depths[int(rng.integers(len(depths)))]
-        return key, depth, self.haystacks[int(rng.integers(len(self.haystacks)))]
+        depth = depths[int(seed.rng("depth").integers(len(depths)))]
+        return key, depth, self.haystacks[int(seed.rng("haystack").integers(len(self.haystacks)))]
 
     def _prompt(self, stream: int, index: int, length: int, bos: bool | None, progress: float = 1.0) -> PasskeySample:
         key, depth, haystack = self._draw(stream, index, progress)

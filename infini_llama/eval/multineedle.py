@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from infini_llama.eval.grid import run_grid
 from infini_llama.eval.inference import ChunkedLM, equal_length_batches
-from infini_llama.eval.passkey import EVAL_STREAM, draw_key, memory_updates, sample_rng
+from infini_llama.eval.passkey import EVAL_STREAM, draw_key, memory_updates, sample_seed
 from infini_llama.eval.prompts import HAYSTACKS, Haystack, build_prompt, last_token_of
 from infini_llama.eval.scoring import mean_and_stderr, proportion, string_match_all
 
@@ -97,17 +97,19 @@ def make_multineedle_sample(
         raise ValueError(f"num_needles must be between 1 and depth_grid ({depth_grid}), got {num_needles}")
     if depth_grid < 2:
         raise ValueError(f"depth_grid must be >= 2 grid points, got {depth_grid}")
-    rng = sample_rng(EVAL_STREAM, seed, index)
+    sample = sample_seed(EVAL_STREAM, seed, index)  # keys, values, depths and haystack: each its own generator
     words = needle_keys()
     distinct_keys = 1 if task == "multivalue" else num_needles
-    keys = [words[i] for i in rng.choice(len(words), size=distinct_keys, replace=False)]
+    keys = [words[i] for i in sample.rng("key").choice(len(words), size=distinct_keys, replace=False)]
     values: list[str] = []
+    value_rng = sample.rng("needles")
     while len(values) < num_needles:
-        value = draw_key(rng, value_digits)
+        value = draw_key(value_rng, value_digits)
         if value not in values:
             values.append(value)
-    depths = sorted(float(d) / (depth_grid - 1) for d in rng.choice(depth_grid, size=num_needles, replace=False))
-    order = rng.permutation(num_needles)  # which needle sits at which depth
+    depth_rng = sample.rng("depth")
+    depths = sorted(float(d) / (depth_grid - 1) for d in depth_rng.choice(depth_grid, size=num_needles, replace=False))
+    order = depth_rng.permutation(num_needles)  # which needle sits at which depth
     owners = [keys[0] if task == "multivalue" else keys[i] for i in range(num_needles)]
     placed = [(depths[int(order[i])], owners[i], values[i]) for i in range(num_needles)]
     queried = keys[:1] if task in ("multikey", "multivalue") else keys
@@ -120,7 +122,7 @@ def make_multineedle_sample(
         question=question,
         bos=bos,
         needles=[(d, NEEDLE.format(key=k, value=v)) for d, k, v in placed],
-        haystack=Haystack(tokenizer, haystack, rng, book_text=book_text),
+        haystack=Haystack(tokenizer, haystack, sample, book_text=book_text),
     )
     needles = [
         Needle(k, v, d, *span, last_token_of(tokenizer, prompt.input_ids, *span, v))

@@ -7,7 +7,7 @@ and fine-tuning draw from separate seed streams, so no evaluation prompt is ever
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -15,6 +15,7 @@ from transformers import PreTrainedTokenizerBase
 from infini_llama.eval.prompts import (
     FILLER_BLOCK,
     Haystack,
+    SampleSeed,
     bos_ids,
     build_prompt,
     encode,
@@ -44,9 +45,15 @@ GRID_VALIDATION_STREAM = 4  # grids of the validation split: for choosing a reci
 GRID_SPLITS = {"test": EVAL_STREAM, "validation": GRID_VALIDATION_STREAM}
 
 
-def sample_rng(stream: int, seed: int, index: int) -> np.random.Generator:
-    """The generator of sample `index` of seed `seed` in seed stream `stream`."""
-    return np.random.default_rng([stream, seed, index])
+def sample_seed(stream: int, seed: int, index: int) -> SampleSeed:
+    """The seed of sample `index` of seed `seed` in seed stream `stream`: `.rng(quantity)` gives the generator of
+    each of its random quantities (key, depth, haystack, ...), each its own."""
+    return SampleSeed((stream, seed, index))
+
+
+def sample_rng(stream: int, seed: int, index: int, quantity: str = "key") -> np.random.Generator:
+    """The generator of `quantity` (`prompts.QUANTITIES`) of sample `index` of seed `seed` in stream `stream`."""
+    return sample_seed(stream, seed, index).rng(quantity)
 
 
 def draw_key(rng: np.random.Generator, digits: int) -> str:
@@ -82,6 +89,7 @@ class PasskeySample:
     haystack: str
     roundtrip: bool
     text: str
+    haystack_draws: dict[str, int] = field(default_factory=dict)
 
 
 def answer_ids(tokenizer: PreTrainedTokenizerBase, key: str) -> list[int]:
@@ -109,7 +117,8 @@ def make_passkey_sample(
     book_text: str | None = None,
     key: str | None = None,
 ) -> PasskeySample:
-    """Sample `index` of a passkey grid with seed `seed`: a prompt of exactly `length` tokens (unit="tokens") with
+    """Sample `index` of a passkey grid with seed `seed` (its key, and its haystack's draws, each from a generator of
+    its own): a prompt of exactly `length` tokens (unit="tokens") with
     the needle after the fraction `depth` of the filler (0: right after the task line; 1: right before the
     question). unit="chars" reproduces the character-based construction of Landmark Attention (length in
     characters, needle at a character offset that may fall inside a word; repeated filler only); the resulting
@@ -117,9 +126,10 @@ def make_passkey_sample(
     `haystack` is the kind of filler (`prompts.HAYSTACKS`); distractor numbers are never the key."""
     if unit not in LENGTH_UNITS:
         raise ValueError(f"unit must be one of {LENGTH_UNITS}, got {unit!r}")
-    rng = sample_rng(stream, seed, index)
-    drawn = draw_key(rng, key_digits)
+    sample = sample_seed(stream, seed, index)
+    drawn = draw_key(sample.rng("key"), key_digits)
     key = drawn if key is None else key
+    draws: dict[str, int] = {}
     needle = NEEDLE.format(key=key)
     if unit == "chars":
         if haystack != "repeat":
@@ -127,7 +137,8 @@ def make_passkey_sample(
         ids, text, start, end = _character_prompt(tokenizer, length, depth, needle, bos)
         roundtrip = True
     else:
-        hay = Haystack(tokenizer, haystack, rng, book_text=book_text, distractor_digits=key_digits, avoid=key)
+        hay = Haystack(tokenizer, haystack, sample, book_text=book_text, distractor_digits=key_digits, avoid=key)
+        draws = hay.draws
         prompt = build_prompt(
             tokenizer, length, task=TASK, needles=[(depth, needle)], question=QUESTION, haystack=hay, bos=bos
         )
@@ -148,6 +159,7 @@ def make_passkey_sample(
         haystack,
         roundtrip,
         text,
+        draws,
     )
 
 

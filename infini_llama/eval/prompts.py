@@ -84,6 +84,27 @@ DISTRACTOR_TEMPLATES = (
 )
 DISTRACTOR_EVERY = 4  # one distractor sentence in every four
 
+# The random quantities of one sample. Each is drawn from a generator of its own, seeded by the sample's seed words
+# and the quantity: two draws from one generator rebuilt from the same seed would be the same bits, and a haystack
+# drawn that way follows whatever was drawn before it (the needle's depth, say), which a model can learn to read.
+QUANTITIES = ("key", "depth", "haystack", "part_lengths", "style", "text_start", "distractors", "needles")
+
+
+@dataclass(frozen=True)
+class SampleSeed:
+    """The seed words of one sample (e.g. seed stream, grid or training seed, sample index): `rng(quantity)` is the
+    generator of one of its QUANTITIES. The key's generator is seeded by the words alone (keys are those of earlier
+    releases); every other quantity's by the words and the quantity's number."""
+
+    words: tuple[int, ...]
+
+    def rng(self, quantity: str) -> np.random.Generator:
+        if quantity not in QUANTITIES:
+            raise ValueError(f"unknown sample quantity {quantity!r}; one of {QUANTITIES}")
+        if quantity == "key":
+            return np.random.default_rng(list(self.words))
+        return np.random.default_rng([*self.words, 1000 + QUANTITIES.index(quantity)])
+
 
 def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
@@ -119,14 +140,15 @@ class Haystack:
     drawn per sample), "corpus" (consecutive sentences of the embedded corpus's training split from a seeded
     start), "distractors" (the classic or a styled block, with a sentence holding another number in every four;
     never the number `avoid`), "book" (consecutive sentences of `book_text`, by default the held-out book, from a
-    seeded start).
+    seeded start). The filler style, the text's start and the distractors are drawn from the sample's generators of
+    those quantities (`seed`), each its own. `draws` records what was drawn (style, start), for tests and records.
     """
 
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
         kind: str,
-        rng: np.random.Generator,
+        seed: SampleSeed,
         *,
         book_text: str | None = None,
         distractor_digits: int = 5,
@@ -134,33 +156,35 @@ class Haystack:
     ):
         if kind not in HAYSTACKS:
             raise ValueError(f"haystack must be one of {HAYSTACKS}, got {kind!r}")
-        self.tokenizer, self.kind, self.rng = tokenizer, kind, rng
+        self.tokenizer, self.kind = tokenizer, kind
         self.distractor_digits, self.avoid = distractor_digits, avoid
+        self._distractors = seed.rng("distractors")
         self._sentences: list[str] = []
         self._text_pool: Sequence[str] = ()
         self._start = 0
         self._block = FILLER_BLOCK
+        self.draws: dict[str, int] = {}
         if kind in ("book", "corpus"):
             if kind == "corpus":
                 self._text_pool = training_sentences()
             else:
                 self._text_pool = book_sentences(book_text) if book_text is not None else default_book_sentences()
-            self._start = int(rng.integers(len(self._text_pool)))
-        elif kind == "styles":
-            self._block = FILLER_STYLES[int(rng.integers(len(FILLER_STYLES)))]
-        elif kind == "distractors":
-            blocks = (FILLER_BLOCK, *FILLER_STYLES)
-            self._block = blocks[int(rng.integers(len(blocks)))]
+            self._start = self.draws["text_start"] = int(seed.rng("text_start").integers(len(self._text_pool)))
+        elif kind in ("styles", "distractors"):
+            # "styles" draws one of the other blocks; "distractors" the classic block or one of the others.
+            blocks = FILLER_STYLES if kind == "styles" else (FILLER_BLOCK, *FILLER_STYLES)
+            style = self.draws["style"] = int(seed.rng("style").integers(len(blocks)))
+            self._block = blocks[style]
 
     def _text(self, i: int) -> str:
         if self._text_pool:
             return self._text_pool[(self._start + i) % len(self._text_pool)]
         if self.kind == "distractors" and i % DISTRACTOR_EVERY == DISTRACTOR_EVERY - 1:
             low = 10 ** (self.distractor_digits - 1)
-            template = DISTRACTOR_TEMPLATES[int(self.rng.integers(len(DISTRACTOR_TEMPLATES)))]
-            number = str(int(self.rng.integers(low, 10 * low)))
+            template = DISTRACTOR_TEMPLATES[int(self._distractors.integers(len(DISTRACTOR_TEMPLATES)))]
+            number = str(int(self._distractors.integers(low, 10 * low)))
             while number == self.avoid:
-                number = str(int(self.rng.integers(low, 10 * low)))
+                number = str(int(self._distractors.integers(low, 10 * low)))
             return template.format(n=number)
         return self._block[i % len(self._block)]
 

@@ -2,12 +2,13 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from infini_llama.eval import PasskeyGridConfig
 from infini_llama.eval.finetune import FINETUNE_HAYSTACKS, PasskeyBatchSource
-from infini_llama.eval.passkey import DEFAULT_KEY_DIGITS, EVAL_STREAM, evaluation_keys, make_passkey_sample
+from infini_llama.eval.passkey import DEFAULT_KEY_DIGITS, EVAL_STREAM, evaluation_keys, make_passkey_sample, sample_rng
 from infini_llama.eval.prompts import FILLER_BLOCK, FILLER_STYLES, decode
 from infini_llama.train.batches import PrefetchedBatches
 
@@ -119,8 +120,15 @@ def test_a_curriculum_starts_with_the_needle_close_and_ends_as_without_one(bpe_t
     plain, taught = source(bpe_tok, **options), source(bpe_tok, **options, curriculum_steps=10)
     assert [taught.progress(s) for s in (0, 4, 9, 50)] == [0.1, 0.5, 1.0, 1.0] and plain.progress(0) == 1.0
     early = [part for row in taught.batch(0, 0)[0].tolist() for part in _parts(bpe_tok, row)]
-    longest = taught.pack_min_len + int(0.1 * (1024 - taught.pack_min_len))
-    assert all(length <= longest for length, _ in early[:-1]), "parts no longer than the curriculum allows"
+    longest = taught.longest_part(0.1)
+    assert longest == max(taught.pack_min_len + int(0.1 * (1024 - taught.pack_min_len)), 2 * taught.pack_min_len - 1)
+    assert all(length <= longest for length, _ in early), "no part longer than the curriculum allows, the last too"
+    for step in range(10):  # and none in any sequence of the curriculum
+        progress = taught.progress(step)
+        for index in range(16):
+            lengths = taught._part_lengths(sample_rng(1, 0, index, "part_lengths"), progress)
+            assert sum(lengths) == 1023 and max(lengths) <= taught.longest_part(progress)
+            assert min(lengths) >= taught.pack_min_len
     # At progress 0.1 only the depths 0.9 and 1.0 are drawn: the needle is in the last tenth of the filler.
     assert max(distance for _, distance in early) < 130
     late = [part for row in plain.batch(0, 0)[0].tolist() for part in _parts(bpe_tok, row)]
@@ -188,3 +196,36 @@ def test_worker_processes_build_the_same_batches(bpe_tok):
                 want_ids, want_labels = src.batch(step, m)
                 assert torch.equal(ids, want_ids) and torch.equal(labels, want_labels)
         assert all(step > 7 for step in ahead.pending), "batches of passed steps are dropped"
+
+
+def test_every_quantity_of_a_training_prompt_is_drawn_independently(bpe_tok):
+    """Replaying 5,000 training draws: the needle's depth predicts neither the haystack kind nor anything the
+    haystack draws (filler style, text start), and every filler style occurs in every depth band. (Drawn from one
+    generator rebuilt per sample, the style was a step function of the depth and corr(depth, text start) ~ 1.)"""
+    src = source(bpe_tok, depths=[i / 40 for i in range(41)], seq_len=256, pack_min_len=128)
+    length = src.pack_min_len
+    draws = []
+    for index in range(5000):
+        sample = src._prompt(1, index, length, bos=False)
+        draws.append((sample.depth, FINETUNE_HAYSTACKS.index(sample.haystack), sample.haystack_draws))
+    depth = np.array([d for d, _, _ in draws])
+    kind = np.array([k for _, k, _ in draws])
+    assert abs(np.corrcoef(depth, kind)[0, 1]) < 0.05
+    for quantity in ("style", "text_start"):
+        pairs = np.array([(d, h[quantity]) for d, _, h in draws if quantity in h], dtype=float)
+        assert len(pairs) > 1000, quantity
+        assert abs(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1]) < 0.05, quantity
+    for haystack, blocks in (("styles", len(FILLER_STYLES)), ("distractors", len(FILLER_STYLES) + 1)):
+        styles = [(d, h["style"]) for d, k, h in draws if FINETUNE_HAYSTACKS[k] == haystack]
+        for band in range(10):  # depth bands of a tenth
+            seen = {s for d, s in styles if min(int(d * 10), 9) == band}
+            assert seen == set(range(blocks)), (haystack, band, seen)
+
+
+def test_sequences_part_lengths_are_drawn_apart_from_their_prompts(bpe_tok):
+    """Part 0 of sequence 0 and the sequence's part lengths used to come from one generator: the first part's key
+    then fixed its length."""
+    src = source(bpe_tok, seq_len=1024, pack_min_len=150)
+    firsts = [src._part_lengths(sample_rng(1, 0, i, "part_lengths"), 1.0)[0] for i in range(2000)]
+    keys = [int(src._draw(1, i << 20)[0]) for i in range(2000)]
+    assert abs(np.corrcoef(firsts, keys)[0, 1]) < 0.07

@@ -2,7 +2,6 @@
 
 import re
 
-import numpy as np
 import pytest
 
 from infini_llama.data import held_out_book, load_corpus
@@ -10,7 +9,7 @@ from infini_llama.data.corpus import HELD_OUT_BOOK
 from infini_llama.eval import make_multineedle_sample, make_passkey_sample, memory_updates
 from infini_llama.eval.multineedle import MULTI_TASKS, needle_keys
 from infini_llama.eval.passkey import NEEDLE, QUESTION, TASK, evaluation_keys
-from infini_llama.eval.prompts import FILLER_BLOCK, FILLER_STYLES, Haystack, decode
+from infini_llama.eval.prompts import FILLER_BLOCK, FILLER_STYLES, Haystack, SampleSeed, decode
 
 TOKENIZERS = ["bpe_tok", "char_tok", "metaspace_tok"]
 DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -122,7 +121,7 @@ def test_corpus_haystack_is_training_text_and_book_haystack_is_held_out(bpe_tok)
 
 def test_distractor_numbers_are_never_the_key(bpe_tok):
     # One-digit distractors: nine numbers only, so "3" would be drawn many times if it were not avoided.
-    hay = Haystack(bpe_tok, "distractors", np.random.default_rng(0), distractor_digits=1, avoid="3")
+    hay = Haystack(bpe_tok, "distractors", SampleSeed((0,)), distractor_digits=1, avoid="3")
     numbers = [re.findall(r"\d+", hay.sentence(i)[0]) for i in range(400)]
     drawn = [n for found in numbers for n in found]
     assert len(drawn) == 100 and len(set(drawn)) == 8 and "3" not in drawn
