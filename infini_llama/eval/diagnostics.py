@@ -13,7 +13,13 @@ from transformers import PreTrainedTokenizerBase
 
 from infini_llama.eval import plots
 from infini_llama.eval.checkpoint import gate_trajectory
-from infini_llama.eval.records import SUMMARY, run_header, write_json
+from infini_llama.eval.records import (  # noqa: F401  (memory_off_layers / _text: grids import them from here too)
+    SUMMARY,
+    memory_off_layers,
+    memory_off_text,
+    run_header,
+    write_json,
+)
 from infini_llama.models import GATE_PARAMETER
 
 
@@ -56,29 +62,6 @@ def gate_report(model: nn.Module) -> dict:
         "heads": values.shape[1],
         "saturated": saturated_gates(values.tolist()),
     }
-
-
-def memory_off_layers(setting: bool | Sequence[int]) -> tuple[int, ...] | None:
-    """The layers a `memory_off` setting closes: None for every layer (True), the sorted distinct indices for a list
-    of them, () for none (False or an empty list)."""
-    if setting is True:
-        return None
-    if setting is False or setting is None:
-        return ()
-    layers = tuple(sorted(set(setting)))
-    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):
-        raise ValueError(f"memory_off takes true (every layer) or layer indices >= 0, got {setting!r}")
-    return layers
-
-
-def memory_off_text(setting: bool | Sequence[int]) -> str:
-    """How a run's label names a `memory_off` setting: "memory off", "memory off in layer 2", "" when off for none."""
-    layers = memory_off_layers(setting)
-    if layers is None:
-        return "memory off"
-    if not layers:
-        return ""
-    return f"memory off in layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}"
 
 
 @contextlib.contextmanager

@@ -11,8 +11,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from infini_llama.eval.checkpoint import check_vocab
-from infini_llama.eval.diagnostics import memory_off, memory_off_layers
-from infini_llama.eval.records import ResumableRun, run_header
+from infini_llama.eval.diagnostics import memory_off
+from infini_llama.eval.records import ResumableRun, memory_off_layers, run_header
 from infini_llama.eval.rope_scaling import rope_scaled
 
 # Settings that change how fast a run goes, not its results: a run may resume with other values.

@@ -14,7 +14,7 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -187,6 +187,29 @@ class ResumableRun:
         return summary
 
 
+def memory_off_layers(setting: bool | Sequence[int]) -> tuple[int, ...] | None:
+    """The layers a `memory_off` setting closes: None for every layer (True), the sorted distinct indices for a list
+    of them, () for none (False or an empty list)."""
+    if setting is True:
+        return None
+    if setting is False or setting is None:
+        return ()
+    layers = tuple(sorted(set(setting)))
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):
+        raise ValueError(f"memory_off takes true (every layer) or layer indices >= 0, got {setting!r}")
+    return layers
+
+
+def memory_off_text(setting: bool | Sequence[int]) -> str:
+    """How a run's label names a `memory_off` setting: "memory off", "memory off in layer 2", "" when off for none."""
+    layers = memory_off_layers(setting)
+    if layers is None:
+        return "memory off"
+    if not layers:
+        return ""
+    return f"memory off in layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}"
+
+
 def run_header(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -203,8 +226,6 @@ def run_header(
         else:
             label = f"{model_info['class']}-{model_info['fingerprint'][:8]}"
         if settings.get("memory_off"):
-            from infini_llama.eval.diagnostics import memory_off_text  # diagnostics imports this module
-
             label += f" ({memory_off_text(settings['memory_off'])})"
         if settings.get("rope_scaling"):
             label += f" ({rope_scaling_label(settings['rope_scaling'])})"

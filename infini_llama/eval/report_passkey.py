@@ -7,9 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from infini_llama.eval import plots
-from infini_llama.eval.diagnostics import bucket_order, memory_off_text
+from infini_llama.eval.diagnostics import bucket_order
 from infini_llama.eval.markdown import image, pct, pct_or_dash, slug, table
 from infini_llama.eval.prompts import HAYSTACK_LABELS, HAYSTACKS
+from infini_llama.eval.records import memory_off_text
 
 HEADLINE_DEPTHS = (0.0, 0.5, 1.0)  # accuracy-vs-length plots: needle farthest from, midway to, next to the question
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from infini_llama.study.arms import parse_ablation, parse_sweep, parse_value
 from infini_llama.study.config import STUDY_PRESETS, study_config
+from infini_llama.study.sweeps import parse_ablation, parse_sweep, parse_value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

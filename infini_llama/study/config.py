@@ -15,7 +15,7 @@ from infini_llama.eval.passkey import GRID_SPLITS
 from infini_llama.eval.prompts import HAYSTACKS
 from infini_llama.layers.rope import ROPE_SCALINGS
 from infini_llama.models.presets import PRESETS
-from infini_llama.study.arms import check_sweeps
+from infini_llama.study.sweeps import check_sweeps
 
 
 @dataclass

@@ -6,8 +6,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from infini_llama.eval import ChunkedLM, gate_report, memory_off
-from infini_llama.eval.diagnostics import memory_off_layers, memory_off_text
 from infini_llama.eval.inference import equal_length_batches
+from infini_llama.eval.records import memory_off_layers, memory_off_text
 
 VOCAB = 101
 TOL = 1e-10  # float64

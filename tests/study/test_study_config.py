@@ -10,9 +10,10 @@ import pytest
 from infini_llama.cli import build_parser
 from infini_llama.study import expand_arms, study_config
 from infini_llama.study import stages as study_stages
-from infini_llama.study.arms import counterparts, parse_ablation, parse_sweep
+from infini_llama.study.arms import counterparts
 from infini_llama.study.cli import parse_sets
 from infini_llama.study.report import describe_study
+from infini_llama.study.sweeps import parse_ablation, parse_sweep
 
 
 def sweeps(*texts: str) -> dict:
