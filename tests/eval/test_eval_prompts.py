@@ -193,3 +193,19 @@ def test_word_list_holds_adjective_noun_pairs():
     words = needle_keys()
     assert len(words) >= 500 and len(set(words)) == len(words)
     assert all(w.count("-") == 1 for w in words)
+
+
+def test_prompt_encoding_equals_the_tokenizers_own(bpe_tok, metaspace_tok):
+    """Prompts are encoded and decoded through the Rust tokenizer of a fast tokenizer (the wrapper's per-call work
+    dominated fine-tuning's batch building): the ids and texts are the wrapper's."""
+    from infini_llama.eval.prompts import encode
+
+    sample = make_passkey_sample(bpe_tok, 600, 0.5, haystack="book", index=3)
+    texts = [sample.text, " 12345", " The pass key is 90210.", "  two  spaces", "\n\nnew lines", "ünïcödé"]
+    for tok in (bpe_tok, metaspace_tok):
+        for text in texts:
+            ids = tok.encode(text, add_special_tokens=False)
+            assert encode(tok, text) == ids
+            assert decode(tok, ids) == tok.decode(ids, clean_up_tokenization_spaces=False)
+        with_specials = [tok.bos_token_id or tok.eos_token_id, *tok.encode("A b", add_special_tokens=False)]
+        assert decode(tok, with_specials) == tok.decode(with_specials, clean_up_tokenization_spaces=False)
