@@ -24,6 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from infini_llama.data import tokenizer_fingerprint
 from infini_llama.eval.checkpoint import checkpoint_label
 from infini_llama.eval.rope_scaling import rope_scaling_label
+from infini_llama.host import cpu_summary, describe_cpu
 
 SUMMARY = "summary.json"
 SAMPLES = "samples.jsonl"
@@ -55,26 +56,15 @@ def git_revision() -> str | None:
     return out.stdout.strip() or None
 
 
-def cpu_name() -> str:
-    """The CPU's model name and the cores this process may use ("AMD EPYC 7B13, 2 cores"); `platform.processor()`
-    is empty on Linux, so the name comes from /proc/cpuinfo where there is one."""
-    name = platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{name or 'unknown CPU'}, {cores} cores"
-
-
 def environment(model: nn.Module | None = None) -> dict:
     device = next(model.parameters()).device if model is not None else torch.device("cpu")
+    cpu = describe_cpu()
     return {
         "versions": library_versions(),
         "git_revision": git_revision(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_summary(cpu),
+        "cpu": cpu,  # on a GPU too: the host's CPU builds the prompts
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": sys.argv,
     }

@@ -24,6 +24,7 @@ import torch
 import transformers
 
 import infini_llama
+from infini_llama.host import describe_cpu
 
 RUN_FILE = "run.json"
 FINAL_DIR = "final"
@@ -85,6 +86,7 @@ def environment(device: torch.device, world_size: int) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": device_name(device),
+        "cpu": describe_cpu(),  # model, family and vector extensions: CPU timings depend on them
         "world_size": world_size,
         "cpu_threads": torch.get_num_threads(),
         "git_revision": git_revision(),

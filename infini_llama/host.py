@@ -1,0 +1,85 @@
+"""The host a run or study ran on, described well enough to compare timings: CPUs of one nominal size (e.g. "AMD
+EPYC, 2 cores") differ by 2x in this project's training speed, by generation (family / model) and by the vector
+extensions PyTorch's CPU kernels can use (AVX2, AVX-512, AMX).
+
+`describe_cpu()` reads /proc/cpuinfo where there is one, else what the `platform` module knows; it never raises.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+CPUINFO = "/proc/cpuinfo"
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity), else every CPU of the machine."""
+    if hasattr(os, "sched_getaffinity"):
+        try:
+            return len(os.sched_getaffinity(0))
+        except OSError:
+            pass
+    return os.cpu_count() or 1
+
+
+def describe_cpu(cpuinfo: str = CPUINFO) -> dict[str, Any]:
+    """The CPU as JSON data: model name, vendor, family / model / stepping (None where unknown), the cores this
+    process may use and the machine's logical CPUs, and whether AVX2, AVX-512 (its foundation, avx512f) and AMX
+    (any amx_* tile extension) are there (None where the flags cannot be read)."""
+    fields = _first_processor(cpuinfo)
+    flags = fields.get("flags") or fields.get("features")  # x86 / ARM
+    flag_set = set(flags.split()) if flags is not None else None
+    return {
+        "model_name": fields.get("model name") or platform.processor() or platform.machine() or None,
+        "vendor": fields.get("vendor_id"),
+        "family": _integer(fields.get("cpu family")),
+        "model": _integer(fields.get("model")),
+        "stepping": _integer(fields.get("stepping")),
+        "architecture": platform.machine() or None,
+        "cores": usable_cores(),
+        "logical_cpus": os.cpu_count(),
+        "avx2": None if flag_set is None else "avx2" in flag_set,
+        "avx512": None if flag_set is None else "avx512f" in flag_set,
+        "amx": None if flag_set is None else any(flag.startswith("amx") for flag in flag_set),
+    }
+
+
+def cpu_summary(cpu: dict[str, Any] | None = None) -> str:
+    """One line for reports: "Intel(R) Xeon(R) Processor (family 6, model 143, stepping 8; AVX2, AVX-512, AMX),
+    2 cores"; the vector extensions a CPU lacks are named too ("no AVX-512"), since they explain timings."""
+    cpu = describe_cpu() if cpu is None else cpu
+    ids = [f"{name} {cpu[name]}" for name in ("family", "model", "stepping") if cpu.get(name) is not None]
+    extensions = (("avx2", "AVX2"), ("avx512", "AVX-512"), ("amx", "AMX"))
+    vectors = [label if cpu[key] else f"no {label}" for key, label in extensions if cpu.get(key) is not None]
+    details = "; ".join(part for part in (", ".join(ids), ", ".join(vectors)) if part)
+    name = cpu.get("model_name") or "unknown CPU"
+    return f"{name}{f' ({details})' if details else ''}, {cpu.get('cores')} cores"
+
+
+def _first_processor(cpuinfo: str) -> dict[str, str]:
+    """The "key: value" lines of the first processor's block of /proc/cpuinfo (keys lower-cased); {} without one."""
+    fields: dict[str, str] = {}
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    if fields:
+                        break
+                    continue
+                key, sep, value = line.partition(":")
+                if sep:
+                    fields.setdefault(key.strip().lower(), value.strip())
+    except OSError:
+        return {}
+    return fields
+
+
+def _integer(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text, 16) if text.lower().startswith("0x") else int(text)
+    except ValueError:
+        return None

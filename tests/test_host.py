@@ -1,0 +1,58 @@
+"""The CPU description written into run.json, every evaluation's summary.json and the study's results: from
+/proc/cpuinfo where there is one, and never an error where there is not."""
+
+import torch
+
+from infini_llama.eval.records import environment as eval_environment
+from infini_llama.host import cpu_summary, describe_cpu
+from infini_llama.train.rundir import environment as run_environment
+
+ZEN3 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC 7B13
+stepping\t: 1
+flags\t\t: fpu sse sse2 avx avx2 fma bmi2 sha_ni
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+model name\t: another block, not read
+"""
+
+SAPPHIRE_RAPIDS_FLAGS = "fpu avx avx2 avx512f avx512bw avx512_bf16 amx_bf16 amx_tile amx_int8"
+
+
+def test_a_zen3_host_is_described_by_family_model_and_vector_extensions(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text(ZEN3)
+    cpu = describe_cpu(str(info))
+    assert (cpu["model_name"], cpu["vendor"]) == ("AMD EPYC 7B13", "AuthenticAMD")
+    assert (cpu["family"], cpu["model"], cpu["stepping"]) == (25, 1, 1)
+    assert (cpu["avx2"], cpu["avx512"], cpu["amx"]) == (True, False, False)
+    assert cpu["cores"] >= 1
+    summary = cpu_summary(cpu)
+    assert summary.startswith("AMD EPYC 7B13 (family 25, model 1, stepping 1; AVX2, no AVX-512, no AMX)")
+    assert summary.endswith(f"{cpu['cores']} cores")
+
+
+def test_avx512_and_amx_are_read_from_the_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text(ZEN3.replace("fpu sse sse2 avx avx2 fma bmi2 sha_ni", SAPPHIRE_RAPIDS_FLAGS))
+    cpu = describe_cpu(str(info))
+    assert (cpu["avx2"], cpu["avx512"], cpu["amx"]) == (True, True, True)
+    assert "AVX2, AVX-512, AMX" in cpu_summary(cpu)
+
+
+def test_without_cpuinfo_the_platform_module_names_the_cpu(tmp_path):
+    cpu = describe_cpu(str(tmp_path / "missing"))
+    assert cpu["family"] is None and cpu["avx512"] is None
+    assert cpu_summary(cpu).endswith(f"{cpu['cores']} cores")  # no extensions claimed either way
+    assert "AVX" not in cpu_summary(cpu)
+
+
+def test_runs_and_evaluations_record_the_cpu():
+    cpu = describe_cpu()
+    assert run_environment(torch.device("cpu"), 1)["cpu"] == cpu
+    env = eval_environment()
+    assert env["cpu"] == cpu and env["device_name"] == cpu_summary(cpu)
