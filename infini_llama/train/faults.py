@@ -3,8 +3,8 @@
 Non-finite steps: a step whose loss or gradient norm is NaN or infinite (a loss spike, an overflow in bf16) is
 skipped: no optimizer update, so the weights and AdamW moments stay those of the last good step, while its batch
 is consumed and the LR schedule moves on, so the run stays a pure function of the step number and resumes
-exactly. After `max_bad_steps` bad steps in a row the run stops with RunError and writes nothing more, so its
-checkpoints hold the weights from before the trouble.
+exactly. After `max_bad_steps` bad steps in a row (counted across a resume: checkpoints keep the count) the run
+stops with RunError and writes nothing more, so its checkpoints hold the weights from before the trouble.
 """
 
 from __future__ import annotations
@@ -24,6 +24,13 @@ class NonFiniteGuard:
     def __init__(self, max_bad_steps: int) -> None:
         self.max_bad_steps = max_bad_steps
         self.streak: list[int] = []  # the current run of bad steps (1-based step numbers)
+
+    def state_dict(self) -> dict[str, list[int]]:
+        """What a checkpoint keeps, so that a resumed run goes on counting the bad steps in a row it stopped in."""
+        return {"streak": list(self.streak)}
+
+    def load_state_dict(self, state: dict[str, list[int]] | None) -> None:
+        self.streak = list((state or {}).get("streak", []))
 
     def record(self, step: int, finite: bool, checkpoint: Path | None) -> None:
         if finite:

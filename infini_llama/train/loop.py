@@ -312,6 +312,7 @@ class _Trainer:
                 "world_size": self.info.world_size,
                 "train_config": config_dict(self.cfg),
                 "model_config": model_fields(self.plan.model_config),
+                "non_finite": self.guard.state_dict(),  # a run of bad steps goes on counting after a resume
             }
             ckpt.save_checkpoint(
                 path,
@@ -333,11 +334,13 @@ class _Trainer:
         return path
 
     def _restore(self) -> tuple[int, int]:
-        """Load the optimizer, schedule and RNG of the checkpoint being resumed: (step, tokens) done."""
+        """Load the optimizer, schedule, RNG and bad-step count of the checkpoint being resumed: (step, tokens)
+        done."""
         path = self.plan.checkpoint
         state = ckpt.read_trainer_state(path)
         load_full_optimizer_state(self.wrapped, self.optimizer, ckpt.load_optimizer_state(path))
         self.scheduler.load_state_dict(state["scheduler"])
+        self.guard.load_state_dict(state.get("non_finite"))  # absent from checkpoints written before it was kept
         rng_states = ckpt.load_rng_states(path)
         if len(rng_states) == self.info.world_size:
             ckpt.restore_rng(rng_states[self.info.rank], self.device)
@@ -365,6 +368,7 @@ class _Trainer:
         self.wrapped = wrap_model(self.model, cfg.dist, info, param_dtype)
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg)
+        self.guard = NonFiniteGuard(cfg.max_bad_steps)
         start, tokens = self._restore() if plan.checkpoint is not None else (0, 0)
         result.step = start
         logger = open_logger(
@@ -417,7 +421,6 @@ class _Trainer:
         pending: list[tuple[int, torch.Tensor]] = []  # losses not yet read back from the device
         status = StatusLines(start, cfg.steps) if bar.disable and info.is_main else None  # logs, not a terminal
         saved_at = start if self.plan.checkpoint else None
-        guard = NonFiniteGuard(cfg.max_bad_steps)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         for step in range(start, cfg.steps):
@@ -453,7 +456,7 @@ class _Trainer:
             else:
                 meter.add(stats.tokens, time.perf_counter() - began)
             bar.update(1)
-            guard.record(done, stats.finite, result.checkpoint)
+            self.guard.record(done, stats.finite, result.checkpoint)
             if last:
                 break
             if cfg.eval_every and done % cfg.eval_every == 0 and not stopping:

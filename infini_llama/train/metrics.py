@@ -80,6 +80,8 @@ class MetricsLogger:
 
     A record is a flat dict with "kind" ("train", "val", "event") and "step"; numeric fields become scalars
     named "<kind>/<field>"; a "gates" field ((layers, heads) nested lists) becomes "gates/layer<i>/head<j>".
+    Every line is strict JSON: a non-finite number (the loss of a skipped step) is written as the string "NaN",
+    "Infinity" or "-Infinity", which `read_metrics` reads back as the float.
     """
 
     def __init__(
@@ -114,7 +116,7 @@ class MetricsLogger:
     def log(self, record: dict[str, Any]) -> None:
         if self.file is None:
             return
-        self.file.write(json.dumps(record) + "\n")
+        self.file.write(json.dumps(_strict_json(record), allow_nan=False) + "\n")
         self.file.flush()
         scalars = _scalars(record)
         if self.writer is not None:
@@ -167,6 +169,32 @@ def _scalars(record: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+# Non-finite floats as strict JSON has no numbers for them: the names Python's json module would write bare.
+NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _strict_json(value: Any) -> Any:
+    """`value` with every non-finite float replaced by its name in NON_FINITE (nested dicts and lists too)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+    if isinstance(value, dict):
+        return {key: _strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(item) for item in value]
+    return value
+
+
+def _from_strict_json(value: Any) -> Any:
+    """The inverse of `_strict_json`: the names of non-finite numbers become floats again."""
+    if isinstance(value, str):
+        return NON_FINITE.get(value, value)
+    if isinstance(value, dict):
+        return {key: _from_strict_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_from_strict_json(item) for item in value]
+    return value
+
+
 def drop_torn_line(path: Path) -> None:
     """Cut off a last line that has no newline: a run killed while appending leaves one. Its record is from
     after the last checkpoint, so the resumed run logs that step again."""
@@ -191,7 +219,8 @@ def drop_torn_line(path: Path) -> None:
 def read_metrics(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
     """Records of a metrics.jsonl (of one `kind` if given); for a step logged twice (a run resumed from a
     checkpoint older than its last log), the later record. A torn last line (a run killed mid-write) is
-    ignored."""
+    ignored. Non-finite numbers come back as floats, whether written as names (see `MetricsLogger`) or, by older
+    versions, as bare NaN / Infinity."""
     by_key: dict[tuple[str, int], dict] = {}
     text = Path(path).read_text(encoding="utf-8")
     lines = text.splitlines()
@@ -200,7 +229,7 @@ def read_metrics(path: str | Path, kind: str | None = None) -> list[dict[str, An
     for line in lines:
         if not line.strip():
             continue
-        record = json.loads(line)
+        record = _from_strict_json(json.loads(line))
         if kind is None or record.get("kind") == kind:
             by_key[(record.get("kind"), record.get("step"))] = record
     return sorted(by_key.values(), key=lambda r: r.get("step") or 0)

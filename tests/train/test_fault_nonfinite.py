@@ -7,10 +7,16 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import Wrapped, window_source
+from train_helpers import SignalAt, Wrapped, window_source
 
-from infini_llama.train import loop, train
-from infini_llama.train.checkpoint import checkpoint_path, latest_checkpoint, list_checkpoints, load_optimizer_state
+from infini_llama.train import loop, read_metrics, train
+from infini_llama.train.checkpoint import (
+    checkpoint_path,
+    latest_checkpoint,
+    list_checkpoints,
+    load_optimizer_state,
+    read_trainer_state,
+)
 from infini_llama.train.faults import RunError
 
 
@@ -116,3 +122,34 @@ def test_a_batch_with_an_id_outside_the_vocabulary_stops_the_run_naming_the_step
     with pytest.raises(RunError, match=r"batch 0 of step 3 holds token id 300, outside the model's vocabulary of 300"):
         train(cfg, batches=BadIds(window_source(cfg)))
     assert latest_checkpoint(cfg.out).name == "step_0000002"
+
+
+def test_a_run_of_bad_steps_goes_on_counting_across_a_resume(micro_cfg, monkeypatch):
+    # Bad steps 3 and 4, stopped by a signal after step 4, resumed into bad step 5: three in a row.
+    cfg = micro_cfg(max_bad_steps=3)
+    inner = window_source(cfg)
+    source = Poisoned(SignalAt(inner, at=3), bad_steps={3, 4, 5}, kind="loss")
+    source.install(monkeypatch)
+    first = train(cfg, batches=source)
+    assert first.stopped_by == "SIGTERM" and first.step == 4 and first.skipped_steps == [3, 4]
+    assert read_trainer_state(first.checkpoint)["non_finite"] == {"streak": [3, 4]}
+
+    source.inner = inner  # no second signal
+    with pytest.raises(RunError, match=r"steps 3-5: the loss or gradient was not finite 3 times in a row"):
+        train(micro_cfg(max_bad_steps=3, resume=True), batches=source)
+
+
+def test_a_non_finite_loss_is_logged_as_strict_json_and_read_back_as_a_float(micro_cfg, monkeypatch):
+    cfg = micro_cfg(steps=4, eval_every=0, save_every=0)
+    source = Poisoned(window_source(cfg), bad_steps={3}, kind="loss")
+    source.install(monkeypatch)
+    result = train(cfg, batches=source)
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line, parse_constant=refuse) for line in lines]  # every line is strict JSON
+    assert [r["loss"] for r in records if r["kind"] == "train" and r["step"] == 3] == ["NaN"]
+    losses = {r["step"]: r["loss"] for r in read_metrics(result.run_dir / "metrics.jsonl", "train")}
+    assert math.isnan(losses[3]) and all(math.isfinite(losses[s]) for s in (1, 2, 4))
