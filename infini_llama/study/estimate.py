@@ -1,0 +1,447 @@
+"""How long a study takes on this host: an estimate from a short probe before it starts, and the whole study's time
+left while it runs.
+
+The probe times a few training steps of each arm's model at its training shapes and a passkey batch at the training
+length and at the longest evaluation length, with the CPU threads each arm will have, on random tokens (no data, no
+tokenizer). Each stage's estimate is then its planned work at those rates: optimizer steps (plus validation passes
+and, for compiled stages, the compilation and the compiled speed-up, both modelled: compiling in the probe would
+take longer than the probe), and passkey batches at every length of every grid. The arms are laid onto `jobs` lanes
+in the order the study starts them.
+
+While the study runs, `StudyClock` recomputes the time left from the study folder: finished stages from their
+markers, a training stage from its metrics.jsonl (steps done and the measured tokens/s), and the stages after it
+scaled by how far the measured rates are from the probe's, so the ETA corrects itself on a busy host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from infini_llama.host import cpu_summary, describe_cpu
+from infini_llama.models import InfiniLlamaForCausalLM, causal_lm_loss, config_from_preset
+from infini_llama.study.arms import Arm
+from infini_llama.study.config import StudyConfig
+from infini_llama.study.stages import (
+    arm_stages,
+    candidate_lrs,
+    eval_lengths,
+    finetune_dir,
+    finetune_recipe,
+    layer_off_length,
+    passkey_tasks,
+    train_recipe,
+    training_length,
+)
+from infini_llama.train import TrainConfig
+from infini_llama.train.compile import resolve_compile
+from infini_llama.train.metrics import METRICS_FILE
+from infini_llama.train.setup import resolve_precision
+
+ESTIMATE_FILE = "estimate.json"
+PROBE_STEPS = 2  # timed training steps per shape, after one warm-up step
+# Compiled training, modelled (tiny preset, one CPU thread, torch 2.13): the Infini arm's per-segment memory ops
+# gain from fusion, 1.5x the eager tokens/s; full attention's large matmuls gain nothing. Compiling takes about 60 s
+# for the Infini arm with a cold Inductor cache and 5 s with a warm one, a few seconds for full attention.
+COMPILED_SPEEDUP = {"infini": 1.5}
+COMPILE_SECONDS = {"infini": 30.0}
+DEFAULT_COMPILE_SECONDS = 5.0
+REPORT_SECONDS = 15.0  # a seed's report: tables and figures
+ETA_EVERY_S = 30.0  # how often the whole study's time left is printed
+ANSWER_TOKENS = 6  # decoded per passkey sample: the key's digits and the token after them
+
+
+@dataclass
+class Stage:
+    """One stage's estimate; a training stage also knows its steps and run folder, to follow it while it runs."""
+
+    name: str
+    seconds: float
+    steps: int | None = None
+    step_seconds: float | None = None
+    tokens_per_step: int | None = None
+    run_dir: Path | None = None
+
+
+@dataclass
+class Task:
+    """One (seed, arm) of the study, as the runner runs it: its folder and its stages in order."""
+
+    label: str
+    root: Path
+    stages: list[Stage] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return sum(stage.seconds for stage in self.stages)
+
+
+@dataclass
+class ArmRates:
+    """What the probe measured for one arm's model: seconds per optimizer step of each training stage, and the
+    seconds of a passkey batch at two lengths (interpolated linearly between and beyond them)."""
+
+    step_seconds: dict[str, float]
+    eval_points: tuple[tuple[int, float], tuple[int, float]]
+    layers: int
+
+    def eval_batch(self, length: int) -> float:
+        (n0, s0), (n1, s1) = self.eval_points
+        if n1 == n0:
+            return s0 * length / n0
+        return max(s0 + (s1 - s0) * (length - n0) / (n1 - n0), s0 * min(1.0, length / n0))
+
+
+def probe_device(device: str) -> torch.device:
+    """The device the study's arms run on (the first GPU stands for every GPU)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _training_step_seconds(model, tcfg: TrainConfig, device: torch.device, generator: torch.Generator) -> float:
+    """Seconds of one optimizer step of `tcfg`'s shape (its micro-batches included), eager, at the run's precision."""
+    bf16 = resolve_precision(tcfg.precision, device) == "bf16"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr)
+    ids = torch.randint(model.config.vocab_size, (tcfg.batch_size, tcfg.seq_len), generator=generator).to(device)
+    times = []
+    for _ in range(1 + PROBE_STEPS):
+        _sync(device)
+        began = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            loss = causal_lm_loss(model(input_ids=ids, use_cache=False).logits, ids, reduction="sum")
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        times.append(time.perf_counter() - began)
+    micro = min(times[1:])  # the least disturbed by other work on a shared host
+    seconds = micro * tcfg.accumulation(1)
+    if resolve_compile(tcfg.compile, device):
+        seconds /= COMPILED_SPEEDUP.get(model.config.attention, 1.0)
+    return seconds
+
+
+@torch.no_grad()
+def _passkey_batch_seconds(runner, batch: int, length: int, device: torch.device, generator) -> float:
+    """Seconds to score one passkey batch as `evaluate_passkey` does: prefill, teacher forcing, greedy decoding."""
+    ids = torch.randint(runner.model.config.vocab_size, (batch, length), generator=generator).to(device)
+    _sync(device)
+    began = time.perf_counter()
+    last, state = runner.prefill(ids)
+    runner.teacher_forced(last, runner.fork(state), ids[:, :ANSWER_TOKENS])
+    runner.greedy(last, state, ANSWER_TOKENS)
+    _sync(device)
+    return time.perf_counter() - began
+
+
+def probe_arm(cfg: StudyConfig, arm: Arm, device: torch.device) -> ArmRates:
+    """Measure `arm`'s model on `device` with the threads this process has now; a few seconds for the tiny preset."""
+    from infini_llama.eval.inference import ChunkedLM
+
+    generator = torch.Generator().manual_seed(0)
+    fields = {**cfg.model, **arm.model, "attention": arm.attention}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        model = InfiniLlamaForCausalLM(config_from_preset(cfg.model_preset, **fields)).to(device).train()
+        layers = model.config.num_hidden_layers
+        # One shape per sequence length, the smaller batch: at these sizes a step's time is close to proportional
+        # to its sequences (within about 10% from 8 to 16), and the probe stays short.
+        steps = {"pretrain": train_recipe(cfg, arm, "pretrain"), "finetune": train_recipe(cfg, arm, "finetune")}
+        sequences = {stage: tcfg.batch_size * tcfg.accumulation(1) for stage, tcfg in steps.items()}
+        measured: dict[tuple, tuple[float, int]] = {}
+        for stage in sorted(steps, key=sequences.get):
+            tcfg = steps[stage]
+            shape = (tcfg.seq_len, resolve_compile(tcfg.compile, device), tcfg.precision)
+            if shape not in measured:
+                measured[shape] = (_training_step_seconds(model, tcfg, device, generator), sequences[stage])
+        step_seconds = {}
+        for stage, tcfg in steps.items():
+            seconds, probed = measured[(tcfg.seq_len, resolve_compile(tcfg.compile, device), tcfg.precision)]
+            step_seconds[stage] = seconds * sequences[stage] / probed
+        model.eval()
+        runner = ChunkedLM(model)
+        lengths = eval_lengths(cfg, arm)
+        _passkey_batch_seconds(runner, cfg.eval_batch_size, min(lengths), device, generator)  # warm-up
+        short, long = training_length(cfg, arm), max(lengths)
+        points = tuple((n, _passkey_batch_seconds(runner, cfg.eval_batch_size, n, device, generator))
+                       for n in dict.fromkeys((short, long)))  # fmt: skip
+    del model, runner
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return ArmRates(step_seconds, (points[0], points[-1]), layers)
+
+
+def _training_stage(name: str, tcfg: TrainConfig, step_seconds: float, attention: str, device, run_dir: Path) -> Stage:
+    validations = 1 + (tcfg.steps // tcfg.eval_every if tcfg.eval_every else 0)
+    # A validation pass: forward only (about a third of a step) over eval_windows sequences.
+    validation = math.ceil(tcfg.eval_windows / tcfg.batch_size) * step_seconds / tcfg.accumulation(1) / 3
+    compiling = COMPILE_SECONDS.get(attention, DEFAULT_COMPILE_SECONDS) if resolve_compile(tcfg.compile, device) else 0
+    seconds = tcfg.steps * step_seconds + validations * validation + compiling
+    tokens = tcfg.batch_size * tcfg.seq_len * tcfg.accumulation(1)
+    return Stage(name, seconds, tcfg.steps, step_seconds, tokens, run_dir)
+
+
+def arm_estimate(cfg: StudyConfig, arm: Arm, root: Path, rates: ArmRates, device: torch.device) -> Task:
+    """Every stage of `arm` (in `arm_stages` order) with its estimated seconds."""
+    batches = lambda samples: math.ceil(samples / cfg.eval_batch_size)  # noqa: E731
+    per_length = batches(cfg.eval_samples * len(cfg.eval_depths))
+    grid = sum(per_length * rates.eval_batch(n) for n in eval_lengths(cfg, arm))
+    costs: dict[str, Stage] = {}
+    pretrain = train_recipe(cfg, arm, "pretrain")
+    costs["pretrain"] = _training_stage("pretrain", pretrain, rates.step_seconds["pretrain"], arm.attention, device,
+                                        root / "pretrain")  # fmt: skip
+    for lr in candidate_lrs(cfg, arm):
+        name = finetune_dir(root, lr).name
+        costs[name] = _training_stage(name, finetune_recipe(cfg, arm, lr), rates.step_seconds["finetune"],
+                                      arm.attention, device, finetune_dir(root, lr))  # fmt: skip
+    selection = batches(cfg.selection_samples) * rates.eval_batch(training_length(cfg, arm))
+    costs["select"] = Stage("select", len(candidate_lrs(cfg, arm)) * selection)
+    for haystack in cfg.eval_haystacks:
+        for task in passkey_tasks(cfg, arm):
+            costs[f"{task}-{haystack}"] = Stage(f"{task}-{haystack}", grid)
+    # Perplexity reads whole windows at the longest length and projects every position onto the vocabulary.
+    longest = max(eval_lengths(cfg, arm))
+    windows = cfg.perplexity_windows / cfg.eval_batch_size
+    costs["perplexity"] = Stage("perplexity", 1.5 * windows * rates.eval_batch(longest))
+    costs["gates"] = Stage("gates", 0.0)
+    if cfg.layer_off_multiple is not None:
+        one_layer = per_length * rates.eval_batch(layer_off_length(cfg, arm))
+        costs["layers-off"] = Stage("layers-off", rates.layers * one_layer)
+    names = [name for name, _ in arm_stages(cfg, arm, root, str(device), progress=False)]
+    return Task(arm.name, root, [costs.get(name, Stage(name, 0.0)) for name in names])
+
+
+def lanes_seconds(task_seconds: list[float], jobs: int, busy: list[float] | None = None) -> float:
+    """When the last of `jobs` workers finishes: tasks start in order, each on the first worker free; `busy` holds
+    the time the workers still need for the tasks they run now."""
+    lanes = sorted((busy or []) + [0.0] * max(0, jobs - len(busy or [])))[:jobs] or [0.0]
+    for seconds in task_seconds:
+        lanes[lanes.index(min(lanes))] += seconds
+    return max(lanes)
+
+
+def duration(seconds: float) -> str:
+    """ "1 h 02 min", "12 min 05 s", "40 s"."""
+    seconds = max(0, round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"
+
+
+def _stage_group(name: str) -> str:
+    return "pretraining" if name == "pretrain" else "fine-tuning" if name.startswith("finetune-") else "evaluation"
+
+
+def estimate_study(tasks: list[tuple[StudyConfig, Arm, Path]], jobs: int, device: str,
+                   threads: int) -> tuple[list[Task], dict]:  # fmt: skip
+    """Probe every distinct arm model (`threads` CPU threads each, as the workers will have) and estimate every
+    task; returns the tasks' estimates and a record of the estimate (host, probe rates, seconds)."""
+    on = probe_device(device)
+    began = time.perf_counter()
+    rates: dict[str, ArmRates] = {}
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for seed_cfg, arm, _ in tasks:
+            if arm.name not in rates:
+                rates[arm.name] = probe_arm(seed_cfg, arm, on)
+    finally:
+        torch.set_num_threads(before)
+    estimates = []
+    for seed_cfg, arm, out in tasks:
+        task = arm_estimate(seed_cfg, arm, out / arm.name, rates[arm.name], on)
+        task.label = f"{out.name}/{arm.name}" if out.name == f"seed-{seed_cfg.seed}" else arm.name
+        estimates.append(task)
+    seeds = len({out for _, _, out in tasks})
+    total = lanes_seconds([t.seconds for t in estimates], jobs) + seeds * REPORT_SECONDS
+    record = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": describe_cpu() if on.type == "cpu" else {**describe_cpu(), "gpu": torch.cuda.get_device_name(on)},
+        "device": str(on), "jobs": jobs, "threads_per_arm": threads,
+        "probe_seconds": round(time.perf_counter() - began, 2),
+        "estimated_seconds": round(total, 1),
+        "rates": {name: {"step_seconds": r.step_seconds, "passkey_batch_seconds": dict(r.eval_points)}
+                  for name, r in rates.items()},
+        "tasks": {t.label: {s.name: round(s.seconds, 1) for s in t.stages} for t in estimates},
+    }  # fmt: skip
+    return estimates, record
+
+
+def estimate_lines(estimates: list[Task], record: dict) -> list[str]:
+    """What the study prints before it starts."""
+    on = record["host"].get("gpu") or cpu_summary(record["host"])
+    lines = [
+        f"[study] estimated time on this host ({on}): about {duration(record['estimated_seconds'])} for "
+        f"{len(estimates)} arms, {record['jobs']} at a time (probe: {record['probe_seconds']:.1f} s; "
+        "--no-estimate skips it)"
+    ]
+    arms = {task.label.rpartition("/")[2]: task for task in reversed(estimates)}  # every seed's arm costs the same
+    each = " (each seed)" if len(arms) < len(estimates) else ""
+    for name, task in reversed(arms.items()):
+        groups: dict[str, float] = {}
+        for stage in task.stages:
+            groups[_stage_group(stage.name)] = groups.get(_stage_group(stage.name), 0.0) + stage.seconds
+        parts = ", ".join(f"{group} {duration(seconds)}" for group, seconds in groups.items())
+        lines.append(f"[study]   {name}{each}: {parts}")
+    return lines
+
+
+def _clamp(ratio: float) -> float:
+    """A measured / estimated time ratio, kept within reason (a stage that took 0 s, a host paused for hours)."""
+    return min(max(ratio, 0.2), 5.0)
+
+
+def _last_train_record(run_dir: Path) -> dict | None:
+    """The last "train" record of a run's metrics.jsonl (read from its end), or None."""
+    path = run_dir / METRICS_FILE
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - 16384))
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("kind") == "train" and record.get("tokens_per_s"):
+            return record
+    return None
+
+
+class StudyClock:
+    """The whole study's time left, from the study folder and the estimates (`tasks` in the order they run).
+
+    A stage's estimate is scaled by how its task runs against the probe: the measured speed of the training stage
+    under way, else the finished stages' time against their estimates, else (a task not started) that of the others.
+    """
+
+    def __init__(self, tasks: list[Task], jobs: int, report_seconds: float) -> None:
+        self.tasks, self.jobs, self.report_seconds = tasks, jobs, report_seconds
+        self.started = time.time()
+
+    @staticmethod
+    def _finished(task: Task) -> tuple[float, float]:
+        """(seconds taken, seconds estimated) of the task's finished stages."""
+        actual = planned = 0.0
+        for stage in task.stages:
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                actual += json.loads((task.root / f"{stage.name}.done").read_text())["seconds"]
+                planned += stage.seconds
+        return actual, planned
+
+    def _task_left(self, task: Task, running: bool, fallback: float) -> tuple[float, float | None]:
+        """(seconds left, this task's measured / estimated time, None if nothing of it was measured yet)."""
+        actual, planned = self._finished(task)
+        ratio = _clamp(actual / planned) if actual > 0 and planned > 0 else None
+        left, current = 0.0, running
+        for stage in task.stages:
+            if (task.root / f"{stage.name}.done").is_file():
+                continue
+            if current:  # the stage under way
+                current = False
+                record = _last_train_record(stage.run_dir) if stage.run_dir is not None else None
+                if record is not None and stage.steps and stage.step_seconds:
+                    measured = stage.tokens_per_step / record["tokens_per_s"]
+                    ratio = _clamp(measured / stage.step_seconds)
+                    done = min(record["step"], stage.steps)
+                    fixed = stage.seconds - stage.steps * stage.step_seconds  # validation and compiling
+                    left += (stage.steps - done) * measured + fixed * ratio * (1 - done / stage.steps)
+                    continue
+                since = max([self.started] + [m.stat().st_mtime for m in task.root.glob("*.done")])
+                expected = stage.seconds * (ratio or fallback)
+                left += max(expected - (time.time() - since), 0.05 * expected)
+                continue
+            left += stage.seconds * (ratio or fallback)
+        return left, ratio
+
+    def seconds_left(self) -> float:
+        finished = [self._finished(task) for task in self.tasks]
+        actual, planned = sum(a for a, _ in finished), sum(p for _, p in finished)
+        overall = _clamp(actual / planned) if actual > 0 and planned > 0 else 1.0
+        unfinished = [t for t in self.tasks if not all((t.root / f"{s.name}.done").is_file() for s in t.stages)]
+        running, waiting = unfinished[: self.jobs], unfinished[self.jobs :]
+        busy, ratios = [], []
+        for task in running:
+            left, ratio = self._task_left(task, running=True, fallback=overall)
+            busy.append(left)
+            if ratio is not None:
+                ratios.append(ratio)
+        scale = sum(ratios) / len(ratios) if ratios else overall
+        pending = [self._task_left(task, running=False, fallback=scale)[0] for task in waiting]
+        reports = len({t.root.parent for t in self.tasks})
+        return lanes_seconds(pending, self.jobs, busy) + reports * self.report_seconds
+
+    def line(self) -> str:
+        left = self.seconds_left()
+        elapsed = time.time() - self.started
+        finish = datetime.now(timezone.utc) + timedelta(seconds=left)
+        done = 100 * elapsed / max(elapsed + left, 1e-9)
+        return f"[study] whole study: {done:.0f}% done, about {duration(left)} left (ETA {finish:%H:%M} UTC)"
+
+
+@contextlib.contextmanager
+def study_eta(tasks: list[Task] | None, jobs: int, every_s: float | None = None) -> Iterator[StudyClock | None]:
+    """While the block runs, print the whole study's time left every `every_s` seconds (default ETA_EVERY_S), above
+    any progress bar; nothing without estimates."""
+    if not tasks:
+        yield None
+        return
+    every_s = ETA_EVERY_S if every_s is None else every_s
+    clock = StudyClock(tasks, jobs, REPORT_SECONDS)
+    stop = threading.Event()
+
+    def report() -> None:
+        while not stop.wait(every_s):
+            with contextlib.suppress(Exception):  # a line of progress is never worth failing the study for
+                tqdm.write(clock.line())
+
+    thread = threading.Thread(target=report, name="study-eta", daemon=True)
+    thread.start()
+    try:
+        yield clock
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def announce_estimate(tasks: list[tuple[StudyConfig, Arm, Path]], out: Path, jobs: int, device: str) -> list[Task]:
+    """Probe this host, print the study's estimated duration (the time left, for a study continued) and write it
+    to `out`/estimate.json; returns the tasks' estimates for `study_eta`, or [] when every stage is done already."""
+    unfinished = [
+        (seed_cfg, arm, seed_out) for seed_cfg, arm, seed_out in tasks
+        if not all((seed_out / arm.name / f"{name}.done").is_file()
+                   for name, _ in arm_stages(seed_cfg, arm, seed_out / arm.name, device, progress=False))
+    ]  # fmt: skip
+    if not unfinished:
+        return []
+    threads = max(1, torch.get_num_threads() // jobs) if jobs > 1 else torch.get_num_threads()
+    estimates, record = estimate_study(tasks, jobs, device, threads)
+    lines = estimate_lines(estimates, record)
+    if any((task.root / f"{stage.name}.done").is_file() for task in estimates for stage in task.stages):
+        left = StudyClock(estimates, jobs, REPORT_SECONDS).seconds_left()
+        record["left_seconds"] = round(left, 1)
+        lines.insert(1, f"[study] continued: about {duration(left)} left")
+    print("\n".join(lines), flush=True)
+    (out / ESTIMATE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return estimates

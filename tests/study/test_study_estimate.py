@@ -1,0 +1,104 @@
+"""The study's duration: estimated before it starts from a short probe of each arm's model, and the whole study's
+time left while it runs, read from the study folder."""
+
+import json
+import time
+
+import pytest
+import torch
+
+from infini_llama.study import estimate, study_config
+from infini_llama.study.arms import expand_arms
+from infini_llama.study.estimate import Stage, StudyClock, Task, estimate_study, lanes_seconds, study_eta
+from infini_llama.study.stages import arm_stages
+
+MODEL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+             segment_len=16)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def micro_study(**overrides):
+    steps = dict(steps=30, eval_every=10, save_every=0, eval_windows=2, batch_size=4, compile=False)
+    fields = dict(
+        model=MODEL, pretrain=dict(seq_len=128, **steps), finetune=dict(seq_len=128, **{**steps, "batch_size": 2}),
+        eval_multiples=(1, 2), eval_depths=(0.0, 1.0), eval_samples=1, eval_batch_size=2, selection_samples=4,
+        perplexity_windows=1, perplexity_bucket=32,
+    )  # fmt: skip
+    return study_config("tiny", **{**fields, **overrides})
+
+
+def test_every_stage_is_estimated_from_a_short_probe(tmp_path):
+    cfg = micro_study(finetune_lr_grid=(1e-3, 2e-3))
+    tasks = [(cfg, arm, tmp_path) for arm in expand_arms(cfg)]
+    began = time.perf_counter()
+    estimates, record = estimate_study(tasks, jobs=2, device="cpu", threads=1)
+    assert time.perf_counter() - began < 10
+    for (_, arm, _), task in zip(tasks, estimates, strict=True):
+        names = [name for name, _ in arm_stages(cfg, arm, tmp_path / arm.name, "cpu", progress=False)]
+        assert [stage.name for stage in task.stages] == names
+        assert all(stage.seconds >= 0 for stage in task.stages)
+        pretrain, finetune = task.stages[0], task.stages[1]
+        assert pretrain.steps == 30 and pretrain.seconds > 30 * pretrain.step_seconds > 0  # plus validation
+        # Step time from the probe's shape, in proportion to the sequences of a step.
+        assert finetune.step_seconds == pytest.approx(pretrain.step_seconds / 2)
+        assert sum(s.seconds for s in task.stages[3:]) > 0  # the evaluations
+    # Two arms on two workers: the slower one, then the report.
+    assert record["estimated_seconds"] == pytest.approx(max(t.seconds for t in estimates) + estimate.REPORT_SECONDS,
+                                                        abs=0.1)  # fmt: skip
+    assert record["jobs"] == 2 and set(record["tasks"]) == {"infini", "full"}
+    assert record["host"]["cores"] >= 1 and "avx512" in record["host"]
+    json.dumps(record)  # written as estimate.json
+
+
+def test_arms_fill_the_first_free_worker_in_order():
+    assert lanes_seconds([3, 1, 2], jobs=2) == 3  # 3 | 1 + 2
+    assert lanes_seconds([3, 1, 2], jobs=1) == 6
+    assert lanes_seconds([2], jobs=2, busy=[5, 1]) == 5  # the waiting arm starts when the second worker is free
+    assert lanes_seconds([], jobs=4) == 0
+
+
+def _task(root, names=("pretrain", "finetune", "passkey")) -> Task:
+    stages = [Stage("pretrain", 100.0, steps=100, step_seconds=1.0, tokens_per_step=1000, run_dir=root / "pretrain"),
+              Stage("finetune", 50.0), Stage("passkey", 10.0)]  # fmt: skip
+    return Task(root.name, root, [s for s in stages if s.name in names])
+
+
+def test_the_clock_reads_the_time_left_from_the_study_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(estimate, "REPORT_SECONDS", 0.0)
+    a, b = tmp_path / "a", tmp_path / "b"
+    (a / "pretrain").mkdir(parents=True)
+    b.mkdir()
+    clock = StudyClock([_task(a), _task(b)], jobs=1, report_seconds=0.0)
+    assert clock.seconds_left() == pytest.approx(320, rel=0.01)  # nothing ran yet: one worker, both arms
+
+    # Half the pretraining done, at half the probe's speed: 50 steps of 2 s, and the later stages twice as long.
+    record = {"kind": "train", "step": 50, "loss": 1.0, "tokens_per_s": 500.0}
+    (a / "pretrain" / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    left_a = 50 * 2.0 + 2 * (50 + 10)
+    assert clock.seconds_left() == pytest.approx(left_a + 2 * 160, rel=0.01)  # b waits, scaled the same
+
+    # a finished; its stages took twice the estimate, so b is expected to as well.
+    for name, seconds in (("pretrain", 200), ("finetune", 100), ("passkey", 20)):
+        (a / f"{name}.done").write_text(json.dumps({"seconds": seconds}))
+    assert clock.seconds_left() == pytest.approx(320, rel=0.01)  # b runs now, no rate of its own: a's
+    for name in ("pretrain", "finetune", "passkey"):
+        (b / f"{name}.done").write_text(json.dumps({"seconds": 1}))
+    assert clock.seconds_left() == 0
+    assert "whole study: " in clock.line() and "ETA" in clock.line()
+
+
+def test_the_whole_study_eta_is_printed_while_the_block_runs(tmp_path, capsys):
+    with study_eta([_task(tmp_path)], jobs=1, every_s=0.05) as clock:
+        time.sleep(0.3)
+    assert clock is not None
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[study] whole study:")]
+    assert lines and "left (ETA" in lines[0]
+    with study_eta([], jobs=1) as clock:  # no estimate (--no-estimate): nothing
+        assert clock is None
