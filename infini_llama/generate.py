@@ -1,4 +1,5 @@
-"""`infini-llama generate`: continue a (long) prompt file with a checkpoint, printing the continuation.
+"""`infini-llama generate` (its parser: `infini_llama.cli.generate`): continue a (long) prompt file with a
+checkpoint, printing the continuation.
 
 The prompt is fed chunk by chunk into the model's cache (an InfiniCache for our models: one memory plus one
 unfinished segment per layer, whatever the prompt length; a DynamicCache for other causal LMs), with a progress
@@ -12,12 +13,13 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import unicodedata
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedTokenizerBase, TextStreamer
+from transformers import DynamicCache, PreTrainedTokenizerBase, TextStreamer
 from transformers.cache_utils import Cache
 
 from infini_llama.data import load_tokenizer
@@ -27,29 +29,6 @@ from infini_llama.models.hf_compat import GENERATE_CACHE_NAME, forward_cache_nam
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "generate",
-        help="continue a prompt file with a checkpoint",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--checkpoint", required=True, help="model folder written by save_pretrained")
-    parser.add_argument("--prompt-file", required=True, help="UTF-8 text file holding the prompt")
-    parser.add_argument(
-        "--tokenizer",
-        help="tokenizer folder or name (default: the one saved in --checkpoint, else the built-in BPE)",
-    )
-    parser.add_argument("--max-new-tokens", type=int, default=100)
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 for greedy decoding")
-    parser.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens (0: all)")
-    parser.add_argument("--chunk-size", type=int, help="prompt tokens per forward call (default: the segment)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    parser.set_defaults(func=run)
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -64,10 +43,41 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def load_checkpoint(path: str, dtype: str, device: str) -> nn.Module:
-    folder = Path(path).expanduser()
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{path!r} is not a model folder (no config.json); pass a save_pretrained folder")
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype]).to(device).eval()
+    """The model in `path`, in eval mode on `device`; a folder the trainer wrote is checked against its manifest
+    first (see `eval.checkpoint.load_model`)."""
+    from infini_llama.eval.checkpoint import load_model
+
+    return load_model(path, dtype=dtype, device=device)
+
+
+def read_prompt(path: str) -> str:
+    """The prompt file's text, or an error naming what is wrong with it (checked before the model loads)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"prompt file {path!r} does not exist")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"prompt file {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if not text.strip():
+        raise ValueError(f"prompt file {path!r} is empty; write the text to continue into it")
+    return text
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (escape sequences, carriage returns, NUL, ...) escaped, new lines and tabs
+    kept: generated text must not drive the terminal."""
+    return "".join(
+        ch if ch in "\n\t" or not unicodedata.category(ch).startswith("C") else ch.encode("unicode_escape").decode()
+        for ch in text
+    )
+
+
+class SafeStreamer(TextStreamer):
+    """A TextStreamer that prints through `printable`."""
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        super().on_finalized_text(printable(text), stream_end)
 
 
 def load_generation_tokenizer(checkpoint: str, tokenizer: str | None, vocab_size: int) -> PreTrainedTokenizerBase:
@@ -91,7 +101,12 @@ def prefill(model: nn.Module, input_ids: torch.Tensor, chunk_size: int, progress
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check the options, the checkpoint folder and the prompt file, then load the model and generate."""
+    from infini_llama.eval.checkpoint import check_manifest
+
     check_arguments(args)
+    check_manifest(args.checkpoint)
+    text = read_prompt(args.prompt_file)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_checkpoint(args.checkpoint, args.dtype, device)
     tokenizer = load_generation_tokenizer(args.checkpoint, args.tokenizer, model.config.vocab_size)
@@ -100,7 +115,6 @@ def run(args: argparse.Namespace) -> int:
             f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}: "
             "pass the tokenizer the model was trained with (--tokenizer)"
         )
-    text = Path(args.prompt_file).read_text(encoding="utf-8")
     input_ids = tokenizer(text, return_tensors="pt")["input_ids"].to(device)
     if input_ids.shape[1] == 0:
         raise ValueError(f"prompt file {args.prompt_file!r} holds no tokens")
@@ -117,6 +131,6 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature if sampling else None,
         top_k=args.top_k if sampling else None,
         pad_token_id=tokenizer.pad_token_id,
-        streamer=TextStreamer(tokenizer, skip_prompt=True),
+        streamer=SafeStreamer(tokenizer, skip_prompt=True),
     )
     return 0

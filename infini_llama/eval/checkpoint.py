@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from pathlib import Path
@@ -20,16 +21,43 @@ def default_device() -> str:
 
 
 def require_checkpoint(checkpoint: str | os.PathLike) -> Path:
-    """The checkpoint folder as a Path, or FileNotFoundError saying what is missing."""
+    """The checkpoint folder as a Path, or FileNotFoundError saying what is missing (with "did you mean RUN/final?"
+    for a training run's folder), or ValueError for a config.json that is not a JSON object."""
     path = Path(checkpoint).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(
             f"checkpoint folder {str(checkpoint)!r} does not exist; pass a folder written by `save_pretrained` "
             "(the trainer's RUN/final and RUN/checkpoints/step_N folders are)"
         )
-    if not (path / "config.json").is_file():
+    config = path / "config.json"
+    if not config.is_file():
+        if (path / "final" / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{str(checkpoint)!r} is a training run's folder, not a model folder: did you mean "
+                f"{str(path / 'final')!r}?"
+            )
+        if not any(path.iterdir()):
+            raise FileNotFoundError(f"checkpoint folder {str(checkpoint)!r} is empty; pass a model folder")
         raise FileNotFoundError(f"{path} has no config.json: it is not a Hugging Face checkpoint folder")
+    try:
+        if not isinstance(json.loads(config.read_text(encoding="utf-8")), dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"{config} is damaged: it is not a JSON object ({exc}); restore it or pass another checkpoint"
+        ) from None
     return path
+
+
+def check_manifest(checkpoint: str | os.PathLike) -> Path:
+    """`require_checkpoint`, and for a folder the trainer wrote (it has a `manifest.json`) its checksums: a damaged
+    file raises CheckpointError (a ValueError) naming it. Every command that loads weights calls this first."""
+    from infini_llama.train.manifest import MANIFEST, verify_folder
+
+    path = Path(checkpoint).expanduser()
+    if (path / MANIFEST).is_file():  # before config.json is read: the manifest names what is damaged
+        verify_folder(path)
+    return require_checkpoint(path)
 
 
 def load_model(checkpoint: str | os.PathLike, *, dtype: str = "float32", device: str | None = None) -> nn.Module:
@@ -40,13 +68,11 @@ def load_model(checkpoint: str | os.PathLike, *, dtype: str = "float32", device:
     file raises CheckpointError (a ValueError) naming it. Weights load from safetensors or, for other
     models' pickled `pytorch_model.bin`, through `torch.load(weights_only=True)`, which refuses anything but
     tensors and plain data."""
-    from infini_llama.train.manifest import MANIFEST, CheckpointError, verify_folder
+    from infini_llama.train.manifest import CheckpointError
 
-    path = require_checkpoint(checkpoint)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    if (path / MANIFEST).is_file():
-        verify_folder(path)
+    path = check_manifest(checkpoint)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
     except pickle.UnpicklingError as exc:

@@ -16,7 +16,7 @@ def _figure(width: float = 6.4, height: float = 4.0):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise ImportError("the report's figures need matplotlib: pip install 'infini-llama[report]'") from exc
+        raise ImportError("the report's figures need matplotlib: pip install matplotlib") from exc
     figure = Figure(figsize=(width, height), dpi=120)
     FigureCanvasAgg(figure)
     return figure

@@ -13,7 +13,6 @@ import argparse
 import datetime
 import json
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -226,23 +225,8 @@ def _gates_section(runs: list[dict], out: Path, figures: list[str]) -> list[str]
     return md
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "report",
-        help="Markdown report comparing evaluation runs",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("runs", nargs="+", help="run folders of `infini-llama eval` (or folders holding them)")
-    parser.add_argument("--out", required=True, help="folder for report.md, report.json and the figures")
-    parser.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> int:
-    try:
-        path = build_report(args.runs, args.out)
-    except FileNotFoundError as exc:
-        print(f"infini-llama report: error: {exc}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    """`infini-llama report` (its parser: `infini_llama.cli.report`)."""
+    path = build_report(args.runs, args.out)
     print(f"wrote {path}")
     return 0

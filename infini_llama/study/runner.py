@@ -20,7 +20,6 @@ import io
 import json
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -34,7 +33,9 @@ from infini_llama.study.config import StudyConfig
 from infini_llama.study.report import write_across_report, write_seed_report
 from infini_llama.study.results import across_seeds, seed_results
 from infini_llama.study.stages import arm_stages
+from infini_llama.study.summary import summary_table
 from infini_llama.train import hf_progress_bars_off
+from infini_llama.train.rundir import clear_folder, folder_listing
 
 STUDY_FILE = "study.json"
 
@@ -99,6 +100,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
         summary = across_seeds(cfg, per_seed)
         (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
         write_across_report(cfg, out, summary, command)
+    print(summary_table(summary if len(studies) > 1 else per_seed[cfg.seeds[0]]), flush=True)
     print(f"[study] done in {time.time() - started:.0f} s this run; report: {path}")
     return path
 
@@ -192,7 +194,8 @@ class _LinePrefix(io.TextIOBase):
 
 
 def _claim_folder(out: Path, cfg: StudyConfig, overwrite: bool) -> None:
-    """Refuse a folder that holds something else or another study; record this study's config."""
+    """Refuse a folder that holds something else or another study; record this study's config. `overwrite` deletes
+    only a folder holding a study (its study.json), as `train --overwrite` deletes only a run (`clear_folder`)."""
     wanted = json.loads(json.dumps(dataclasses.asdict(cfg)))
     file = out / STUDY_FILE
     if file.is_file():
@@ -211,9 +214,18 @@ def _claim_folder(out: Path, cfg: StudyConfig, overwrite: bool) -> None:
             )
         if saved == wanted:
             return
-    elif out.exists() and any(out.iterdir()) and not overwrite:
-        raise StudyError(f"{str(out)!r} is not empty and holds no study; choose a new or empty folder")
-    if overwrite and out.exists():
-        shutil.rmtree(out)
+    elif out.exists() and not out.is_dir():
+        raise StudyError(f"--out {str(out)!r} is a file; pass a folder for the study")
+    elif out.exists() and any(out.iterdir()):
+        raise StudyError(
+            f"{str(out)!r} is not empty and holds no study (no {STUDY_FILE}; it holds {folder_listing(out)}); "
+            + ("--overwrite deletes only a study's folder; " if overwrite else "")
+            + "choose a new or empty folder"
+        )
+    if overwrite and file.is_file():
+        try:
+            clear_folder(out, STUDY_FILE, "a study")
+        except ValueError as exc:
+            raise StudyError(str(exc)) from None
     out.mkdir(parents=True, exist_ok=True)
     file.write_text(json.dumps(wanted, indent=2) + "\n")

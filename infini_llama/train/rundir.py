@@ -46,7 +46,8 @@ def check_run_dir(path: Path, *, resume: bool, overwrite: bool) -> str:
         return "new"
     if not (path / RUN_FILE).is_file():
         raise ValueError(
-            f"--out {str(path)!r} is not empty and holds no run (no {RUN_FILE}); choose a new or empty folder"
+            f"--out {str(path)!r} is not empty and holds no run (no {RUN_FILE}; it holds {folder_listing(path)}); "
+            "choose a new or empty folder"
         )
     if resume:
         return "resume"
@@ -58,13 +59,32 @@ def check_run_dir(path: Path, *, resume: bool, overwrite: bool) -> str:
     )
 
 
-def clear_run_dir(path: Path) -> None:
-    """Delete the contents of a run folder (only called on a folder `check_run_dir` found to hold a run)."""
+def folder_listing(path: Path, shown: int = 4) -> str:
+    """A few of the entries of `path` for a message: "a.txt, data/, notes.md and 12 more"."""
+    names = sorted(f"{p.name}/" if p.is_dir() else p.name for p in path.iterdir())
+    listed = ", ".join(names[:shown])
+    return f"{listed} and {len(names) - shown} more" if len(names) > shown else listed
+
+
+def clear_folder(path: Path, marker: str, what: str) -> None:
+    """Delete the contents of `path` if it is a folder of ours, one holding the `marker` file that the command which
+    made it writes first (run.json for a run, study.json for a study); otherwise raise ValueError listing a few of
+    the entries it would have deleted, and touch nothing. Links inside are removed, never followed."""
+    if not (path / marker).is_file():
+        raise ValueError(
+            f"refusing to delete {str(path)!r}: it holds no {marker}, so it is not {what} (it holds "
+            f"{folder_listing(path)}); choose a new or empty folder"
+        )
     for child in path.iterdir():
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
         else:
             child.unlink()
+
+
+def clear_run_dir(path: Path) -> None:
+    """Delete the contents of a run folder (see `clear_folder`)."""
+    clear_folder(path, RUN_FILE, "a training run")
 
 
 def read_run_file(path: Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from infini_llama.cli import build_parser
 from infini_llama.study import expand_arms, study_config
 from infini_llama.study import stages as study_stages
 from infini_llama.study.arms import counterparts
-from infini_llama.study.cli import parse_sets
+from infini_llama.study.settings import study_settings
 from infini_llama.study.report import describe_study
 from infini_llama.study.sweeps import parse_ablation, parse_sweep
 
@@ -121,9 +121,9 @@ def test_study_command_line(tmp_path):
     assert args.seeds == [0, 1, 2, 3, 4] and args.seed is None
     with pytest.raises(SystemExit):
         parse(["study", "--out", "o", "--seeds", "0,1", "--seed", "2"])
-    assert parse_sets(["pretrain.steps=10", "eval_multiples=1,2", "eval_rope_scaling.rope_type=yarn"]) == {
+    assert study_settings(["pretrain.steps=10", "eval_multiples=1,2", "eval_rope_scaling.rope_type=yarn"]) == {
         "pretrain": {"steps": 10},
-        "eval_multiples": [1, 2],
+        "eval_multiples": (1.0, 2.0),
         "eval_rope_scaling": {"rope_type": "yarn"},
     }
     cfg = study_config("tiny", eval_rope_scaling={"rope_type": "yarn", "factor": 8})

@@ -1,0 +1,166 @@
+"""A study's `--set KEY=VALUE` and `--config FILE` values, checked and typed before anything is written or started.
+
+Keys: a StudyConfig field (`eval_samples`, `finetune_lr_grid`, ...), a training value of one stage
+(`pretrain.<field>`, `finetune.<field>`: TrainConfig fields), a model field (`model.<field>`, or the field's bare
+name as `train --set` spells it: `segment_len`), a passkey fine-tuning option (`passkey.<option>`) or a key of the
+evaluation's RoPE scaling (`eval_rope_scaling.rope_type`, `eval_rope_scaling.factor`). An unknown key is named with
+the close matches and the valid keys; a value of the wrong type with the key, the type expected and the value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from infini_llama.study.config import StudyConfig
+from infini_llama.study.sweeps import STAGES
+from infini_llama.train.overrides import MODEL_FIELDS, TRAIN_FIELDS, _coerce, _coerce_model, load_config_file
+
+# Set through their own options (--preset, --seeds, --sweep, --ablate), not --set.
+OWN_OPTIONS = {"preset": "--preset", "seeds": "--seeds", "sweeps": "--sweep", "ablations": "--ablate"}
+STUDY_FIELDS: dict[str, Any] = {
+    name: hint for name, hint in typing.get_type_hints(StudyConfig).items() if name not in OWN_OPTIONS
+}
+SECTIONS = (*STAGES, "model", "passkey", "eval_rope_scaling")
+# PasskeyBatchSource options a study may set (the rest it sets itself from the arm and the recipe).
+PASSKEY_OPTIONS: dict[str, str] = {
+    "key_digits": "int",
+    "depths": "numbers",
+    "haystacks": "names",
+    "loss": "str",
+    "pack_min_len": "int | None",
+    "validation_batches": "int",
+    "curriculum_steps": "int",
+}
+ROPE_KEYS = {"rope_type": str, "factor": float}
+
+
+def valid_keys() -> list[str]:
+    """Every key --set takes, sections written as `section.<field>`."""
+    return sorted(STUDY_FIELDS) + [f"{section}.<field>" for section in SECTIONS]
+
+
+def unknown_key(key: str, choices: Sequence[str], what: str) -> ValueError:
+    close = difflib.get_close_matches(key, choices, n=3)
+    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    return ValueError(f"unknown {what} {key!r}{hint}; valid: {', '.join(choices)}")
+
+
+def check_setting(key: str, value: Any) -> tuple[str, str | None, Any]:
+    """(field, sub-key or None, typed value) of one setting, or a ValueError naming what is wrong."""
+    section, dot, name = key.partition(".")
+    if not dot:
+        if key in OWN_OPTIONS:
+            raise ValueError(f"{key} is set with {OWN_OPTIONS[key]}, not --set")
+        if key in MODEL_FIELDS:  # `train --set segment_len=32` spelling
+            return "model", key, _coerce_model(key, value)
+        if key not in STUDY_FIELDS:
+            every = sorted(STUDY_FIELDS) + sorted(MODEL_FIELDS) + [f"{s}.{n}" for s in STAGES for n in TRAIN_FIELDS]
+            close = difflib.get_close_matches(key, every, n=3)
+            hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+            raise ValueError(f"unknown setting {key!r}{hint}; valid: {', '.join(valid_keys())}")
+        return key, None, coerce_study_field(key, value)
+    if section in STAGES:
+        if name not in TRAIN_FIELDS or name in ("model", "out", "preset"):
+            fields = sorted(set(TRAIN_FIELDS) - {"model", "out", "preset"})
+            raise unknown_key(name, fields, f"training field of {section}.")
+        return section, name, _coerce(key, value, TRAIN_FIELDS[name])
+    if section == "model":
+        if name not in MODEL_FIELDS:
+            raise unknown_key(name, sorted(MODEL_FIELDS), "model field model.")
+        return section, name, _coerce_model(name, value)
+    if section == "passkey":
+        if name not in PASSKEY_OPTIONS:
+            raise unknown_key(name, sorted(PASSKEY_OPTIONS), "passkey option passkey.")
+        return section, name, _coerce_passkey(key, value, PASSKEY_OPTIONS[name])
+    if section == "eval_rope_scaling":
+        if name not in ROPE_KEYS:
+            raise unknown_key(name, sorted(ROPE_KEYS), "key eval_rope_scaling.")
+        return section, name, _coerce(key, value, ROPE_KEYS[name])
+    every = sorted(STUDY_FIELDS) + [f"{s}.{n}" for s in STAGES for n in TRAIN_FIELDS]
+    close = difflib.get_close_matches(key, every, n=3)
+    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    raise ValueError(
+        f"unknown setting {key!r}{hint}; sections: {', '.join(SECTIONS)}; valid: {', '.join(valid_keys())}"
+    )
+
+
+def coerce_study_field(name: str, value: Any) -> Any:
+    """`value` as the type of StudyConfig field `name`, or a ValueError with the key, the type and the value."""
+    hint = STUDY_FIELDS[name]
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]
+        items = value if isinstance(value, (list, tuple)) else [value]
+        try:
+            return tuple(_coerce(name, item, args[0]) for item in items)
+        except ValueError:
+            kind = {int: "integers", float: "numbers", str: "names"}.get(args[0], str(args[0]))
+            raise ValueError(f"{name} must be {kind} separated by commas, got {value!r}") from None
+    if any(typing.get_origin(a) is dict for a in (hint, *args)):
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+            return None
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise ValueError(f"{name} must be a mapping (set its keys as {name}.<key>=...), got {value!r}")
+    if hint is bool and isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return _coerce(name, value, hint)
+
+
+def _coerce_passkey(key: str, value: Any, kind: str) -> Any:
+    if kind == "numbers":
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return [_coerce(key, item, float) for item in items]
+    if kind == "names":
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return [str(item) for item in items]
+    if kind == "int | None":
+        return _coerce(key, value, int | None)
+    return _coerce(key, value, {"int": int, "str": str}[kind])
+
+
+def study_settings(sets: Sequence[str] = (), config_file: str | None = None) -> dict[str, Any]:
+    """The overrides of `study_config(preset, **overrides)` from a config file (a mapping of the same keys, sections
+    nested or dotted) and then `--set` items, every one checked and typed."""
+    from infini_llama.study.sweeps import parse_value
+
+    items: list[tuple[str, Any]] = []
+    if config_file:
+        for key, value in load_config_file(config_file).items():
+            if isinstance(value, Mapping) and key in SECTIONS:
+                items += [(f"{key}.{name}", sub) for name, sub in value.items()]
+            else:
+                items.append((str(key), value))
+    for item in sets:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r} (e.g. --set pretrain.steps=100)")
+        items.append((key.strip(), parse_value(text)))
+    overrides: dict[str, Any] = {}
+    for key, value in items:
+        field, name, typed = check_setting(key, value)
+        if name is None:
+            overrides[field] = typed
+        else:
+            overrides.setdefault(field, {})[name] = typed
+    return overrides
+
+
+def check_study(cfg: StudyConfig) -> None:
+    """Build what every arm of `cfg` will build (its model config and the TrainConfig of each stage) and validate
+    it, so that a value that cannot work is refused before the study folder is touched."""
+    from infini_llama.models import config_from_preset
+    from infini_llama.study.arms import expand_arms
+    from infini_llama.study.stages import train_recipe
+
+    for arm in expand_arms(cfg):
+        model = {**cfg.model, **arm.model, "attention": arm.attention}  # as study.stages builds it
+        for stage in STAGES:
+            try:
+                tcfg = train_recipe(cfg, arm, stage, model=model)
+                tcfg.validate()
+                config_from_preset(tcfg.preset, **tcfg.model)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{stage} of arm {arm.name}: {exc}") from None
