@@ -83,6 +83,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
+        "--no-estimate", action="store_true",
+        help="skip the probe (a few seconds) that prints the study's estimated duration on this host at its start, "
+        "and the whole study's time left printed as it runs",
+    )  # fmt: skip
+    parser.add_argument(
         "--jobs", type=int, default=None,
         help="arms trained at once, each in its own process with a share of the CPU threads (default: one per "
         "CPU core up to the number of arms on CPU, one per GPU on GPUs: with several GPUs each process keeps one)",

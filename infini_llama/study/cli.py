@@ -37,6 +37,7 @@ def main(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             jobs=args.jobs,
             command=args.command_line,
+            estimate=not args.no_estimate,
         )
     except (StudyError, ValueError, TypeError, FileNotFoundError) as exc:
         if debugging():

@@ -30,6 +30,7 @@ import torch
 from infini_llama.eval import build_report
 from infini_llama.study.arms import Arm, expand_arms
 from infini_llama.study.config import StudyConfig
+from infini_llama.study.estimate import announce_estimate, study_eta
 from infini_llama.study.report import write_across_report, write_seed_report
 from infini_llama.study.results import across_seeds, seed_results
 from infini_llama.study.stages import arm_stages
@@ -52,7 +53,8 @@ def seed_studies(cfg: StudyConfig, out: Path) -> list[tuple[StudyConfig, Path]]:
 
 
 def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, device: str = "auto",
-              progress: bool = True, jobs: int | None = None, command: str | None = None) -> Path:  # fmt: skip
+              progress: bool = True, jobs: int | None = None, command: str | None = None,
+              estimate: bool = True) -> Path:  # fmt: skip
     """Run (or continue) the study `cfg` in the folder `out`; returns the path of REPORT.md.
 
     Every (seed, arm) is a task; `jobs` tasks run at once, each in its own process with an equal share of the CPU
@@ -60,7 +62,8 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
     second thread; on GPUs one per GPU, so arms do not compete for one GPU's memory). With several GPUs each worker
     process keeps one GPU (worker i the i-th, modulo their number), so `jobs` a multiple of the GPUs spreads the
     arms evenly. Progress bars are shown only when one task runs at a time. `command`, the command line that ran
-    the study, is written into the reports."""
+    the study, is written into the reports. With `estimate`, a short probe first prints how long the study will take
+    on this host (written to estimate.json), and the whole study's time left is printed as it runs."""
     out = Path(out)
     _claim_folder(out, cfg, overwrite)
     studies = seed_studies(cfg, out)
@@ -72,28 +75,30 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
     if jobs < 1:
         raise StudyError(f"jobs must be at least 1, got {jobs}")
     jobs = min(jobs, len(tasks))
+    estimates = announce_estimate(tasks, out, jobs, device) if estimate else []
     started = time.time()
-    if jobs == 1:
-        for seed_cfg, arm, seed_out in tasks:
-            _run_arm(seed_cfg, arm, seed_out, device, progress)
-    else:
-        threads = max(1, torch.get_num_threads() // jobs)
-        gpus = visible_gpus() if device in ("auto", "cuda") and uses_gpu(device) else []  # not for "cuda:1"
-        where = f" over {len(gpus)} GPUs" if len(gpus) > 1 else ""
-        print(f"[study] {len(tasks)} arms, {jobs} at a time{where}, {threads} CPU thread(s) each", flush=True)
-        context = multiprocessing.get_context("spawn")
-        counter = context.Value("i", 0)
-        pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_pin_gpu, initargs=(counter, gpus))
-        with pool:
-            futures = [pool.submit(_run_arm, *task, device, False, threads) for task in tasks]
-            try:
-                for future in futures:
-                    future.result()
-            except BaseException as exc:
-                # Say so now, not after every other arm: arms not yet started are dropped, running ones finish.
-                print(f"[study] an arm failed ({type(exc).__name__}); waiting for the running arms", flush=True)
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+    with study_eta(estimates, jobs):  # the whole study's time left, every half minute
+        if jobs == 1:
+            for seed_cfg, arm, seed_out in tasks:
+                _run_arm(seed_cfg, arm, seed_out, device, progress)
+        else:
+            threads = max(1, torch.get_num_threads() // jobs)
+            gpus = visible_gpus() if device in ("auto", "cuda") and uses_gpu(device) else []  # not for "cuda:1"
+            where = f" over {len(gpus)} GPUs" if len(gpus) > 1 else ""
+            print(f"[study] {len(tasks)} arms, {jobs} at a time{where}, {threads} CPU thread(s) each", flush=True)
+            context = multiprocessing.get_context("spawn")
+            counter = context.Value("i", 0)
+            pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_pin_gpu, initargs=(counter, gpus))
+            with pool:
+                futures = [pool.submit(_run_arm, *task, device, False, threads) for task in tasks]
+                try:
+                    for future in futures:
+                        future.result()
+                except BaseException as exc:
+                    # Say so now, not after every other arm: arms not yet started are dropped, running ones finish.
+                    print(f"[study] an arm failed ({type(exc).__name__}); waiting for the running arms", flush=True)
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
     per_seed = {seed_cfg.seed: _seed_report(seed_cfg, seed_out, command) for seed_cfg, seed_out in studies}
     path = out / "REPORT.md"
     if len(studies) > 1:

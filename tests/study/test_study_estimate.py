@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from infini_llama.study import estimate, study_config
+from infini_llama.study import estimate, run_study, study_config
 from infini_llama.study.arms import expand_arms
 from infini_llama.study.estimate import Stage, StudyClock, Task, estimate_study, lanes_seconds, study_eta
 from infini_llama.study.stages import arm_stages
@@ -102,3 +102,37 @@ def test_the_whole_study_eta_is_printed_while_the_block_runs(tmp_path, capsys):
     assert lines and "left (ETA" in lines[0]
     with study_eta([], jobs=1) as clock:  # no estimate (--no-estimate): nothing
         assert clock is None
+
+
+def test_a_study_prints_its_estimate_first_and_the_whole_study_eta_as_it_runs(tmp_path, capsys, monkeypatch):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"Sentence number {i} tells of the sea and the whale." for i in range(1500)))
+    steps = dict(steps=3, eval_every=0, save_every=0, eval_windows=2, batch_size=4, log_every=1, compile=False)
+    cfg = micro_study(pretrain=dict(data=[str(corpus)], seq_len=128, **steps), finetune=dict(seq_len=128, **steps),
+                      eval_haystacks=("repeat",), layer_off_multiple=None)  # fmt: skip
+    monkeypatch.setattr(estimate, "ETA_EVERY_S", 0.5)
+    run_study(cfg, tmp_path / "study", device="cpu", progress=False, jobs=1)
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("[study] estimated time on this host (")
+    assert "[study]   infini: pretraining" in out and "[study] whole study: " in out
+    saved = json.loads((tmp_path / "study" / "estimate.json").read_text())
+    assert saved["estimated_seconds"] > 0 and set(saved["tasks"]) == {"infini", "full"}
+
+    # Continued when finished: nothing left to estimate, no probe. Without the estimate: neither.
+    run_study(cfg, tmp_path / "study", device="cpu", progress=False, jobs=1)
+    assert "estimated time" not in capsys.readouterr().out
+    run_study(cfg, tmp_path / "other", device="cpu", progress=False, jobs=1, estimate=False)
+    out = capsys.readouterr().out
+    assert "estimated time" not in out and "whole study" not in out
+    assert not (tmp_path / "other" / "estimate.json").exists()
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-estimate"]], ids=["default", "no-estimate"])
+def test_no_estimate_skips_the_probe(tmp_path, monkeypatch, flag):
+    from infini_llama.cli import main
+    from infini_llama.study import runner
+
+    seen = {}
+    monkeypatch.setattr(runner, "run_study", lambda cfg, out, **kwargs: seen.update(kwargs))
+    assert main(["study", "--preset", "tiny", "--out", str(tmp_path / "s"), "--no-progress", *flag]) == 0
+    assert seen["estimate"] is (not flag)
