@@ -436,7 +436,11 @@ def announce_estimate(tasks: list[tuple[StudyConfig, Arm, Path]], out: Path, job
     if not unfinished:
         return []
     threads = max(1, torch.get_num_threads() // jobs) if jobs > 1 else torch.get_num_threads()
-    estimates, record = estimate_study(tasks, jobs, device, threads)
+    try:
+        estimates, record = estimate_study(tasks, jobs, device, threads)
+    except Exception as exc:  # e.g. out of memory without the run's activation checkpointing: the study runs on
+        print(f"[study] no estimate of the study's duration: the probe failed ({type(exc).__name__}: {exc})")
+        return []
     lines = estimate_lines(estimates, record)
     if any((task.root / f"{stage.name}.done").is_file() for task in estimates for stage in task.stages):
         left = StudyClock(estimates, jobs, REPORT_SECONDS).seconds_left()

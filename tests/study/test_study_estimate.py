@@ -136,3 +136,14 @@ def test_no_estimate_skips_the_probe(tmp_path, monkeypatch, flag):
     monkeypatch.setattr(runner, "run_study", lambda cfg, out, **kwargs: seen.update(kwargs))
     assert main(["study", "--preset", "tiny", "--out", str(tmp_path / "s"), "--no-progress", *flag]) == 0
     assert seen["estimate"] is (not flag)
+
+
+def test_a_probe_that_fails_leaves_the_study_without_an_estimate(tmp_path, capsys, monkeypatch):
+    def out_of_memory(*args):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(estimate, "probe_arm", out_of_memory)
+    cfg = micro_study()
+    tasks = [(cfg, arm, tmp_path) for arm in expand_arms(cfg)]
+    assert estimate.announce_estimate(tasks, tmp_path, jobs=2, device="cpu") == []
+    assert "no estimate of the study's duration: the probe failed (RuntimeError: out of memory)" in capsys.readouterr().out
