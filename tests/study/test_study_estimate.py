@@ -146,4 +146,5 @@ def test_a_probe_that_fails_leaves_the_study_without_an_estimate(tmp_path, capsy
     cfg = micro_study()
     tasks = [(cfg, arm, tmp_path) for arm in expand_arms(cfg)]
     assert estimate.announce_estimate(tasks, tmp_path, jobs=2, device="cpu") == []
-    assert "no estimate of the study's duration: the probe failed (RuntimeError: out of memory)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "no estimate of the study's duration: the probe failed (RuntimeError: out of memory)" in printed
