@@ -65,12 +65,12 @@ def test_readme_convert_a_llama_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     llama = random_llama(torch.float32)
     llama.save_pretrained("my-llama")
-    # --- README "Start from a Llama checkpoint" (keep in sync) ---
+    # --- docs/transformers.md "Start from a Llama checkpoint" (keep in sync) ---
     from infini_llama import InfiniLlamaForCausalLM
 
     model = InfiniLlamaForCausalLM.from_llama("my-llama", segment_len=1024, gate_init=0.0)  # g = 0.5 per head
     model.save_pretrained("my-infini")  # then: infini-llama train --init-from my-infini ...
-    # --- end of README snippet ---
+    # --- end of the docs snippet ---
     closed = InfiniLlamaForCausalLM.from_llama("my-llama", segment_len=64, gate_init=CLOSED)
     closed.save_pretrained("closed")
     reloaded = InfiniLlamaForCausalLM.from_pretrained("closed").eval()

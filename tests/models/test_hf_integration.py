@@ -152,7 +152,7 @@ def test_infini_cache_refuses_to_crop():
 
 def test_readme_use_with_transformers(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    # --- README "Use with transformers" (keep in sync) ---
+    # --- docs/transformers.md "Using the models (and with transformers)" (keep in sync) ---
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -174,7 +174,7 @@ def test_readme_use_with_transformers(tmp_path, monkeypatch):
     cache = InfiniCache(state, seen_tokens=prompt.shape[1] - 1)
     same = model.generate(prompt, cache=cache, max_new_tokens=20, do_sample=False)
     assert torch.equal(out, same)
-    # --- end of README snippet ---
+    # --- end of the docs snippet ---
 
 
 def tiny_tokenizer():
