@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+from infini_llama.host import cpu_summary
 from infini_llama.study import estimate, run_study, study_config
 from infini_llama.study.arms import expand_arms
 from infini_llama.study.estimate import Stage, StudyClock, Task, estimate_study, lanes_seconds, study_eta
@@ -117,6 +118,10 @@ def test_a_study_prints_its_estimate_first_and_the_whole_study_eta_as_it_runs(tm
     assert "[study]   infini: pretraining" in out and "[study] whole study: " in out
     saved = json.loads((tmp_path / "study" / "estimate.json").read_text())
     assert saved["estimated_seconds"] > 0 and set(saved["tasks"]) == {"infini", "full"}
+    # The host in the study's numbers and its report: model, family, vector extensions.
+    results = json.loads((tmp_path / "study" / "results.json").read_text())
+    assert [env["device_name"] for env in results["environments"]] == [cpu_summary()]
+    assert cpu_summary() in (tmp_path / "study" / "REPORT.md").read_text()
 
     # Continued when finished: nothing left to estimate, no probe. Without the estimate: neither.
     run_study(cfg, tmp_path / "study", device="cpu", progress=False, jobs=1)
