@@ -260,6 +260,17 @@ def test_importing_the_package_still_registers_the_model_type():
     assert out.strip() == "infini_llama"
 
 
+def test_a_usage_error_is_one_line(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["eval", "passkey", "--checkpoint", "c", "--out", "o", "--lengths", "2x"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert (
+        err.startswith("infini-llama eval passkey: error: argument --lengths")
+        and "see infini-llama eval passkey --help" in err
+    )
+
+
 def test_version(capsys):
     from infini_llama import __version__
 

@@ -40,8 +40,16 @@ EXAMPLES = """examples:
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with a usage error as one line ("infini-llama eval passkey: error: ... (see --help)")
+    instead of the usage block and the error; sub-command parsers are of the same class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="infini-llama",
         description="Pretrain and study LLaMA models with Infini-attention.",
         epilog=EXAMPLES,
