@@ -185,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve(args)
     check_manifest(args.checkpoint)
     tokenizer = load_eval_tokenizer(args.checkpoint, args.tokenizer)
-    train_fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("init_from", "out")}
+    # The tokenizer goes in as an object (finetune_passkey's own argument), not as the TrainConfig field.
+    train_fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("init_from", "out", "tokenizer")}
     print(
         f"fine-tuning: {cfg.steps} steps of {cfg.global_batch or cfg.batch_size} × {cfg.seq_len} tokens, LR {cfg.lr:g}"
         f", gate LR {cfg.gate_lr if cfg.gate_lr is not None else cfg.lr:g}",
