@@ -11,6 +11,9 @@ over anything token-sized:
   A_s = Σ_t σ(k_t) σ(k_t)ᵀ / (σ(k_t)·z_{s-1}); z does not depend on M, so every A_s and every
   B_s = σ(K_s)ᵀ V_s is computed batched, and only the small recurrence M_s = M_{s-1} + B_s − A_s M_{s-1}
   (D×D times D×Dv per segment) loops over segments, inside one operator (`recurrence.py`).
+
+On CPU, for inputs larger than the cache, the segment loop of `segment_loop.py` (same contract, backward by
+hand) is faster than these whole-sequence passes; `compressive_memory` picks it there.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from infini_llama.ops.recurrence import delta_recurrence
+from infini_llama.ops.segment_loop import prefers_segment_loop, segment_loop_memory
 from infini_llama.ops.state import (
     MemoryState,
     check_memory_inputs,
@@ -54,8 +58,21 @@ def compressive_memory(
     segment (float32, or float64 for float64 inputs). Autocast is disabled inside: the memory math runs
     in the state dtype.
     """
-    B, Hq, T, D, Dv, groups = check_memory_inputs(q, k, v, segment_len, update, initial_state, detach_every)
-    Hkv = Hq // groups
+    T = check_memory_inputs(q, k, v, segment_len, update, initial_state, detach_every)[2]
+    if T > 0 and prefers_segment_loop(q, segment_len):
+        out, state = segment_loop_memory(
+            q, k, v, segment_len, update=update, initial_state=initial_state, detach_every=detach_every,
+            state_dtype=state_dtype_for(q.dtype),
+        )  # fmt: skip
+        return out.to(q.dtype), (state if output_final_state else None)
+    return _batched(q, k, v, segment_len, update, initial_state, output_final_state, detach_every)
+
+
+def _batched(q, k, v, segment_len, update, initial_state, output_final_state, detach_every):
+    """Every segment at once (see the module docstring); inputs already checked."""
+    B, Hq, T, D = q.shape
+    Hkv, Dv = k.shape[1], v.shape[-1]
+    groups = Hq // Hkv
     dtype = state_dtype_for(q.dtype)
     L = segment_len
     S = max(1, math.ceil(T / L))

@@ -5,10 +5,21 @@ import itertools
 import pytest
 import torch
 
+import infini_llama.ops.memory as memory_module
 from infini_llama.ops import MemoryState, compressive_memory, compressive_memory_reference
+from infini_llama.ops.segment_loop import prefers_segment_loop
 
 SEGMENT = 8
 D, DV = 6, 5  # D != Dv on purpose: a swapped dimension cannot pass
+
+
+@pytest.fixture(autouse=True, params=["batched", "segment_loop"])
+def fast_path(request, monkeypatch):
+    """Every test of the fast op runs on both of its paths: all segments at once, and the segment loop that
+    `compressive_memory` picks for large inputs on CPU (forced here at these small sizes)."""
+    loop = request.param == "segment_loop"
+    monkeypatch.setattr(memory_module, "prefers_segment_loop", lambda q, segment_len: loop)
+    return request.param
 
 
 def _inputs(B, Hq, Hkv, T, *, initial, seed=0, dtype=torch.float64):
@@ -198,3 +209,26 @@ def test_empty_sequence_reads_nothing_and_passes_the_state_on(fn):
     out, final = fn(q, k, v, SEGMENT, update="delta", initial_state=state, output_final_state=True)
     assert out.shape == (2, 4, 0, DV)
     assert torch.equal(final.M, state.M) and torch.equal(final.z, state.z)
+
+
+@pytest.mark.parametrize("update", ["linear", "delta"])
+def test_inputs_in_the_projections_layout_equal_reference(update):
+    # The attention layer passes q, k, v as transposed views of (B, T, H, D) projections, not contiguous.
+    B, T, Hq, Hkv = 2, 3 * SEGMENT + 5, 4, 2
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(B, T, Hq, D, generator=g, dtype=torch.float64).transpose(1, 2)
+    k = torch.randn(B, T, Hkv, D, generator=g, dtype=torch.float64).transpose(1, 2)
+    v = torch.randn(B, T, Hkv, DV, generator=g, dtype=torch.float64).transpose(1, 2)
+    out_f, fin_f, grads_f = _run(compressive_memory, q, k, v, None, update)
+    out_r, fin_r, grads_r = _run(compressive_memory_reference, q, k, v, None, update)
+    assert _rel_err(out_f, out_r) < 1e-12 and _rel_err(fin_f.M, fin_r.M) < 1e-12
+    for gf, gr in zip(grads_f, grads_r, strict=True):
+        assert _rel_err(gf, gr) < 1e-11
+
+
+def test_segment_loop_is_picked_for_large_cpu_inputs_only():
+    large = torch.empty(2, 8, 4096, 64)  # the CPU benchmark's shape
+    tiny = torch.empty(8, 4, 256, 16)  # the tiny study's: fits in cache, the batched op is faster
+    assert prefers_segment_loop(large, 128)
+    assert not prefers_segment_loop(tiny, 16)
+    assert not prefers_segment_loop(large, 1)  # one-token segments: a loop of 4,096 steps
