@@ -40,32 +40,83 @@ def timeit(fn, device: str, repeats: int) -> float:
     return statistics.median(times)
 
 
+def paired(fast, reference, device: str, repeats: int) -> tuple[float, float, float]:
+    """Median seconds of each and the median of the per-round ratios reference / fast, the two timed back to
+    back in every round: on a shared machine the load drifts between rounds, much less within one."""
+    fast(), reference()
+    rounds = []
+    for _ in range(repeats):
+        rounds.append((_seconds(fast, device), _seconds(reference, device)))
+    fast_s, ref_s = (statistics.median(t[i] for t in rounds) for i in (0, 1))
+    return fast_s, ref_s, statistics.median(r / f for f, r in rounds)
+
+
+def _seconds(fn, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+OP_SHAPES = {  # name: (B, H, D, segment_len, lengths)
+    "issue": (2, 8, 64, 128, None),  # the CPU target's shape; lengths from --lengths
+    "tiny-study": (8, 4, 16, 16, [256]),  # the tiny preset at the CPU study's length and batch
+}
+
+
 def bench_op(device: str, dtype: torch.dtype, lengths: list[int], segment_len: int, repeats: int) -> list[dict]:
+    """The fast op against the per-segment reference: forward + backward, and forward alone under no_grad (as
+    evaluation and generation run it)."""
     rows = []
-    B, H, D = 2, 4, 64
-    for update in ("linear", "delta"):
-        for T in lengths:
-            g = torch.Generator(device=device).manual_seed(0)
-            q, k, v = (
-                torch.randn(B, H, T, D, device=device, dtype=dtype, generator=g).requires_grad_() for _ in range(3)
-            )
+    for shape, (B, H, D, seg, shape_lengths) in OP_SHAPES.items():
+        seg = segment_len if shape == "issue" else seg
+        for update in ("linear", "delta"):
+            for T in shape_lengths or lengths:
+                g = torch.Generator(device=device).manual_seed(0)
+                q, k, v = (
+                    torch.randn(B, H, T, D, device=device, dtype=dtype, generator=g).requires_grad_() for _ in range(3)
+                )
 
-            def run(fn):
-                def step():
-                    out, _ = fn(q, k, v, segment_len, update=update)
-                    out.sum().backward()
+                def backward(fn):
+                    def step():
+                        out, _ = fn(q, k, v, seg, update=update)
+                        out.sum().backward()
 
-                return step
+                    return step
 
-            fast = timeit(run(compressive_memory), device, repeats)
-            ref = timeit(run(compressive_memory_reference), device, repeats)
-            rows.append(
-                dict(
-                    update=update, T=T, segment_len=segment_len, fast_ms=fast * 1e3, reference_ms=ref * 1e3,
-                    speedup=ref / fast,
-                )  # fmt: skip
-            )
+                def forward(fn):
+                    def step():
+                        with torch.no_grad():
+                            fn(q, k, v, seg, update=update)
+
+                    return step
+
+                row = dict(shape=shape, update=update, B=B, H=H, D=D, T=T, segment_len=seg)
+                for mode, wrap in (("fwd_bwd", backward), ("fwd", forward)):
+                    fast, ref, ratio = paired(
+                        wrap(compressive_memory), wrap(compressive_memory_reference), device, repeats
+                    )
+                    row.update(
+                        {f"{mode}_fast_ms": fast * 1e3, f"{mode}_reference_ms": ref * 1e3, f"{mode}_speedup": ratio}
+                    )
+                rows.append(row)
     return rows
+
+
+def cpu_description() -> dict:
+    """The CPU's model name and whether it has AVX-512 (from /proc/cpuinfo where there is one)."""
+    info = Path("/proc/cpuinfo")
+    text = info.read_text() if info.exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), None)
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return dict(
+        model=name or platform.processor() or platform.machine(),
+        avx512=any(flag.startswith("avx512") for flag in flags),
+        torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
+    )
 
 
 def bench_model(device: str, lengths: list[int], preset: str, repeats: int, autocast: bool) -> list[dict]:
@@ -96,17 +147,21 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--lengths", default="512,1024,2048,4096")
     parser.add_argument("--segment-len", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--out", default="benchmarks/results/core_cpu.json")
     args = parser.parse_args()
     lengths = [int(t) for t in args.lengths.split(",")]
     on_gpu = args.device == "cuda"
 
     op_rows = bench_op(args.device, torch.float32, lengths, args.segment_len, args.repeats)
-    print(f"compressive memory, forward+backward, B=2 H=4 D=64, segment {args.segment_len}, float32")
-    print(f"{'update':>7} {'T':>6} {'fast ms':>9} {'ref ms':>9} {'speed-up':>9}")
+    print("compressive memory, float32: fast op over the per-segment reference (median of paired rounds)")
+    header = ("shape", "update", "B", "H", "D", "seg", "T", "fwd+bwd ms", "speed-up", "fwd ms", "speed-up")
+    print(" ".join(f"{h:>10}" for h in header))
     for r in op_rows:
-        print(f"{r['update']:>7} {r['T']:>6} {r['fast_ms']:>9.2f} {r['reference_ms']:>9.2f} {r['speedup']:>8.1f}x")
+        cells = [r[key] for key in ("shape", "update", "B", "H", "D", "segment_len", "T")]
+        cells += [f"{r['fwd_bwd_fast_ms']:.2f}", f"{r['fwd_bwd_speedup']:.2f}x"]
+        cells += [f"{r['fwd_fast_ms']:.2f}", f"{r['fwd_speedup']:.2f}x"]
+        print(" ".join(f"{c:>10}" for c in cells))
 
     model_rows = bench_model(args.device, lengths, args.preset, args.repeats, autocast=on_gpu)
     print(f"\nmodel forward+backward, preset {args.preset}, batch 1" + (", bf16 autocast" if on_gpu else ", fp32"))
@@ -117,8 +172,14 @@ def main() -> None:
     result = dict(
         benchmark="core",
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        device=torch.cuda.get_device_name() if on_gpu else platform.processor() or platform.machine(),
+        device=torch.cuda.get_device_name() if on_gpu else cpu_description()["model"],
+        cpu=cpu_description(),
         threads=torch.get_num_threads(),
+        notes=(
+            "op rows: float32, speed-up = median over rounds of reference / fast timed back to back; fwd = forward "
+            "alone under torch.no_grad. On CPU, inputs larger than the cache take the segment loop "
+            "(infini_llama/ops/segment_loop.py), the tiny study's shape the batched op."
+        ),
         versions=dict(torch=torch.__version__, infini_llama=infini_llama.__version__, python=platform.python_version()),
         settings=vars(args),
         op=op_rows,
