@@ -364,3 +364,9 @@ def test_the_study_ends_with_a_summary_table():
     assert lines[0] == "[study] exact passkey accuracy (%), classic filler, mean over 2 seeds; 1× = 256 tokens"
     assert lines[2].split() == ["infini", "100", "75"] and lines[3].split() == ["full", "99", "10"]
     assert summary_table({}) == "[study] (no passkey summary: see REPORT.md)"
+
+
+def test_a_plain_install_runs_the_study_to_its_report():
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert any(dep.startswith("matplotlib") for dep in project["dependencies"]), "the report's figures need it"
