@@ -113,11 +113,11 @@ def test_train_and_study_share_one_guard(tmp_path):
     [
         ("pretrain.lr=abc", "pretrain.lr must be a number, got 'abc'"),
         ("nonexistent.key=1", "unknown setting 'nonexistent.key'"),
-        ("pretrain.lrr=1", "did you mean 'lr'"),
+        ("pretrain.lrr=1", "did you mean 'pretrain.lr'"),
         ("eval_sampels=4", "did you mean 'eval_samples'"),
         ("eval_samples=many", "eval_samples must be an integer, got 'many'"),
         ("model.segment_len=0", "segment_len"),
-        ("passkey.curriculum_step=5", "did you mean 'curriculum_steps'"),
+        ("passkey.curriculum_step=5", "did you mean 'passkey.curriculum_steps'"),
         ("pretrain.steps=0", "steps must be an integer >= 1"),
     ],
     ids=["bad-value", "unknown-section", "typo-train-field", "typo-study-field", "bad-int", "bad-model", "typo-passkey",

@@ -24,6 +24,8 @@ STUDY_FIELDS: dict[str, Any] = {
     name: hint for name, hint in typing.get_type_hints(StudyConfig).items() if name not in OWN_OPTIONS
 }
 SECTIONS = (*STAGES, "model", "passkey", "eval_rope_scaling")
+# Sections set only key by key; eval_rope_scaling may also be set whole (`eval_rope_scaling=none`: no RoPE row).
+KEYED_ONLY = (*STAGES, "model", "passkey")
 # PasskeyBatchSource options a study may set (the rest it sets itself from the arm and the recipe).
 PASSKEY_OPTIONS: dict[str, str] = {
     "key_digits": "int",
@@ -39,13 +41,22 @@ ROPE_KEYS = {"rope_type": str, "factor": float}
 
 def valid_keys() -> list[str]:
     """Every key --set takes, sections written as `section.<field>`."""
-    return sorted(STUDY_FIELDS) + [f"{section}.<field>" for section in SECTIONS]
+    return sorted(set(STUDY_FIELDS) - set(KEYED_ONLY)) + [f"{section}.<field>" for section in SECTIONS]
 
 
-def unknown_key(key: str, choices: Sequence[str], what: str) -> ValueError:
-    close = difflib.get_close_matches(key, choices, n=3)
+def _unknown(key: str, candidates: Sequence[str], valid: str) -> ValueError:
+    """An unknown `key`, with the close matches among `candidates` and what is valid."""
+    close = difflib.get_close_matches(key, candidates, n=3)
     hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-    return ValueError(f"unknown {what} {key!r}{hint}; valid: {', '.join(choices)}")
+    return ValueError(f"unknown setting {key!r}{hint}; {valid}")
+
+
+SECTION_FIELDS: dict[str, list[str]] = {
+    **{stage: sorted(set(TRAIN_FIELDS) - {"model", "out", "preset"}) for stage in STAGES},
+    "model": sorted(MODEL_FIELDS),
+    "passkey": sorted(PASSKEY_OPTIONS),
+    "eval_rope_scaling": sorted(ROPE_KEYS),
+}
 
 
 def check_setting(key: str, value: Any) -> tuple[str, str | None, Any]:
@@ -56,35 +67,26 @@ def check_setting(key: str, value: Any) -> tuple[str, str | None, Any]:
             raise ValueError(f"{key} is set with {OWN_OPTIONS[key]}, not --set")
         if key in MODEL_FIELDS:  # `train --set segment_len=32` spelling
             return "model", key, _coerce_model(key, value)
-        if key not in STUDY_FIELDS:
-            every = sorted(STUDY_FIELDS) + sorted(MODEL_FIELDS) + [f"{s}.{n}" for s in STAGES for n in TRAIN_FIELDS]
-            close = difflib.get_close_matches(key, every, n=3)
-            hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-            raise ValueError(f"unknown setting {key!r}{hint}; valid: {', '.join(valid_keys())}")
+        if key not in STUDY_FIELDS or key in KEYED_ONLY:
+            every = sorted(set(STUDY_FIELDS) - set(KEYED_ONLY)) + sorted(MODEL_FIELDS)
+            every += [f"{s}.{n}" for s, names in SECTION_FIELDS.items() for n in names]
+            raise _unknown(key, every, f"valid: {', '.join(valid_keys())}")
         return key, None, coerce_study_field(key, value)
+    if section not in SECTION_FIELDS:
+        every = [f"{s}.{n}" for s, names in SECTION_FIELDS.items() for n in names]
+        raise _unknown(key, every, f"valid: {', '.join(valid_keys())}")
+    if name not in SECTION_FIELDS[section]:
+        choices = SECTION_FIELDS[section]
+        close = [f"{section}.{c}" for c in difflib.get_close_matches(name, choices, n=3)]
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        raise ValueError(f"unknown setting {key!r}{hint}; {section}.<field> takes: {', '.join(choices)}")
     if section in STAGES:
-        if name not in TRAIN_FIELDS or name in ("model", "out", "preset"):
-            fields = sorted(set(TRAIN_FIELDS) - {"model", "out", "preset"})
-            raise unknown_key(name, fields, f"training field of {section}.")
         return section, name, _coerce(key, value, TRAIN_FIELDS[name])
     if section == "model":
-        if name not in MODEL_FIELDS:
-            raise unknown_key(name, sorted(MODEL_FIELDS), "model field model.")
         return section, name, _coerce_model(name, value)
     if section == "passkey":
-        if name not in PASSKEY_OPTIONS:
-            raise unknown_key(name, sorted(PASSKEY_OPTIONS), "passkey option passkey.")
         return section, name, _coerce_passkey(key, value, PASSKEY_OPTIONS[name])
-    if section == "eval_rope_scaling":
-        if name not in ROPE_KEYS:
-            raise unknown_key(name, sorted(ROPE_KEYS), "key eval_rope_scaling.")
-        return section, name, _coerce(key, value, ROPE_KEYS[name])
-    every = sorted(STUDY_FIELDS) + [f"{s}.{n}" for s in STAGES for n in TRAIN_FIELDS]
-    close = difflib.get_close_matches(key, every, n=3)
-    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-    raise ValueError(
-        f"unknown setting {key!r}{hint}; sections: {', '.join(SECTIONS)}; valid: {', '.join(valid_keys())}"
-    )
+    return section, name, _coerce(key, value, ROPE_KEYS[name])
 
 
 def coerce_study_field(name: str, value: Any) -> Any:
