@@ -17,6 +17,8 @@ once when the key is written instead of for the whole buffer at every step; the 
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -78,12 +80,13 @@ class StaticDecoder:
         decoder.load(states, filled)          # the state `model.stream` returned (None: an empty one)
         logits = decoder.step(next_ids)       # (B, 1) ids -> (B, V) logits of the next token
 
-    `graphs` (default: on CUDA) compiles each layer's step and replays the whole step as a CUDA graph; the model
-    must stay in eval mode and its weights in place while the decoder is used. `step` returns a buffer that the
-    next step overwrites.
+    `graphs` (default: on CUDA) replays the whole step as a CUDA graph, and `compile` (default: as `graphs`)
+    compiles each layer's step first; the model must stay in eval mode and its weights in place while the
+    decoder is used. If compiling or capturing fails, the decoder says why in a warning and steps eagerly (the
+    same tokens, slower). `step` returns a buffer that the next step overwrites.
     """
 
-    def __init__(self, model: nn.Module, batch_size: int, *, graphs: bool | None = None):
+    def __init__(self, model: nn.Module, batch_size: int, *, graphs: bool | None = None, compile: bool | None = None):
         config = model.config
         if config.attention != "infini":
             raise ValueError(
@@ -107,10 +110,37 @@ class StaticDecoder:
         self.filled = 0  # the same counter, on the host: it picks the plain or the committing step
         self.ids = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self._graphs: dict[bool, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}  # commit -> (graph, its logits)
-        if self.graphs:
+        self.compiled = self.graphs if compile is None else compile
+        if self.compiled or self.graphs:
+            self._build()
+
+    def _build(self) -> None:
+        """Compile the layer steps and capture the graphs (each as asked), or go back to eager decoding."""
+        try:
+            if self.compiled:
+                for step in self.layers:
+                    step.compile(fullgraph=True, dynamic=False)
+            if self.graphs:
+                self._capture()
+            elif self.compiled:  # compile now, on a throw-away step, not in the middle of the first token
+                with torch.no_grad():
+                    self._run(False)
+                self.load(None)
+        except Exception as exc:  # noqa: BLE001 - any compiler or capture failure: decoding eagerly beats failing
             for step in self.layers:
-                step.compile(fullgraph=True, dynamic=False)
-            self._capture()
+                step._compiled_call_impl = None  # what nn.Module.compile set; None is eager
+            self._graphs.clear()
+            self.graphs = self.compiled = False
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.load(None)
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            warnings.warn(
+                f"StaticDecoder: {'capturing' if self._capturing else 'compiling'} the decode step failed "
+                f"({type(exc).__name__}: {first_line}); decoding eagerly instead (same tokens, slower)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     # ------------------------------------------------------------------ state
     def load(self, states: tuple[InfiniState, ...] | None, filled: int | None = None) -> None:
@@ -179,6 +209,8 @@ class StaticDecoder:
             self.slot.add_(1)
         return logits
 
+    _capturing = False  # set while the CUDA graphs are being captured: a failure there is a capture failure
+
     def _capture(self) -> None:
         """Compile (on the first calls) and capture both steps; the state is reset afterwards."""
         stream = torch.cuda.Stream(self.device)
@@ -188,10 +220,12 @@ class StaticDecoder:
                 self._run(commit)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         pool = None
+        self._capturing = True
         for commit in (False, True):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool), torch.no_grad():
                 logits = self._run(commit)
             pool = graph.pool()
             self._graphs[commit] = (graph, logits)
+        self._capturing = False
         self.load(None)

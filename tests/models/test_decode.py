@@ -1,15 +1,17 @@
 """The fixed-shape decoder equals `stream` token by token, and `fast_generate` equals transformers' `generate`."""
 
 import itertools
+import warnings
 
 import pytest
 import torch
 from model_helpers import SEGMENT, T, make_model, tokens
 from transformers import GenerationMixin
 
+import infini_llama.models.fast_generate as fast_generate_module
 from infini_llama.models.cache import InfiniCache
 from infini_llama.models.decode import StaticDecoder
-from infini_llama.models.fast_generate import fast_generate
+from infini_llama.models.fast_generate import decoder_for, fast_generate
 from infini_llama.models.hf_compat import GENERATE_CACHE_NAME
 
 TOL = 1e-12  # float64: a masked softmax over the whole buffer against one over the filled part
@@ -49,10 +51,25 @@ def test_decoder_state_has_one_shape_at_any_length():
     assert decoder.filled == 1
 
 
+@pytest.fixture(autouse=True)
+def fresh_fallback_warnings(monkeypatch):
+    """Each fallback warns once per process; every test starts with none reported yet."""
+    monkeypatch.setattr(fast_generate_module, "_warned", set())
+
+
 GENERATE_SETTINGS = [
     pytest.param(dict(do_sample=False), id="greedy"),
     pytest.param(dict(do_sample=True, temperature=0.7, top_k=10), id="temperature-topk"),
     pytest.param(dict(do_sample=True, top_p=0.9, top_k=0), id="topp"),
+    pytest.param(dict(do_sample=False, repetition_penalty=1.3), id="greedy-repetition-penalty"),
+    pytest.param(dict(do_sample=True, top_p=0.9, repetition_penalty=1.1), id="topp-repetition-penalty"),
+    pytest.param(dict(do_sample=False, no_repeat_ngram_size=2), id="greedy-no-repeat-2gram"),
+    pytest.param(dict(do_sample=True, no_repeat_ngram_size=3), id="sampled-no-repeat-3gram"),
+    pytest.param(dict(do_sample=False, min_p=0.1, top_k=0), id="greedy-ignores-min-p"),
+    pytest.param(dict(do_sample=True, min_p=0.05, top_k=0), id="min-p"),
+    pytest.param(dict(do_sample=True, typical_p=0.9), id="typical-p"),
+    pytest.param(dict(do_sample=False, suppress_tokens=[3, 5, 7]), id="suppress-tokens"),
+    pytest.param(dict(do_sample=False, bad_words_ids=[[4], [8, 9]]), id="bad-words"),
 ]
 
 
@@ -61,8 +78,43 @@ def test_fast_generate_equals_transformers_generate(settings):
     m, x = make_model(), tokens(3, 21)
     torch.manual_seed(5)
     fast = fast_generate(m, x, max_new_tokens=30, **settings)
+    assert fast is not None
     torch.manual_seed(5)
     assert torch.equal(fast, GenerationMixin.generate(m, x, max_new_tokens=30, **settings))
+
+
+@pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("length", ["min_new_tokens", "min_length"])
+def test_minimum_length_holds_back_the_end_of_sequence_as_generate_does(length, do_sample):
+    m, x = make_model(), tokens(2, 19)
+    free = GenerationMixin.generate(m, x, max_new_tokens=40, do_sample=False)
+    eos = [int(free[0, 19 + 3]), int(free[1, 19 + 5])]  # early ends, which the minimum length pushes back
+    settings = dict(max_new_tokens=40, do_sample=do_sample, eos_token_id=eos, pad_token_id=0)
+    settings[length] = 12 if length == "min_new_tokens" else 19 + 12
+    torch.manual_seed(3)
+    fast = fast_generate(m, x, **settings)
+    torch.manual_seed(3)
+    assert torch.equal(fast, GenerationMixin.generate(m, x, **settings))
+
+
+def test_streamer_gets_the_prompt_then_each_token_as_generate_gives_them():
+    class Recorder:
+        def __init__(self):
+            self.parts, self.ended = [], False
+
+        def put(self, value):
+            self.parts.append(value.clone())
+
+        def end(self):
+            self.ended = True
+
+    m, x = make_model(), tokens(1, 13)
+    mine, theirs = Recorder(), Recorder()
+    settings = dict(max_new_tokens=9, do_sample=False, repetition_penalty=1.2)
+    fast = fast_generate(m, x, streamer=mine, **settings)
+    slow = GenerationMixin.generate(m, x, streamer=theirs, **settings)
+    assert torch.equal(fast, slow) and mine.ended and theirs.ended
+    assert [p.tolist() for p in mine.parts] == [p.tolist() for p in theirs.parts]
 
 
 def test_fast_generate_stops_where_generate_stops_and_leaves_the_same_cache():
@@ -87,25 +139,35 @@ def test_fast_generate_stops_where_generate_stops_and_leaves_the_same_cache():
 
 
 @pytest.mark.parametrize(
-    "model_overrides,settings",
+    "settings,named",
     [
-        pytest.param({}, dict(repetition_penalty=1.3), id="repetition-penalty"),
-        pytest.param({}, dict(num_beams=2), id="beams"),
-        pytest.param({}, dict(output_scores=True, return_dict_in_generate=True), id="scores"),
-        pytest.param({}, dict(max_length=30), id="no-max-new-tokens"),
-        pytest.param(dict(attention="full"), {}, id="full-attention"),
+        pytest.param(dict(num_beams=2), "num_beams", id="beams"),
+        pytest.param(dict(output_scores=True, return_dict_in_generate=True), "output_scores", id="scores"),
+        pytest.param(dict(max_length=30), "max_new_tokens", id="no-max-new-tokens"),
+        pytest.param(dict(stop_strings=["the"]), "stop_strings", id="stop-strings"),
     ],
 )
-def test_other_settings_are_left_to_transformers(model_overrides, settings):
+def test_other_settings_are_left_to_transformers_with_a_warning_naming_them(settings, named):
     settings = {"max_new_tokens": 5, **settings} if "max_length" not in settings else settings
-    assert fast_generate(make_model(**model_overrides), tokens(), **settings) is None
+    with pytest.warns(UserWarning, match=f"{named}.*not covered by the fast decoder"):
+        assert fast_generate(make_model(), tokens(), **settings) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per setting: the second call is silent
+        assert fast_generate(make_model(), tokens(), **settings) is None
+
+
+def test_other_arms_have_no_fast_path_and_no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fast_generate(make_model(attention="full"), tokens(), max_new_tokens=5) is None
 
 
 def test_padding_is_left_to_transformers_which_refuses_it():
     x = tokens()
     mask = torch.ones_like(x)
     mask[0, 0] = 0
-    assert fast_generate(make_model(), x, attention_mask=mask, max_new_tokens=3) is None
+    with pytest.warns(UserWarning, match="padding"):
+        assert fast_generate(make_model(), x, attention_mask=mask, max_new_tokens=3) is None
 
 
 def test_decoder_refuses_what_it_cannot_decode():
@@ -118,3 +180,48 @@ def test_decoder_refuses_what_it_cannot_decode():
         decoder.step(tokens(1, 1))
     with pytest.raises(ValueError, match="batch size 3"):
         decoder.load(make_model().stream(tokens(3, 4))[1])
+
+
+def _failing_compile(*args, **kwargs):
+    raise RuntimeError("no compiler here (forced by the test)")
+
+
+def _compile_failing_at_first_call(fn, *args, **kwargs):
+    def compiled(*call_args, **call_kwargs):
+        raise RuntimeError("the backend failed (forced by the test)")
+
+    return compiled
+
+
+@pytest.mark.parametrize(
+    "failure", [_failing_compile, _compile_failing_at_first_call], ids=["at-compile", "at-first-call"]
+)
+def test_a_failing_compile_decodes_eagerly_with_the_same_tokens(failure, monkeypatch):
+    m, x = make_model(), tokens(2, 2 * SEGMENT + 3)
+    expected = decode_greedily(StaticDecoder(m, batch_size=2), x, 12)
+    monkeypatch.setattr(torch, "compile", failure)
+    with pytest.warns(RuntimeWarning, match="compiling the decode step failed.*decoding eagerly"):
+        decoder = StaticDecoder(m, batch_size=2, compile=True)
+    assert not decoder.compiled
+    assert all(step._compiled_call_impl is None for step in decoder.layers)
+    assert torch.equal(decode_greedily(decoder, x, 12), expected)
+
+
+def decode_greedily(decoder, x, new_tokens):
+    decoder.load(None)
+    for t in range(x.shape[1] - 1):
+        decoder.step(x[:, t : t + 1])
+    token, out = x[:, -1:], []
+    for _ in range(new_tokens):
+        token = decoder.step(token).argmax(dim=-1, keepdim=True)
+        out.append(token)
+    return torch.cat(out, dim=1)
+
+
+def test_decoders_of_other_batch_sizes_stay_cached():
+    m = make_model()
+    one, two = decoder_for(m, 1), decoder_for(m, 2)
+    assert decoder_for(m, 1) is one and decoder_for(m, 2) is two
+    m.float()  # the weights moved: every decoder is rebuilt
+    assert decoder_for(m, 1) is not one
+    assert len(m._static_decoders) == 1

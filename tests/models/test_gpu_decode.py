@@ -56,3 +56,29 @@ def test_fast_generate_equals_transformers_generate_on_cuda():
     x = torch.randint(0, m.config.vocab_size, (2, 3 * SEGMENT + 3), device="cuda")
     fast = fast_generate(m, x, max_new_tokens=2 * SEGMENT + 1, do_sample=False)
     assert torch.equal(fast, GenerationMixin.generate(m, x, max_new_tokens=2 * SEGMENT + 1, do_sample=False))
+
+
+def _failing_compile(*args, **kwargs):
+    raise RuntimeError("no compiler here (forced by the test)")
+
+
+def test_a_failing_compile_decodes_eagerly_with_the_same_tokens(monkeypatch):
+    m = make_model(torch.float32)
+    x = torch.randint(0, m.config.vocab_size, (1, 2 * SEGMENT + 3), device="cuda")
+    expected = GenerationMixin.generate(m, x, max_new_tokens=20, do_sample=False)
+    monkeypatch.setattr(torch, "compile", _failing_compile)
+    with pytest.warns(RuntimeWarning, match="decoding eagerly"):
+        decoder = StaticDecoder(m, batch_size=1)
+    assert not decoder.graphs and not decoder.compiled
+    m.__dict__.pop("_static_decoders", None)
+    with pytest.warns(RuntimeWarning, match="decoding eagerly"):
+        got = m.generate(x, max_new_tokens=20, do_sample=False)
+    assert torch.equal(got, expected)
+
+
+def test_decoders_of_several_batch_sizes_are_kept():
+    from infini_llama.models.fast_generate import decoder_for
+
+    m = make_model(torch.bfloat16)
+    one, two = decoder_for(m, 1), decoder_for(m, 2)
+    assert decoder_for(m, 1) is one and decoder_for(m, 2) is two
