@@ -13,9 +13,10 @@ that fails, the layers go back to eager with a warning naming the cause, and the
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -117,3 +118,28 @@ def _build_or_undo(
         )
         return None
     return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def eager_layers(layers: nn.ModuleList) -> Iterator[None]:
+    """Run `layers` eagerly inside the block (their compiled graphs are set aside, and put back after it)."""
+    saved = [layer._compiled_call_impl for layer in layers]
+    for layer in layers:
+        layer._compiled_call_impl = None
+    try:
+        yield
+    finally:
+        for layer, compiled in zip(layers, saved, strict=True):
+            layer._compiled_call_impl = compiled
+
+
+def warn_evaluation_falls_back(exc: BaseException) -> None:
+    """The warning for a compiled evaluation that failed (its graphs are built at the first evaluation: no grad,
+    the validation shapes), after which evaluation runs eagerly and training stays compiled."""
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    warnings.warn(
+        f"the compiled model failed in evaluation ({type(exc).__name__}: {first_line}); evaluating eagerly from "
+        "now on (slower, same results), training stays compiled",
+        RuntimeWarning,
+        stacklevel=3,
+    )

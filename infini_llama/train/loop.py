@@ -22,7 +22,7 @@ from infini_llama.layers import gate_value
 from infini_llama.models import InfiniLlamaForCausalLM, causal_lm_loss
 from infini_llama.train import checkpoint as ckpt
 from infini_llama.train.batches import BatchSource, PrefetchedBatches, count_targets
-from infini_llama.train.compile import compile_decoder_layers, compile_loss
+from infini_llama.train.compile import compile_decoder_layers, compile_loss, eager_layers, warn_evaluation_falls_back
 from infini_llama.train.config import TrainConfig, config_dict
 from infini_llama.train.distributed import (
     all_reduce_sum,
@@ -172,6 +172,7 @@ class _Trainer:
         bf16 = plan.precision == "bf16"
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else None
         self.loss_fn = causal_lm_loss  # compiled by _build_model when compiling
+        self.eval_eagerly = False  # set when the compiled model failed in evaluation
 
     # ------------------------------------------------------------------ setup
     def _prepare_folder(self) -> None:
@@ -224,10 +225,12 @@ class _Trainer:
         return model
 
     # ------------------------------------------------------------------ steps
-    def _forward_loss(self, model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _forward_loss(
+        self, model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, loss_fn=None
+    ) -> torch.Tensor:
         with self.autocast or contextlib.nullcontext():
             logits = model(input_ids=input_ids.to(self.device), use_cache=False).logits
-            return self.loss_fn(logits, labels.to(self.device), reduction="sum")
+            return (loss_fn or self.loss_fn)(logits, labels.to(self.device), reduction="sum")
 
     def _train_step(self, step: int) -> _StepStats:
         """One optimizer step on the batches of `step`, or none if its loss or gradient is not finite."""
@@ -270,15 +273,31 @@ class _Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean validation loss per target token over every process's validation batches."""
+        """Mean validation loss per target token over every process's validation batches.
+
+        Compiled layers build their evaluation graphs (no grad, validation shapes) here, outside the up-front
+        probe of `compile_decoder_layers`: if that fails, evaluation runs eagerly from then on, with a warning.
+        """
         model = unwrap(self.wrapped)
+        if self.plan.compile and not self.eval_eagerly:
+            try:
+                return self._evaluate(model)
+            except Exception as exc:  # noqa: BLE001 - a compiler failure must not end the run; others recur below
+                self.eval_eagerly = True
+                warn_evaluation_falls_back(exc)
+        with eager_layers(model.model.layers) if self.plan.compile else contextlib.nullcontext():
+            return self._evaluate(model, causal_lm_loss if self.plan.compile else None)
+
+    def _evaluate(self, model: InfiniLlamaForCausalLM, loss_fn=None) -> float:
         model.eval()
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
-        for input_ids, labels in self.plan.source.validation_batches():
-            check_token_ids(input_ids, labels, self.plan.model_config.vocab_size, "a validation batch")
-            sums[0] += self._forward_loss(model, input_ids, labels).double()
-            sums[1] += count_targets(labels)
-        model.train()
+        try:
+            sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+            for input_ids, labels in self.plan.source.validation_batches():
+                check_token_ids(input_ids, labels, self.plan.model_config.vocab_size, "a validation batch")
+                sums[0] += self._forward_loss(model, input_ids, labels, loss_fn).double()
+                sums[1] += count_targets(labels)
+        finally:
+            model.train()
         total, count = all_reduce_sum(sums, self.info).tolist()
         return total / count if count else float("nan")
 

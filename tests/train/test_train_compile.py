@@ -49,6 +49,32 @@ def test_failed_compilation_warns_and_trains_eagerly(micro_cfg, tmp_path, monkey
     assert fallback.losses == plain.losses
 
 
+def test_a_compiled_model_failing_in_evaluation_evaluates_eagerly(micro_cfg, tmp_path, monkeypatch):
+    """The evaluation graphs (no grad, validation shapes) are built at the first evaluation, after the training
+    probe: a failure there warns, evaluates eagerly, and keeps training compiled."""
+    import infini_llama.train.loop as loop
+
+    def compile_failing_in_evaluation(layers, *args, **kwargs):
+        for layer in layers:
+
+            def compiled(*a, _layer=layer, **k):
+                if not torch.is_grad_enabled():
+                    raise RuntimeError("the backend failed on the evaluation graph (forced by the test)")
+                return _layer._call_impl(*a, **k)
+
+            layer._compiled_call_impl = compiled
+        return 0.0
+
+    monkeypatch.setattr(loop, "compile_decoder_layers", compile_failing_in_evaluation)
+    monkeypatch.setattr(loop, "compile_loss", lambda *args, **kwargs: causal_lm_loss)
+    plain = train(micro_cfg(out=str(tmp_path / "plain"), steps=4, eval_every=2, save_every=0, compile=False))
+    with pytest.warns(RuntimeWarning, match="failed in evaluation.*evaluating eagerly") as caught:
+        fallback = train(micro_cfg(out=str(tmp_path / "fallback"), steps=4, eval_every=2, save_every=0, compile=True))
+    assert sum("failed in evaluation" in str(w.message) for w in caught) == 1  # once, not at every evaluation
+    assert fallback.losses == plain.losses
+    assert fallback.val_loss == plain.val_loss
+
+
 @pytest.mark.parametrize("update", ["delta", "linear"])
 def test_compiled_layers_and_loss_equal_eager_on_cpu(update):
     """The tiny study preset compiles on CPU: torch.compile's CPU code gives the eager loss and gradients."""
