@@ -25,7 +25,7 @@ from infini_llama.eval.passkey import (
     memory_updates,
 )
 from infini_llama.eval.prompts import HAYSTACKS, decode
-from infini_llama.eval.scoring import mean_and_stderr, passkey_scores, proportion
+from infini_llama.eval.scoring import clustered_proportion, key_totals, mean_and_stderr, passkey_scores, proportion
 from infini_llama.layers.rope import check_rope_scaling
 
 
@@ -200,15 +200,19 @@ def _passkey_batch(runner: ChunkedLM, tokenizer: PreTrainedTokenizerBase, batch:
 
 def summarize_passkey(rows: Sequence[dict], lengths: Sequence[int], depths: Sequence[float]) -> dict:
     """Accuracy per cell (exact, with Wilson intervals; token_exact, contains, digit_acc), per length, per
-    number of memory updates (bucketed), per (length, number of memory updates) and overall.
+    number of memory updates (bucketed), per (length, number of memory updates) and overall. A sample index has
+    the same key in every cell, so exact's interval is at the level of the key (`scoring.clustered_proportion`; in a
+    cell, where every key appears once, it is the plain Wilson interval), and `key_totals` keeps each key's
+    [hits, samples] so that groups can be pooled later without losing their clusters.
 
     The last but one separates two things a longer prompt brings at once: more compressions between the key and the
     question, and more text in the memory. Pooled over lengths, accuracy by memory updates mixes them."""
 
     def scores(group: Sequence[dict]) -> dict:
+        totals = key_totals([r["exact"] for r in group], [r["sample"] for r in group])
         return {
             "n": len(group),
-            "exact": proportion(sum(r["exact"] for r in group), len(group)),
+            "exact": {**clustered_proportion(totals), "key_totals": totals},
             "token_exact": proportion(sum(r["token_exact"] for r in group), len(group)),
             "contains": proportion(sum(r["contains"] for r in group), len(group)),
             "digit_acc": mean_and_stderr([r["digit_acc"] for r in group]),

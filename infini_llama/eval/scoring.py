@@ -45,13 +45,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     """Wilson score interval of a binomial proportion (95% for z = 1.96); (0, 1) when n = 0."""
     if not 0 <= successes <= n:
         raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return wilson_interval_real(successes / n if n else 0.0, n, z)
 
 
 def proportion(successes: int, n: int) -> dict:
@@ -74,3 +68,75 @@ def mean_and_stderr(values: Sequence[float]) -> dict:
     mean = sum(values) / n
     var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
     return {"mean": mean, "stderr": math.sqrt(var / n), "n": n}
+
+
+# Intervals at the level of the key. A passkey grid reuses each sample's key (and haystack start) in every cell of
+# the grid: its 5 depths × 16 samples at one length are 16 keys, not 80 independent draws, and misses cluster by key.
+# Every interval and every "ahead / level / behind" counts the keys (clusters), not the samples.
+BOOTSTRAP_RESAMPLES = 4000
+
+
+def key_totals(hits: Sequence[bool], clusters: Sequence) -> list[list[int]]:
+    """[[hits, samples], ...] per cluster (key), in order of first appearance."""
+    if len(hits) != len(clusters):
+        raise ValueError(f"need one cluster per hit, got {len(hits)} hits and {len(clusters)} clusters")
+    totals: dict = {}
+    for hit, cluster in zip(hits, clusters, strict=True):
+        y, m = totals.get(cluster, (0, 0))
+        totals[cluster] = (y + bool(hit), m + 1)
+    return [[y, m] for y, m in totals.values()]
+
+
+def clustered_proportion(totals: Sequence[Sequence[int]]) -> dict:
+    """`proportion` of the hits of clusters given as [[hits, samples], ...] (`key_totals`), with the Wilson 95%
+    interval at the clusters' effective sample size: n over the design effect, estimated from the spread of the
+    clusters' counts (the cluster-robust variance of a ratio), never more than n nor fewer than the number of
+    clusters; the number of clusters when every sample scored the same (then the data say nothing of the
+    clustering, and fewer is the cautious reading). Adds `clusters` and `n_eff`."""
+    k = len(totals)
+    n, successes = sum(m for _, m in totals), sum(y for y, _ in totals)
+    if n == 0:
+        return {**proportion(0, 0), "clusters": 0, "n_eff": 0.0}
+    p = successes / n
+    n_eff = float(k)
+    if 0 < p < 1 and k > 1:
+        variance = k / (k - 1) * sum((y - p * m) ** 2 for y, m in totals) / n**2
+        n_eff = float(n) if variance == 0 else min(float(n), max(float(k), p * (1 - p) / variance))
+    low, high = wilson_interval_real(p, n_eff)
+    return {"successes": successes, "n": n, "rate": p, "ci_low": low, "ci_high": high, "clusters": k, "n_eff": n_eff}
+
+
+def wilson_interval_real(p: float, n: float, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion p observed over an effective (not necessarily whole) n."""
+    if n <= 0:
+        return 0.0, 1.0
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], clusters: Sequence, *, seed: int = 0) -> dict:
+    """The difference mean(a) − mean(b) of two scores of the same samples (a[i] and b[i] score sample i), with a
+    95% percentile interval from a bootstrap over clusters (keys: the samples of a key are resampled together,
+    BOOTSTRAP_RESAMPLES times, with a fixed seed), and the verdict: "ahead" when the interval lies above 0, "behind"
+    when below, else "level"."""
+    import numpy as np
+
+    if not len(a) == len(b) == len(clusters) or not len(a):
+        raise ValueError(f"need equal, non-empty a, b and clusters, got {len(a)}, {len(b)}, {len(clusters)}")
+    names = sorted(set(clusters), key=str)
+    index = {c: i for i, c in enumerate(names)}
+    diff = np.zeros(len(names))
+    size = np.zeros(len(names))
+    for x, y, c in zip(a, b, clusters, strict=True):
+        diff[index[c]] += float(x) - float(y)
+        size[index[c]] += 1
+    picks = np.random.default_rng(seed).integers(len(names), size=(BOOTSTRAP_RESAMPLES, len(names)))
+    resampled = diff[picks].sum(axis=1) / size[picks].sum(axis=1)
+    low, high = (float(v) for v in np.quantile(resampled, [0.025, 0.975]))
+    verdict = "ahead" if low > 0 else "behind" if high < 0 else "level"
+    return {
+        "difference": float(diff.sum() / size.sum()), "ci_low": low, "ci_high": high, "verdict": verdict,
+        "n": len(a), "clusters": len(names),
+    }  # fmt: skip

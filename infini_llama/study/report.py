@@ -15,6 +15,12 @@ from infini_llama.study.config import StudyConfig
 from infini_llama.study.results import passkey_rows, sequences_per_step, spread
 from infini_llama.train import recipe
 
+# How every "ahead", "level" and "behind" of a report is decided (see eval.scoring).
+KEY_LEVEL = (
+    "by a bootstrap over keys (a sample index has the same key at every depth: the samples of a key are resampled "
+    "together)"
+)
+
 
 def describe_study(cfg: StudyConfig) -> str:
     """One paragraph: what both arms share and how they are evaluated (the study's recipe before sweeps and the LR
@@ -45,8 +51,9 @@ def describe_study(cfg: StudyConfig) -> str:
         f"{', '.join(cfg.passkey.get('haystacks', FINETUNE_HAYSTACKS))}), then the "
         f"evaluations below. The training length is the pretraining length, {pre.seq_len} tokens; passkey prompts "
         f"are {', '.join(f'{m:g}×' for m in cfg.eval_multiples)} that, {cfg.eval_samples} samples per (length, "
-        f"depth) cell at depths {', '.join(f'{d:g}' for d in cfg.eval_depths)}, greedy exact match, Wilson 95% "
-        f"intervals in brackets, on each haystack: {haystacks}. The held-out text is `{HELD_OUT_BOOK}` of the "
+        f"depth) cell at depths {', '.join(f'{d:g}' for d in cfg.eval_depths)}, greedy exact match, 95% intervals in "
+        "brackets at the level of the key (a sample index has the same key in every cell: Wilson intervals at the "
+        f"keys' effective sample size), on each haystack: {haystacks}. The held-out text is `{HELD_OUT_BOOK}` of the "
         "embedded corpus, which neither the tokenizer, pretraining nor fine-tuning reads."
         + (
             " These are the grids of the validation split (other samples than the test grids), for choosing a "
@@ -105,6 +112,7 @@ def write_seed_report(cfg: StudyConfig, out: Path, results: dict, command: str |
         lines += table(_header(cfg, lengths), digits)
         lines += [""] + _compression_table(entries, haystack)
     lines += _leads_table(results["leads"])
+    lines += _comparisons_table(cfg, results.get("comparisons", []))
     lines += _gates_table(entries)
     lines += _layers_off_table(entries)
     training = []
@@ -230,16 +238,44 @@ def _leads_table(leads: list[dict]) -> list[str]:
         "## Infini's lead beyond the training length",
         "",
         "Mean over the lengths beyond the training length of (Infini's exact accuracy − the other row's), in "
-        "points, and at how many of those lengths Infini is ahead.",
+        f"points, and at how many of those lengths Infini is ahead (or behind) {KEY_LEVEL}.",
         "",
     ]
     rows = [
         [d["infini"], d["baseline"], HAYSTACK_LABELS[d["haystack"]], f"{d['mean_lead']:+.0f}"]
-        + [f"{d['ahead']}/{d['lengths']}"]
+        + [f"{d['ahead']}/{d['lengths']}", f"{d.get('behind', 0)}/{d['lengths']}"]
         for d in leads
     ]
-    lines += table(["Infini arm", "compared with", "haystack", "mean lead", "lengths ahead"], rows)
+    lines += table(["Infini arm", "compared with", "haystack", "mean lead", "lengths ahead", "behind"], rows)
     return lines + [""]
+
+
+def _comparisons_table(cfg: StudyConfig, compared: list[dict]) -> list[str]:
+    """Infini minus each other row at every length, with its key-level interval and verdict."""
+    if not compared:
+        return []
+    keyed: dict[tuple, dict] = {}
+    for c in compared:
+        keyed.setdefault((c["infini"], c["baseline"], c["haystack"]), {})[c["multiple"]] = c
+    rows = [
+        [infini, baseline, HAYSTACK_LABELS[haystack]] + [_difference(by.get(m)) for m in cfg.eval_multiples]
+        for (infini, baseline, haystack), by in keyed.items()
+    ]
+    lines = [
+        "## Infini against each row, length by length",
+        "",
+        f"Infini's exact accuracy minus the row's on the same samples, in points, with its 95% interval {KEY_LEVEL}, "
+        "and the verdict: ahead (the interval above 0), behind (below 0) or level.",
+        "",
+    ]
+    header = ["Infini arm", "compared with", "haystack"] + [f"{m:g}×" for m in cfg.eval_multiples]
+    return lines + table(header, rows) + [""]
+
+
+def _difference(c: dict | None) -> str:
+    if c is None:
+        return "–"
+    return f"{100 * c['difference']:+.0f} [{100 * c['ci_low']:+.0f}, {100 * c['ci_high']:+.0f}] {c['verdict']}"
 
 
 def _gates_table(entries: dict) -> list[str]:
@@ -306,8 +342,18 @@ def _layers_off_by_seed(summary: dict) -> list[str]:
             rows.append(
                 [name, str(x["layer"]), f"{g['mean']:.2f} ± {g['std']:.2f}", f"{d['mean']:+.0f} ± {d['std']:.0f}"]
             )
-        r = found["pearson_pooled"]
-        rows.append([name, "r over every seed and layer", "", f"{_num(r, 2)} ({found['points']} points)"])
+        rs, within = found.get("pearson_spread"), found.get("within_layers")
+        per_seed = "–" if rs is None else f"{rs['mean']:.2f} ± {rs['std']:.2f} [{rs['min']:.2f}, {rs['max']:.2f}]"
+        rows.append([name, "r per seed (over its layers): mean ± sd [min, max]", "", per_seed])
+        if within is not None:
+            rows.append(
+                [
+                    name,
+                    "r within layers (layer means removed)",
+                    "",
+                    f"{within['r']:.2f}, permutation p = {within['p']:.3f} ({within['points']} points)",
+                ]
+            )
         if not lines:
             lines = ["## Memory switched off in one layer, across seeds", "", *_layers_off_text(found)]
     if not rows:
@@ -398,7 +444,9 @@ def _rate(rate: float | None) -> str:
 
 
 def _lead(lead: dict | None) -> str:
-    return "–" if lead is None else f"{lead['mean_lead']:+.0f} ({lead['ahead']}/{lead['lengths']})"
+    if lead is None:
+        return "–"
+    return f"{lead['mean_lead']:+.0f} ({lead['ahead']}/{lead['lengths']} ahead, {lead.get('behind', 0)} behind)"
 
 
 def _leads_by_seed(summary: dict) -> list[str]:
@@ -413,7 +461,7 @@ def _leads_by_seed(summary: dict) -> list[str]:
         "## Infini's lead beyond the training length, per seed",
         "",
         "Mean over the lengths beyond the training length of (Infini's exact accuracy − the other row's), in "
-        "points, and in parentheses at how many of those lengths Infini is ahead.",
+        f"points, and in parentheses at how many of those lengths Infini is ahead or behind {KEY_LEVEL}.",
         "",
     ]
     rows = []

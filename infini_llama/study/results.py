@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from infini_llama.eval.diagnostics import bucket_order, saturated_gates
-from infini_llama.eval.scoring import proportion
+from infini_llama.eval.records import SAMPLES
+from infini_llama.eval.scoring import clustered_proportion, paired_difference
 from infini_llama.study.arms import Arm, counterparts
 from infini_llama.study.config import StudyConfig
 from infini_llama.study.stages import (
@@ -113,7 +114,8 @@ def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
         "environments": environments(out / arm.name / "eval" for arm in arms),
         "lengths": {arm.name: eval_lengths(cfg, arm) for arm in arms},
         "arms": entries,
-        "leads": leads(cfg, arms, entries),
+        "leads": leads(cfg, arms, entries, compared := comparisons(cfg, arms, out)),
+        "comparisons": compared,
     }
 
 
@@ -161,10 +163,11 @@ def passkey_rows(entries: dict) -> list[tuple[str, str, str, dict]]:
     ]
 
 
-def leads(cfg: StudyConfig, arms: list[Arm], entries: dict) -> list[dict]:
+def leads(cfg: StudyConfig, arms: list[Arm], entries: dict, compared: list[dict]) -> list[dict]:
     """For each Infini arm and each row of its baseline (plain, RoPE-scaled) and of its local control (if the study
     has one) on each haystack: the mean over the lengths beyond the training length of (Infini's exact accuracy −
-    the row's), in points, and at how many of those lengths Infini is ahead."""
+    the row's), in points, and at how many of those lengths Infini is ahead by the key-level interval of the
+    difference (`comparisons`)."""
     beyond = [i for i, m in enumerate(cfg.eval_multiples) if m > 1]
     out = []
     for infini, other in counterparts(arms):
@@ -176,11 +179,53 @@ def leads(cfg: StudyConfig, arms: list[Arm], entries: dict) -> list[dict]:
                 mine = [ours[haystack]["by_length"][i]["exact"]["rate"] for i in beyond]
                 theirs = [grids["haystacks"][haystack]["by_length"][i]["exact"]["rate"] for i in beyond]
                 gaps = [100 * (a - b) for a, b in zip(mine, theirs, strict=True)]
+                verdicts = [
+                    c["verdict"] for c in compared
+                    if (c["infini"], c["task"], c["haystack"]) == (infini.name, task, haystack) and c["multiple"] > 1
+                ]  # fmt: skip
                 out.append({
                     "infini": infini.name, "baseline": grids["label"], "task": task, "haystack": haystack,
-                    "mean_lead": statistics.fmean(gaps), "ahead": sum(g > 0 for g in gaps), "lengths": len(gaps),
+                    "mean_lead": statistics.fmean(gaps), "ahead": verdicts.count("ahead"),
+                    "behind": verdicts.count("behind"), "lengths": len(gaps),
                 })  # fmt: skip
     return out
+
+
+def comparisons(cfg: StudyConfig, arms: list[Arm], out: Path) -> list[dict]:
+    """For each Infini arm and each row of its baseline (plain, RoPE-scaled) and local control, on each haystack and
+    at each length: Infini's exact accuracy minus the row's on the same samples, with the 95% interval of a bootstrap
+    over keys (`scoring.paired_difference`: the samples of one key, at every depth, are resampled together) and the
+    verdict it gives, "ahead", "level" or "behind". Both grids have the same seed and split, so sample i has the same
+    key and haystack in both."""
+    found = []
+    for infini, other in counterparts(arms):
+        for task in passkey_tasks(cfg, other):
+            for haystack in cfg.eval_haystacks:
+                ours = _samples(out / infini.name / "eval" / f"passkey-{haystack}")
+                theirs = _samples(out / other.name / "eval" / f"{task}-{haystack}")
+                if ours is None or theirs is None:
+                    continue
+                label = passkey_label(other, task, cfg)
+                for multiple, length in zip(cfg.eval_multiples, eval_lengths(cfg, infini), strict=True):
+                    cells = sorted(key for key in ours if key[0] == length and key in theirs)
+                    if not cells:
+                        continue
+                    found.append({
+                        "infini": infini.name, "baseline": label, "task": task, "haystack": haystack,
+                        "multiple": multiple, "length": length,
+                        **paired_difference([ours[c] for c in cells], [theirs[c] for c in cells],
+                                            [c[2] for c in cells]),
+                    })  # fmt: skip
+    return found
+
+
+def _samples(folder: Path) -> dict | None:
+    """{(length, depth, sample): exact} of a complete passkey grid, or None."""
+    summary = _summary(folder)
+    if summary is None or summary.get("status") != "complete":
+        return None
+    rows = (json.loads(line) for line in (folder / SAMPLES).read_text().splitlines() if line.strip())
+    return {(r["length"], r["depth"], r["sample"]): bool(r["exact"]) for r in rows}
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -229,6 +274,7 @@ def across_seeds(cfg: StudyConfig, per_seed: dict[int, dict]) -> dict:
                 if exact:
                     lengths.append({
                         "multiple": multiple, "length": grids[haystack]["by_length"][i]["length"],
+                        "missing_seeds": [seed for seed in per_seed if seed not in exact],
                         "exact": {**spread(list(exact.values())), "per_seed": exact},
                         "digit_acc": {**spread(list(digits.values())), "per_seed": digits},
                     })  # fmt: skip
@@ -243,7 +289,7 @@ def across_seeds(cfg: StudyConfig, per_seed: dict[int, dict]) -> dict:
         found = [r["arms"][name].get("layers_off") for r in per_seed.values()]
         if entry["attention"] != "infini" or any(f is None for f in found):
             continue
-        points = [(x["gate_mean"], x["drop"]) for f in found for x in f["layers"]]
+        per_seed_r = {seed: f["pearson"] for seed, f in zip(per_seed, found, strict=True)}
         layer_rows[name] = {
             "length": found[0]["length"], "haystack": found[0]["haystack"],
             "layers": [
@@ -251,8 +297,9 @@ def across_seeds(cfg: StudyConfig, per_seed: dict[int, dict]) -> dict:
                  "drop": spread([f["layers"][i]["drop"] for f in found])}
                 for i in range(len(found[0]["layers"]))
             ],
-            "pearson_pooled": pearson([g for g, _ in points], [d for _, d in points]),
-            "points": len(points),
+            "pearson_per_seed": per_seed_r,
+            "pearson_spread": spread(rs) if (rs := [r for r in per_seed_r.values() if r is not None]) else None,
+            "within_layers": within_layer_association(found),
         }  # fmt: skip
     return {
         "study": _plain(cfg),
@@ -267,10 +314,35 @@ def across_seeds(cfg: StudyConfig, per_seed: dict[int, dict]) -> dict:
     }
 
 
+def within_layer_association(found: list[dict], permutations: int = 4000) -> dict | None:
+    """Whether a layer whose gate is higher in one seed than in the others also loses more without its memory: the
+    Pearson r of gate and drop after removing each layer's mean over seeds (layer identity, which dominates a pooled
+    r, is taken out), and a permutation p-value that shuffles drops among the seeds within each layer (two-sided,
+    fixed seed). None with fewer than two seeds or no spread."""
+    import numpy as np
+
+    gates = np.array([[x["gate_mean"] for x in f["layers"]] for f in found], dtype=float)  # (seeds, layers)
+    drops = np.array([[x["drop"] for x in f["layers"]] for f in found], dtype=float)
+    if gates.shape[0] < 2:
+        return None
+    g, d = gates - gates.mean(0), drops - drops.mean(0)
+    if not g.any() or not d.any():
+        return None
+    r = float(np.corrcoef(g.ravel(), d.ravel())[0, 1])
+    rng = np.random.default_rng(0)
+    shuffled = []
+    for _ in range(permutations):
+        order = rng.permuted(np.tile(np.arange(len(found))[:, None], (1, gates.shape[1])), axis=0)
+        shuffled.append(np.corrcoef(g.ravel(), np.take_along_axis(d, order, 0).ravel())[0, 1])
+    p = float((np.sum(np.abs(shuffled) >= abs(r) - 1e-12) + 1) / (permutations + 1))
+    return {"r": r, "p": p, "points": int(g.size), "permutations": permutations}
+
+
 def memory_updates_pooled(per_seed: dict[int, dict]) -> dict:
     """For the plain passkey grid of every arm with a memory count (Infini, local control), on every haystack: exact
     accuracy by the number of memory updates, and by (length, number of memory updates), with every seed's samples
-    pooled into one proportion (the cells are too small to give a spread per seed)."""
+    pooled into one proportion (the cells are too small to give a spread per seed), its interval at the level of the
+    key (each seed's keys are clusters of their own)."""
     pooled: dict[str, dict] = {}
     for results in per_seed.values():
         for name, entry in results["arms"].items():
@@ -287,11 +359,11 @@ def memory_updates_pooled(per_seed: dict[int, dict]) -> dict:
             by_updates, by_both = counts["by_memory_updates"], counts["by_length_and_memory_updates"]
             entry["haystacks"][haystack] = {
                 "by_memory_updates": [
-                    {"memory_updates": b, "exact": proportion(*by_updates[b])}
+                    {"memory_updates": b, "exact": clustered_proportion(by_updates[b])}
                     for b in sorted(by_updates, key=bucket_order)
                 ],
                 "by_length_and_memory_updates": [
-                    {"length": n, "memory_updates": b, "exact": proportion(*by_both[n, b])}
+                    {"length": n, "memory_updates": b, "exact": clustered_proportion(by_both[n, b])}
                     for n, b in sorted(by_both, key=lambda key: (key[0], bucket_order(key[1])))
                 ],
             }
@@ -299,5 +371,5 @@ def memory_updates_pooled(per_seed: dict[int, dict]) -> dict:
 
 
 def _add(counts: dict, key, exact: dict) -> None:
-    successes, n = counts.get(key, (0, 0))
-    counts[key] = (successes + exact["successes"], n + exact["n"])
+    """Pool a group's keys (another seed's keys are other clusters)."""
+    counts.setdefault(key, []).extend(exact["key_totals"])

@@ -51,3 +51,48 @@ def test_wilson_interval():
     p = proportion(32, 64)
     assert p["rate"] == 0.5 and p["ci_low"] < 0.5 < p["ci_high"]
     assert mean_and_stderr([0.0, 1.0])["stderr"] == pytest.approx(0.5)
+
+
+def test_key_level_intervals_count_keys_not_samples():
+    from infini_llama.eval.scoring import clustered_proportion, key_totals
+
+    # 16 keys at 5 depths: when a key is always right or always wrong, the 80 samples carry 16 keys' worth.
+    keys = [k for k in range(16) for _ in range(5)]
+    clustered = clustered_proportion(key_totals([k < 13 for k in keys], keys))
+    assert clustered["rate"] == pytest.approx(13 / 16) and clustered["n_eff"] == pytest.approx(16)
+    assert clustered["ci_low"] < proportion(65, 80)["ci_low"] - 0.05, "wider than Wilson at n = 80"
+    # Misses spread evenly over keys (one per key at most): as independent as samples get, the plain interval.
+    spread_out = clustered_proportion(key_totals([i % 5 != 0 for i in range(80)], [i // 5 for i in range(80)]))
+    assert spread_out["n_eff"] == pytest.approx(80)
+    assert spread_out["ci_low"] == pytest.approx(proportion(64, 80)["ci_low"])
+    # All right: the data say nothing of clustering; the cautious n is the number of keys.
+    perfect = clustered_proportion(key_totals([True] * 80, keys))
+    assert perfect["n_eff"] == 16 and perfect["ci_low"] == pytest.approx(wilson_interval(16, 16)[0])
+    # One sample per key (a cell of the grid): the plain Wilson interval.
+    cell = clustered_proportion(key_totals([True] * 12 + [False] * 4, list(range(16))))
+    assert (cell["ci_low"], cell["ci_high"]) == pytest.approx(wilson_interval(12, 16))
+
+
+def test_paired_difference_resamples_keys():
+    from infini_llama.eval.scoring import paired_difference
+
+    keys = [k for k in range(16) for _ in range(5)]
+    ours = [True] * 80
+    # The other row misses every sample of 6 keys (30 samples): ahead, as those keys were right for us.
+    theirs = [k >= 6 for k in keys]
+    result = paired_difference(ours, theirs, keys)
+    assert result["difference"] == pytest.approx(30 / 80) and result["verdict"] == "ahead"
+    assert result["clusters"] == 16 and 0 < result["ci_low"] < result["difference"] < result["ci_high"]
+    # 15 missed samples on 3 keys of 16: a resample holds none of the 3 keys 3.6% of the time (> 2.5%), so level,
+    # where 15 misses spread over 15 keys are ahead.
+    assert paired_difference(ours, [k >= 3 for k in keys], keys)["verdict"] == "level"
+    spread_misses = [not (i % 5 == 0 and keys[i] >= 1) for i in range(80)]
+    assert sum(not x for x in spread_misses) == 15
+    assert paired_difference(ours, spread_misses, keys)["verdict"] == "ahead"
+    assert paired_difference(ours, ours, keys)["verdict"] == "level"
+    assert paired_difference(theirs, ours, keys)["verdict"] == "behind"
+    one_key = [k != 0 for k in keys]
+    assert paired_difference(ours, one_key, keys)["verdict"] == "level", "one key's misses alone prove nothing"
+    assert paired_difference(ours, theirs, keys) == result, "a fixed seed: the same interval every time"
+    with pytest.raises(ValueError, match="equal"):
+        paired_difference([True], [True, False], [0])

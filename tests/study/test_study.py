@@ -258,6 +258,10 @@ def test_control_arm_and_frozen_gate_arms_run_and_are_reported(micro, tmp_path):
     compared = {(d["infini"], d["baseline"]) for d in results["leads"]}
     assert compared == {(i, o) for i in ("infini-gate_trainable=True", "infini-gate_trainable=False")
                         for o in ("full", "local")}  # fmt: skip
+    by_length = [c for c in results["comparisons"] if c["baseline"] == "local" and c["haystack"] == "repeat"]
+    assert len(by_length) == 2 * 2, "each Infini arm against the local control at both lengths"
+    assert all(c["verdict"] in ("ahead", "level", "behind") and c["ci_low"] <= c["difference"] <= c["ci_high"]
+               for c in by_length)  # fmt: skip
 
     text = (seed_out / "REPORT.md").read_text()
     for needle in (
@@ -273,7 +277,7 @@ def test_control_arm_and_frozen_gate_arms_run_and_are_reported(micro, tmp_path):
     ):
         assert needle in text, needle
     across = report.read_text()
-    assert "## Memory switched off in one layer, across seeds" in across and "(2 points)" in across
+    assert "## Memory switched off in one layer, across seeds" in across and "r per seed" in across
     assert (
         "## Saturated gates per seed" in across
         and "| infini-gate_trainable=False | 0/2, g 0.50 | 0/2, g 0.50 |" in across

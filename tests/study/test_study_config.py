@@ -5,14 +5,15 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from infini_llama.cli import build_parser
 from infini_llama.study import expand_arms, study_config
 from infini_llama.study import stages as study_stages
 from infini_llama.study.arms import counterparts
-from infini_llama.study.settings import study_settings
 from infini_llama.study.report import describe_study
+from infini_llama.study.settings import study_settings
 from infini_llama.study.sweeps import parse_ablation, parse_sweep
 
 
@@ -290,3 +291,24 @@ def test_a_study_preset_can_build_on_a_model_preset_of_another_name():
     assert study_config("mini").model_preset == "mini"
     with pytest.raises(ValueError, match="unknown model preset 'nano'"):
         study_config("tiny", base="nano")
+
+
+def test_gate_and_drop_are_related_within_layers_not_by_layer_identity():
+    from infini_llama.study.results import within_layer_association
+
+    def seeds(rows):  # rows[seed][layer] = (gate, drop)
+        return [{"layers": [{"gate_mean": g, "drop": d} for g, d in layers]} for layers in rows]
+
+    # Layer identity alone (the same gate and drop in every seed, up to noise unrelated to the gate): no relation.
+    rng = np.random.default_rng(1)
+    identity = [[(0.9, 90 + rng.normal()), (0.1, 10 + rng.normal()), (0.5, 50 + rng.normal())] for _ in range(5)]
+    for s, layers in enumerate(identity):
+        identity[s] = [(g + 0.01 * rng.normal(), d) for g, d in layers]
+    found = within_layer_association(seeds(identity))
+    assert found["points"] == 15 and found["p"] > 0.05
+    # Within each layer, the seed with the higher gate loses more: related.
+    related = [[(0.9 + e, 90 + 200 * e), (0.1 + e, 10 + 200 * e), (0.5 - e, 50 - 200 * e)]
+               for e in (-0.04, -0.02, 0.0, 0.02, 0.04)]  # fmt: skip
+    found = within_layer_association(seeds(related))
+    assert found["r"] == pytest.approx(1.0) and found["p"] < 0.01
+    assert within_layer_association(seeds(related[:1])) is None
