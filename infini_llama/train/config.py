@@ -33,7 +33,9 @@ class TrainConfig:
     Batch geometry: `batch_size` sequences of `seq_len` tokens per forward pass on each process, `grad_accum`
     forward passes per optimizer step, so one step sees batch_size × grad_accum × world_size sequences. When
     `global_batch` is set, `grad_accum` is derived from it (global_batch / (batch_size × world_size)), so a
-    recipe keeps its global batch on any number of GPUs.
+    recipe keeps its global batch on any number of GPUs. `batch_size` None (with `global_batch`) is automatic: on
+    CUDA the largest split of the global batch that fits the GPU, elsewhere the whole per-process batch
+    (`infini_llama.train.microbatch`); the run logs the choice and writes it to run.json.
 
     Learning rate: linear warm-up over `warmup_steps` to `lr`, then cosine decay to `min_lr` at `steps`; the
     gate group (β of each Infini layer) follows the same shape scaled to its own peak `gate_lr` (None: `lr`),
@@ -53,7 +55,7 @@ class TrainConfig:
     cache_dir: str | None = None  # tokenizer and token caches; None: $INFINI_LLAMA_CACHE or ~/.cache
     # batch geometry and length of the run
     seq_len: int = 256
-    batch_size: int = 16
+    batch_size: int | None = 16  # None: automatic (see above)
     grad_accum: int = 1
     global_batch: int | None = None
     steps: int = 500
@@ -106,6 +108,8 @@ class TrainConfig:
         """Forward passes per optimizer step on each process, for `world_size` processes."""
         if self.global_batch is None:
             return self.grad_accum
+        if self.batch_size is None:
+            raise ValueError("batch_size is automatic (None): resolve it first (train.microbatch.resolve_micro_batch)")
         per_pass = self.batch_size * world_size
         if self.global_batch % per_pass:
             raise ValueError(
@@ -122,6 +126,8 @@ class TrainConfig:
         positive += ("max_bad_steps",)
         for name in positive:
             value = getattr(self, name)
+            if name == "batch_size" and value is None:  # automatic
+                continue
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         for name in ("warmup_steps", "eval_every", "save_every", "seed"):
@@ -175,11 +181,12 @@ RECIPES: dict[str, dict[str, Any]] = {
         seq_len=2048, batch_size=16, grad_accum=1, steps=2000, lr=1e-3, min_lr=1e-4, warmup_steps=100,
         gate_lr=0.01, eval_every=250, eval_windows=64, log_every=10, save_every=1000, keep=2,
     ),
-    # The 300M study (arXiv 2512.23862, its code's recipe): 4 × 8192 tokens per step, 30,000 steps
+    # The 300M study (arXiv 2512.23862, its code's recipe): 4 × 8192 tokens per step (as many per pass as fit
+    # the GPU: batch_size None), 30,000 steps
     # (≈ 983M tokens), AdamW (0.9, 0.95), eps 1e-8, wd 0.1, clip 1.0, LR 6e-5 after 500 warm-up steps, cosine
     # to 6e-6, gates on LR 0.01 without decay, bf16.
     "paper-300m": dict(
-        seq_len=8192, batch_size=1, global_batch=4, steps=30_000, lr=6e-5, min_lr=6e-6, warmup_steps=500,
+        seq_len=8192, batch_size=None, global_batch=4, steps=30_000, lr=6e-5, min_lr=6e-6, warmup_steps=500,
         gate_lr=0.01, adam_betas=(0.9, 0.95), adam_eps=1e-8, weight_decay=0.1, grad_clip=1.0,
         precision="bf16", eval_every=1000, eval_windows=16, log_every=10, save_every=1000, keep=3,
     ),

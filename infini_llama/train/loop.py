@@ -191,6 +191,7 @@ class _Trainer:
                         "model": model_fields(plan.model_config),
                         "world_size": self.info.world_size,
                         "grad_accum": plan.grad_accum,
+                        "micro_batch": plan.micro_batch,
                         "precision": plan.precision,
                         "data": plan.source.state_dict() if hasattr(plan.source, "state_dict") else None,
                         "env": environment(self.device, self.info.world_size),
@@ -431,6 +432,9 @@ class _Trainer:
             info.world_size,
         )
         logger.log({"kind": "event", "step": start, "event": "resume" if start else "start"})
+        if self.plan.micro_batch is not None and info.is_main:
+            how = self.plan.micro_batch["how"]
+            print(f"micro-batch: {cfg.batch_size} × {cfg.seq_len} tokens, {self.plan.grad_accum} per step ({how})")
         bar = tqdm(
             total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
             disable=not (cfg.progress and info.is_main),

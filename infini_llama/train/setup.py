@@ -7,6 +7,7 @@ therefore never touches an existing run folder.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from infini_llama.train.checkpoint import latest_checkpoint, read_trainer_state
 from infini_llama.train.compile import resolve_compile
 from infini_llama.train.config import TrainConfig, config_changes
 from infini_llama.train.distributed import DistInfo, main_process_first
+from infini_llama.train.microbatch import resolve_micro_batch
 from infini_llama.train.rundir import RUN_FILE, check_run_dir, read_run_file
 
 # Fields that fix the shapes of a pretrained model's tensors: --init-from cannot change them.
@@ -52,6 +54,7 @@ class RunPlan:
     precision: str  # "bf16" or "fp32"
     compile: bool  # compile the decoder layers (cfg.compile, resolved for the device)
     data_workers: int  # processes building batches ahead of the step (cfg.data_workers, resolved)
+    micro_batch: dict | None = None  # how an automatic batch_size was chosen (None: given)
 
 
 def plan_run(
@@ -74,7 +77,8 @@ def _plan(cfg, info, batches, tokenizer) -> RunPlan:
     run_dir = Path(cfg.run_dir)
     mode = check_run_dir(run_dir, resume=cfg.resume, overwrite=cfg.overwrite)
     precision = resolve_precision(cfg.precision, info.device)
-    grad_accum = cfg.accumulation(info.world_size)
+    if cfg.batch_size is not None:
+        cfg.accumulation(info.world_size)  # an impossible split fails before any file or model is touched
     if cfg.wandb and importlib.util.find_spec("wandb") is None:
         raise ConfigError("--wandb needs the wandb package: pip install wandb (or drop --wandb)")
     base = _pretrained_config(cfg.init_from) if cfg.init_from else None
@@ -82,6 +86,10 @@ def _plan(cfg, info, batches, tokenizer) -> RunPlan:
         with main_process_first(info):
             tokenizer = _load_tokenizer(cfg, base)
     model_config = build_model_config(cfg, tokenizer, base)
+    if cfg.batch_size is None and mode == "resume":
+        cfg = dataclasses.replace(cfg, batch_size=_saved_batch_size(run_dir))  # the split the run started with
+    cfg, micro_batch = resolve_micro_batch(cfg, model_config, info.device, info.world_size, precision)
+    grad_accum = cfg.accumulation(info.world_size)
     if batches is None:
         with main_process_first(info):
             data = prepare_tokens(
@@ -112,8 +120,17 @@ def _plan(cfg, info, batches, tokenizer) -> RunPlan:
         grad_accum=grad_accum,
         precision=precision,
         compile=resolve_compile(cfg.compile, info.device),
+        micro_batch=micro_batch,
         data_workers=resolve_data_workers(cfg.data_workers, batches, info.device),
     )
+
+
+def _saved_batch_size(run_dir: Path) -> int | None:
+    """The batch_size a run being resumed chose (run.json); None (choose again) if it has none."""
+    try:
+        return read_run_file(run_dir)["train"].get("batch_size")
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def resolve_data_workers(setting: int | None, source: BatchSource, device: torch.device) -> int:

@@ -10,11 +10,12 @@ from infini_llama.train.overrides import parse_assignments
 
 def test_paper_recipe_is_the_study():
     cfg = recipe("paper-300m")
-    assert (cfg.seq_len, cfg.batch_size, cfg.global_batch, cfg.steps) == (8192, 1, 4, 30_000)
+    assert (cfg.seq_len, cfg.batch_size, cfg.global_batch, cfg.steps) == (8192, None, 4, 30_000)  # None: automatic
     assert (cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.gate_lr) == (6e-5, 6e-6, 500, 0.01)
     assert (cfg.adam_betas, cfg.adam_eps, cfg.weight_decay, cfg.grad_clip) == ((0.9, 0.95), 1e-8, 0.1, 1.0)
     assert cfg.precision == "bf16"
     # 4 × 8192 tokens per step on any number of GPUs
+    cfg.batch_size = 1
     assert cfg.accumulation(world_size=1) == 4 and cfg.accumulation(world_size=4) == 1
     with pytest.raises(ValueError, match="multiple of batch_size"):
         cfg.accumulation(world_size=3)
