@@ -24,7 +24,9 @@ def passkey_section(runs: list[dict], out: Path, figures: list[str]) -> list[str
     md = ["## Passkey retrieval", ""]
     md += [
         "Score: `exact` (the first integer of the greedy answer equals the key). Cells: accuracy (correct/samples) "
-        "[Wilson 95% interval]. Lengths are in tokens unless a run says otherwise. One subsection per haystack: "
+        "[95% interval at the level of the key: Wilson at the keys' effective sample size, since a sample index has "
+        "the same key in every cell; within one cell, the plain Wilson interval]. Lengths are in tokens unless a run "
+        "says otherwise. One subsection per haystack: "
         "the classic filler, and held-out text (a document used in neither pretraining nor fine-tuning).",
         "",
     ]

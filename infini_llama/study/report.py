@@ -210,7 +210,7 @@ def _compression_table(entries: dict, haystack: str) -> list[str]:
         f"Accuracy by number of memory compressions ({HAYSTACK_LABELS[haystack]}): segment boundaries between the "
         "segment holding the last token of the key's last copy in the needle and the question's segment (0: that "
         "copy ends in the question's own segment, within local attention's reach), over every length and depth; "
-        "exact match [Wilson 95%].",
+        "exact match [95%, at the level of the key].",
         "",
     ]
     lines += table(
@@ -385,8 +385,17 @@ def write_across_report(cfg: StudyConfig, out: Path, summary: dict, command: str
             _header(cfg, lengths),
             [[r["label"]] + [_spread(x["exact"]) for x in r["haystacks"][haystack]] for r in rows],
         )
+        missing = [
+            f"{r['label']} at {x['multiple']:g}× (seed {', '.join(map(str, x['missing_seeds']))})"
+            for r in rows
+            for x in r["haystacks"][haystack]
+            if x.get("missing_seeds")
+        ]
+        if missing:
+            lines += ["", f"Not in these means, their grid being incomplete: {'; '.join(missing)}."]
         lines += [""]
     lines += _leads_by_seed(summary)
+    lines += _verdicts_by_seed(cfg, summary)
     lines += _updates_pooled(cfg, summary.get("memory_updates_pooled", {}))
     lines += _gates_by_seed(summary)
     lines += _layers_off_by_seed(summary)
@@ -421,7 +430,8 @@ def _updates_pooled(cfg: StudyConfig, pooled: dict) -> list[str]:
         lines += [f"## Accuracy by memory updates, seeds pooled: {HAYSTACK_LABELS[haystack]}", ""]
         lines += [
             "Memory updates between the segment holding the last token of the key's last copy and the question's "
-            "segment; exact match over every seed's samples [Wilson 95%]. Over every length and depth:",
+            "segment; exact match over every seed's samples [95%, at the level of the key]. Over every length and "
+            "depth:",
             "",
         ]
         by_bucket = {
@@ -469,6 +479,31 @@ def _leads_by_seed(summary: dict) -> list[str]:
         cells = [_lead(by_seed.get(s)) for s in seeds]
         rows.append([infini, baseline, HAYSTACK_LABELS[haystack]] + cells)
     return lines + table(["Infini arm", "compared with", "haystack"] + [f"seed {s}" for s in seeds], rows) + [""]
+
+
+def _verdicts_by_seed(cfg: StudyConfig, summary: dict) -> list[str]:
+    """Per Infini arm, other row, haystack and length: each seed's difference in points and its verdict."""
+    seeds = summary["seeds"]
+    keyed: dict[tuple, dict] = {}
+    for seed in seeds:
+        for c in summary["per_seed"][seed].get("comparisons", []):
+            keyed.setdefault((c["infini"], c["baseline"], c["haystack"], c["multiple"]), {})[seed] = c
+    if not keyed:
+        return []
+    rows = []
+    for (infini, baseline, haystack, multiple), by_seed in keyed.items():
+        cells = ["–" if s not in by_seed else f"{100 * by_seed[s]['difference']:+.0f} {by_seed[s]['verdict']}"
+                 for s in seeds]  # fmt: skip
+        ahead = sum(c["verdict"] == "ahead" for c in by_seed.values())
+        rows.append([infini, baseline, HAYSTACK_LABELS[haystack], f"{multiple:g}×", *cells, f"{ahead}/{len(by_seed)}"])
+    lines = [
+        "## Infini against each row, length by length, per seed",
+        "",
+        f"Infini's exact accuracy minus the row's, in points, and the verdict {KEY_LEVEL}: ahead, level or behind.",
+        "",
+    ]
+    header = ["Infini arm", "compared with", "haystack", "length", *[f"seed {s}" for s in seeds], "seeds ahead"]
+    return lines + table(header, rows) + [""]
 
 
 def _gates_by_seed(summary: dict) -> list[str]:
