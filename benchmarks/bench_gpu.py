@@ -15,6 +15,19 @@ Decoding: `StaticDecoder` (CUDA graphs) greedy steps after a 4K, 64K and 1M-toke
 batch 8 and 64; the same through `model.generate`; HF Llama's `generate` with its KV cache as the baseline.
 Prefill: the context fed through `stream` in chunks, tokens/s and peak memory. Optional: lucidrains'
 infini-transformer-pytorch at the same shape, trained through its own wrapper (`--lucidrains-lengths`).
+
+Trainer default (section `trainer`): `infini-llama train --preset paper-300m` with no flags, through the trainer
+itself (its automatic micro-batch, compilation, data), only the run's length and bookkeeping shortened
+(`TRAINER_OVERRIDES`); tokens/s and MFU from its metrics.jsonl after the first logged window.
+Generate settings (section `settings`): `model.generate` itself at batch 1 after 4K, 64K and 1M tokens of
+context (given as an InfiniCache, so the prompt is not fed again) for greedy, top-p, repetition_penalty=1.1,
+min_new_tokens=256 (with an end-of-sequence token) and no_repeat_ngram_size=3; tokens/s from the difference of
+a short and a long run, counted from the tokens returned.
+
+Issue 25's measurement, under 8 minutes on one H200:
+    python benchmarks/bench_gpu.py --lengths 8192,16384 --arms hf-eager,delta-default \
+        --extra hf-compiled@2048 --skip lucidrains --out benchmarks/results/gpu_h200.json
+`--dry-run` prints the rows it would measure and exits (runs without a GPU).
 """
 
 from __future__ import annotations
@@ -246,6 +259,89 @@ def decode_section(args, log) -> dict:
     return out
 
 
+# The trainer's default command with only what shortens the run and its bookkeeping changed.
+TRAINER_OVERRIDES = dict(steps=40, log_every=10, eval_every=0, eval_windows=1, save_every=0, keep=1,
+                         progress=False, tensorboard=False)  # fmt: skip
+GENERATE_SETTINGS = {
+    "greedy": dict(do_sample=False),
+    "top-p": dict(do_sample=True, top_p=0.9, top_k=0),
+    "repetition_penalty=1.1": dict(do_sample=False, repetition_penalty=1.1),
+    "min_new_tokens=256": dict(do_sample=False, min_new_tokens=256),
+    "no_repeat_ngram_size=3": dict(do_sample=False, no_repeat_ngram_size=3),
+}
+
+
+def trainer_section(args, log) -> dict:
+    """`infini-llama train --preset paper-300m`, no flags, as the CLI runs it (TRAINER_OVERRIDES aside)."""
+    import tempfile
+
+    from infini_llama.train import recipe, train
+    from infini_llama.train.metrics import METRICS_FILE, read_metrics
+
+    fresh()
+    with tempfile.TemporaryDirectory() as folder:
+        cfg = recipe("paper-300m", out=str(Path(folder) / "run"), **TRAINER_OVERRIDES)
+        start = time.perf_counter()
+        train(cfg)
+        wall = time.perf_counter() - start
+        run = json.loads((Path(folder) / "run" / "run.json").read_text())
+        records = read_metrics(Path(folder) / "run" / METRICS_FILE, kind="train")
+    steady = [r for r in records if r["step"] > cfg.log_every]  # the first window holds the first steps' extras
+    row = dict(
+        command="infini-llama train --preset paper-300m", overrides=TRAINER_OVERRIDES,
+        batch_size=run["train"]["batch_size"], grad_accum=run["grad_accum"], micro_batch=run.get("micro_batch"),
+        tok_s=statistics.median(r["tokens_per_s"] for r in steady),
+        mfu=statistics.median(r["mfu"] for r in steady) if steady[0].get("mfu") is not None else None,
+        peak_gib=max(r.get("peak_mem_gib") or 0 for r in steady), wall_s=wall,
+    )  # fmt: skip
+    log(f"trainer default: {row['tok_s']:.0f} tok/s, MFU {row['mfu']}, micro-batch {row['batch_size']}")
+    return row
+
+
+@torch.no_grad()
+def settings_section(args, log) -> list[dict]:
+    """`model.generate` tokens/s at batch 1 after each context for each of GENERATE_SETTINGS."""
+    from infini_llama.models.cache import InfiniCache
+
+    fresh()
+    torch.manual_seed(0)
+    model = InfiniLlamaForCausalLM(config_from_preset(args.preset)).cuda().to(torch.bfloat16).eval()
+    vocab = model.config.vocab_size
+    chunk = 8 * model.config.segment_len
+    rows = []
+    for context in args.contexts:
+        ids = torch.randint(0, vocab, (1, context), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+        state = None
+        for begin in range(0, context - 1, chunk):
+            _, state = model.stream(ids[:, begin : min(begin + chunk, context - 1)], state)
+        for name, settings in GENERATE_SETTINGS.items():
+            # An end-of-sequence token only where the setting needs one (min_new_tokens acts on it); random
+            # weights rarely pick the last id, and the rate counts the tokens actually returned.
+            eos = vocab - 1 if "min_new_tokens" in settings else None
+            model.generation_config.eos_token_id = eos
+
+            def run(n: int, state=state, ids=ids, context=context, settings=settings) -> tuple[float, int]:
+                cache = InfiniCache(state, context - 1)
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                out = model.generate(ids, cache=cache, max_new_tokens=n, pad_token_id=0, **settings)
+                torch.cuda.synchronize()
+                return time.perf_counter() - start, out.shape[1] - context
+
+            try:
+                runs = [run(n) for n in (16, args.settings_tokens, 16, args.settings_tokens)]
+                (t_short, n_short), (t_long, n_long) = min(runs[0::2]), min(runs[1::2])
+                rate = (n_long - n_short) / (t_long - t_short)
+                row = dict(setting=name, context=context, batch=1, tok_s=rate, new_tokens=n_long)
+            except Exception as exc:  # noqa: BLE001 - a setting that fails is reported, the others still run
+                traceback.print_exc()
+                row = dict(setting=name, context=context, batch=1, tok_s=None, error=f"{type(exc).__name__}: {exc}")
+            rows.append(row)
+            log(json.dumps(row))
+    model.generation_config.eos_token_id = None
+    return rows
+
+
 def environment() -> dict:
     revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     import triton
@@ -276,6 +372,12 @@ def table(result: dict) -> str:
         warm = [r["warmup_s"] for r in rows if r["arm"] == arm and r.get("warmup_s") is not None]
         lines.append(f"{arm} | " + " | ".join(cells) + (f" | {max(warm):.0f}" if warm else " | -"))
     decode = result.get("decode", {})
+    if "trainer_default" in result:
+        r = result["trainer_default"]
+        lines.append(f"trainer default: {json.dumps(r)}")
+    for r in result.get("generate_settings", []):
+        rate = "failed" if r.get("tok_s") is None else f"{r['tok_s']:.0f} tok/s"
+        lines.append(f"generate {r['setting']} after {r['context']}: {rate}")
     for key in ("decode", "prefill", "generate"):
         for r in decode.get(key, []):
             lines.append(
@@ -284,6 +386,22 @@ def table(result: dict) -> str:
     if "error" in decode:
         lines.append(f"decode failed: {decode['error']}")
     return "\n".join(lines)
+
+
+def dry_run_plan(args, skip: set[str], wanted: list[tuple[str, int]]) -> dict:
+    """What a run with these arguments measures, section by section (no GPU needed)."""
+    plan = {}
+    if "trainer" not in skip:
+        plan["trainer"] = {"command": "infini-llama train --preset paper-300m", "overrides": TRAINER_OVERRIDES}
+    if "settings" not in skip:
+        plan["settings"] = [f"{name} after {context}" for context in args.contexts for name in GENERATE_SETTINGS]
+    if "decode" not in skip:
+        plan["decode"] = {"contexts": args.contexts, "batches": args.batches}
+    if "train" not in skip:
+        plan["train"] = [f"{arm}@{T}" for arm, T in wanted]
+    if "lucidrains" not in skip:
+        plan["lucidrains"] = args.lucidrains_lengths
+    return plan
 
 
 def main() -> None:
@@ -299,9 +417,24 @@ def main() -> None:
     parser.add_argument("--contexts", type=ints, default=ints("4096,65536,1048576"))
     parser.add_argument("--batches", type=ints, default=ints("8,64"))
     parser.add_argument("--decode-steps", type=int, default=512)
-    parser.add_argument("--skip", default="", help="sections to skip: train, decode, lucidrains")
+    parser.add_argument("--settings-tokens", type=int, default=528, help="new tokens of the long generate run")
+    parser.add_argument(
+        "--skip", default="", help="sections to skip: trainer, settings, decode, train, lucidrains (comma-separated)"
+    )
     parser.add_argument("--out", default="benchmarks/results/gpu.json")
+    parser.add_argument("--dry-run", action="store_true", help="print the rows it would measure and exit")
     args = parser.parse_args()
+    skip = set(args.skip.split(",")) - {""}
+    unknown = skip - {"trainer", "settings", "decode", "train", "lucidrains"}
+    if unknown:
+        parser.error(
+            f"--skip: unknown section(s) {sorted(unknown)}; choose from trainer, settings, decode, train, lucidrains"
+        )
+    wanted = [(arm, T) for T in args.lengths for arm in args.arms.split(",") if arm]
+    wanted += [(item.split("@")[0], int(item.split("@")[1])) for item in args.extra.split(",") if item]
+    if args.dry_run:
+        print(json.dumps(dry_run_plan(args, skip, wanted), indent=1))
+        return
     # The trainer's setting under bf16 on CUDA: the memory op's float32 matmuls on TF32 (HF Llama has none).
     torch.backends.cuda.matmul.allow_tf32 = True
     out = Path(args.out)
@@ -325,7 +458,16 @@ def main() -> None:
         log(json.dumps(row))
         save()
 
-    skip = set(args.skip.split(","))
+    if "trainer" not in skip:
+        try:
+            result["trainer_default"] = trainer_section(args, log)
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            result["trainer_default"] = dict(error=f"{type(exc).__name__}: {str(exc)[:300]}")
+        save()
+    if "settings" not in skip:
+        result["generate_settings"] = settings_section(args, log)
+        save()
     if "decode" not in skip:  # first: its compile and capture are its own, and it needs no training warm-up
         try:
             result["decode"] = decode_section(args, log)
@@ -334,8 +476,6 @@ def main() -> None:
             result["decode"] = dict(error=f"{type(exc).__name__}: {str(exc)[:300]}")
         save()
     if "train" not in skip:
-        wanted = [(arm, T) for T in args.lengths for arm in args.arms.split(",")]
-        wanted += [(item.split("@")[0], int(item.split("@")[1])) for item in args.extra.split(",") if item]
         for arm, T in wanted:
             run_row(train_rate, arm, T, args)
     if "lucidrains" not in skip:
