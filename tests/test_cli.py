@@ -62,6 +62,17 @@ def damaged(model_dir, tmp_path) -> Path:
 
 
 @pytest.fixture
+def no_study_starts(monkeypatch):
+    """A study that passes its checks must not start in these tests: run_study fails loudly instead."""
+    from infini_llama.study import runner
+
+    def started(*args, **kwargs):
+        raise AssertionError("the study started: a bad value passed the checks")
+
+    monkeypatch.setattr(runner, "run_study", started)
+
+
+@pytest.fixture
 def prompt(tmp_path) -> Path:
     path = tmp_path / "prompt.txt"
     path.write_text("The cat sat on the mat. " * 4)
@@ -117,20 +128,34 @@ def test_train_and_study_share_one_guard(tmp_path):
         ("eval_sampels=4", "did you mean 'eval_samples'"),
         ("eval_samples=many", "eval_samples must be an integer, got 'many'"),
         ("model.segment_len=0", "segment_len"),
+        ("model.gate_init=high", "model.gate_init must be a number, got 'high'"),
         ("passkey.curriculum_step=5", "did you mean 'passkey.curriculum_steps'"),
         ("pretrain.steps=0", "steps must be an integer >= 1"),
     ],
-    ids=["bad-value", "unknown-section", "typo-train-field", "typo-study-field", "bad-int", "bad-model", "typo-passkey",
-         "out-of-range"],
+    ids=["bad-value", "unknown-section", "typo-train-field", "typo-study-field", "bad-int", "bad-model", "bad-float",
+         "typo-passkey", "out-of-range"],
 )  # fmt: skip
-def test_study_settings_are_checked_before_anything_is_written(setting, message, tmp_path, capsys):
+def test_study_settings_are_checked_before_anything_is_written(setting, message, tmp_path, capsys, no_study_starts):
     out = tmp_path / "study"
     code, err = run(["study", "--out", str(out), "--set", setting, "--no-progress"], capsys)
     assert code == 2 and message in one_line(err, "study"), err
     assert not out.exists()
 
 
-def test_study_config_file_is_checked_too(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "option,message",
+    [(["--sweep", "pretrain.lr=1e-3,abc"], "pretrain.lr must be a number, got 'abc'"),
+     (["--ablate", "gate_init=high"], "gate_init must be a number, got 'high'"),
+     (["--sweep", "seed=0,x"], "seed must be an integer, got 'x'")],
+    ids=["sweep", "ablate", "seed"],
+)  # fmt: skip
+def test_study_sweep_and_ablation_values_are_checked(option, message, tmp_path, capsys, no_study_starts):
+    code, err = run(["study", "--out", str(tmp_path / "s"), *option], capsys)
+    assert code == 2 and message in one_line(err, "study")
+    assert not (tmp_path / "s").exists()
+
+
+def test_study_config_file_is_checked_too(tmp_path, capsys, no_study_starts):
     config = tmp_path / "study.yaml"
     config.write_text("pretrain:\n  lr: fast\n")
     code, err = run(["study", "--out", str(tmp_path / "s"), "--config", str(config)], capsys)

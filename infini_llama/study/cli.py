@@ -15,18 +15,20 @@ def main(args: argparse.Namespace) -> int:
     status 1: the same command continues from there."""
     from infini_llama.study.config import study_config
     from infini_llama.study.runner import StudyError, run_study
-    from infini_llama.study.settings import check_study, study_settings
+    from infini_llama.study.settings import check_study, study_settings, typed_sweep_value
     from infini_llama.study.sweeps import parse_ablation, parse_sweep
     from infini_llama.train import CheckpointError, RunError
 
     try:
-        sweeps = dict(parse_sweep(s) for s in args.sweep)
+        sweeps = {key: [typed_sweep_value(key, v) for v in values] for key, values in map(parse_sweep, args.sweep)}
         seeds = args.seeds if args.seeds is not None else [0 if args.seed is None else args.seed]
         sets = study_settings(args.set, args.config)
         if args.control_arm:
             sets["control_arm"] = True
         if args.ablate:
-            sets["ablations"] = [parse_ablation(a) for a in args.ablate]
+            sets["ablations"] = [
+                {key: typed_sweep_value(key, v) for key, v in parse_ablation(a).items()} for a in args.ablate
+            ]
         cfg = study_config(args.preset, sweeps=sweeps, seeds=seeds, **sets)
         check_study(cfg)
         run_study(
