@@ -395,3 +395,10 @@ def test_a_plain_install_runs_the_study_to_its_report():
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
     assert any(dep.startswith("matplotlib") for dep in project["dependencies"]), "the report's figures need it"
+
+
+def test_train_model_values_are_typed(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, err = run(["train", "--set", "gate_init=high", "--out", str(out)], capsys)
+    assert code == 2 and "gate_init must be a number, got 'high'" in one_line(err, "train")
+    assert not out.exists()

@@ -66,7 +66,7 @@ def check_setting(key: str, value: Any) -> tuple[str, str | None, Any]:
         if key in OWN_OPTIONS:
             raise ValueError(f"{key} is set with {OWN_OPTIONS[key]}, not --set")
         if key in MODEL_FIELDS:  # `train --set segment_len=32` spelling
-            return "model", key, _coerce_model_field(key, key, value)
+            return "model", key, _coerce_model(key, value)
         if key not in STUDY_FIELDS or key in KEYED_ONLY:
             every = sorted(set(STUDY_FIELDS) - set(KEYED_ONLY)) + sorted(MODEL_FIELDS)
             every += [f"{s}.{n}" for s, names in SECTION_FIELDS.items() for n in names]
@@ -83,7 +83,7 @@ def check_setting(key: str, value: Any) -> tuple[str, str | None, Any]:
     if section in STAGES:
         return section, name, _coerce(key, value, TRAIN_FIELDS[name])
     if section == "model":
-        return section, name, _coerce_model_field(key, name, value)
+        return section, name, _coerce_model(name, value, key)
     if section == "passkey":
         return section, name, _coerce_passkey(key, value, PASSKEY_OPTIONS[name])
     return section, name, _coerce(key, value, ROPE_KEYS[name])
@@ -121,21 +121,6 @@ def coerce_study_field(name: str, value: Any) -> Any:
     if hint is bool and isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
     return _coerce(name, value, hint)
-
-
-def _coerce_model_field(key: str, name: str, value: Any) -> Any:
-    """A model field's value as its InfiniLlamaConfig annotation says (`gate_init` a number, `segment_len` an
-    integer, ...), or a ValueError with the key, the type and the value. `bptt` ("full", "none" or a number of
-    segments) is left to the config's own check."""
-    annotation = MODEL_FIELDS[name]
-    kinds = {"int": int, "float": float, "bool": bool, "str": str}
-    parts = [part.strip() for part in annotation.split("|")]
-    if "str" in parts and len(parts) > 1:
-        return value
-    hint = kinds.get(parts[0])
-    if hint is None:
-        return _coerce_model(name, value)
-    return _coerce(key, value, hint | None if "None" in parts else hint)
 
 
 def _coerce_passkey(key: str, value: Any, kind: str) -> Any:

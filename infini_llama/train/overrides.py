@@ -85,16 +85,16 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     raise TypeError(f"no conversion for field {name} of type {hint}")
 
 
-def _coerce_model(name: str, value: Any) -> Any:
-    annotation = MODEL_FIELDS[name]
-    if isinstance(value, str) and value.lower() in ("none", "null") and "None" in annotation:
-        return None
-    if "float" in annotation and isinstance(value, (int, str)) and not isinstance(value, bool):
-        try:
-            return float(value)
-        except ValueError:
-            pass  # InfiniLlamaConfig.validate names the bad value
-    return value
+def _coerce_model(name: str, value: Any, key: str | None = None) -> Any:
+    """`value` as the type InfiniLlamaConfig's annotation gives model field `name` (`gate_init` a number,
+    `segment_len` an integer, ...), or a ValueError naming `key` (default `name`), the type and the value. A field
+    that takes a name or a number (`bptt`: "full", "none" or a number of segments) is left to the config's check."""
+    parts = [part.strip() for part in MODEL_FIELDS[name].split("|")]
+    kinds = {"int": int, "float": float, "bool": bool, "str": str}
+    if "str" in parts and len(parts) > 1 or parts[0] not in kinds:
+        return value
+    hint = kinds[parts[0]]
+    return _coerce(key or name, value, hint | None if "None" in parts else hint)
 
 
 def apply_overrides(cfg: TrainConfig, values: Mapping[str, Any]) -> TrainConfig:
