@@ -9,6 +9,8 @@ the close matches and the valid keys; a value of the wrong type with the key, th
 
 from __future__ import annotations
 
+import dataclasses
+
 import difflib
 import typing
 from collections.abc import Mapping, Sequence
@@ -169,7 +171,9 @@ def check_study(cfg: StudyConfig) -> None:
     from infini_llama.study.arms import expand_arms
     from infini_llama.study.stages import train_recipe
 
-    for arm in expand_arms(cfg):
+    # A study of several seeds runs one single-seed study per seed; its arms are built per seed.
+    arms = [arm for seed in cfg.seeds for arm in expand_arms(dataclasses.replace(cfg, seeds=(seed,)))]
+    for arm in arms:
         model = {**cfg.model, **arm.model, "attention": arm.attention}  # as study.stages builds it
         for stage in STAGES:
             try:

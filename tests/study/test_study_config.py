@@ -312,3 +312,11 @@ def test_gate_and_drop_are_related_within_layers_not_by_layer_identity():
     found = within_layer_association(seeds(related))
     assert found["r"] == pytest.approx(1.0) and found["p"] < 0.01
     assert within_layer_association(seeds(related[:1])) is None
+
+
+def test_a_study_of_several_seeds_is_checked_seed_by_seed():
+    from infini_llama.study.settings import check_study
+
+    check_study(study_config("tiny", seeds=(0, 1, 2)))
+    with pytest.raises(ValueError, match="finetune of arm"):
+        check_study(study_config("tiny", seeds=(0, 1), finetune={"steps": 0}))
