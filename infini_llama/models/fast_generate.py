@@ -16,7 +16,7 @@ from __future__ import annotations
 import warnings
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, NoRepeatNGramLogitsProcessor
 
 from infini_llama.models.cache import InfiniCache
 from infini_llama.models.decode import StaticDecoder
@@ -135,7 +135,7 @@ def _processors(model, config: GenerationConfig, input_ids: torch.Tensor) -> Log
             model._prepare_special_tokens(config, True, device=device, batch_size=input_ids.shape[0])
         except TypeError:  # releases before the batch_size argument
             model._prepare_special_tokens(config, True, device=device)
-        return model._get_logits_processor(
+        processors = model._get_logits_processor(
             generation_config=config,
             input_ids_seq_length=input_ids.shape[1],
             encoder_input_ids=input_ids,
@@ -146,6 +146,33 @@ def _processors(model, config: GenerationConfig, input_ids: torch.Tensor) -> Log
         )
     except (AttributeError, TypeError):
         return None
+    return LogitsProcessorList(
+        NoRepeatNGramOnDevice(p.ngram_size) if isinstance(p, NoRepeatNGramLogitsProcessor) else p for p in processors
+    )
+
+
+class NoRepeatNGramOnDevice(LogitsProcessor):
+    """transformers' NoRepeatNGramLogitsProcessor (same bans) without leaving the device: some releases build
+    every n-gram of the sequence in Python at each step, seconds per token after a long prompt.
+
+    The next token t is banned where (last n − 1 tokens, t) already occurs: every window of n tokens whose first
+    n − 1 equal the current suffix bans its last token.
+    """
+
+    def __init__(self, ngram_size: int):
+        self.ngram_size = ngram_size
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        n, length = self.ngram_size, input_ids.shape[-1]
+        if length < n:
+            return scores
+        suffix = input_ids[:, length + 1 - n :]  # (B, n - 1)
+        windows = input_ids.unfold(1, n, 1)  # (B, length - n + 1, n)
+        matches = (windows[..., :-1] == suffix[:, None]).all(dim=-1)
+        vocab = scores.shape[-1]
+        banned = scores.new_zeros(scores.shape[0], vocab + 1, dtype=torch.bool)  # column `vocab`: no ban
+        banned.scatter_(1, torch.where(matches, windows[..., -1].clamp(max=vocab), vocab), True)
+        return scores.masked_fill(banned[:, :vocab], -float("inf"))
 
 
 def decoder_for(model, batch_size: int) -> StaticDecoder:

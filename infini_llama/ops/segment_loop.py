@@ -10,8 +10,8 @@ reference's overheads:
 - The update is M̃ += σ(K)ᵀ W̃ with W̃ = [V − U | 1] (U = 0 for the linear rule): the ones column updates z.
 - σ(x) = exp(min(x, 0)) + max(x, 0) equals ELU(x) + 1 without expm1 (several times slower than exp on CPU),
   and σ'(x) = min(σ(x), 1), so the backward needs σ only.
-- The backward is the adjoint of the segment loop, run in reverse (the memory before each segment is saved,
-  so each segment's reads are recomputed from it): per segment a handful of matmuls on cache-sized tensors.
+- The backward is the adjoint of the segment loop, run in reverse, from what the forward saved of each segment
+  (σ(X), the memory before it, its reads and W̃): per segment a handful of matmuls on cache-sized tensors.
 
 Same contract as `compressive_memory`; `compressive_memory` picks this path (see `prefers_segment_loop`).
 """
@@ -64,9 +64,9 @@ class _Shapes:
     def split(self, x):  # (B, Hkv, T, E) -> per segment (B, Hkv, n, E)
         return x.split(self.segment_len, dim=2)
 
-    def values_buffer(self, like):
-        """W̃'s storage for one segment: (B, Hkv, segment_len, Dv + 1) with the ones column already set."""
-        w = like.new_empty(self.B, self.Hkv, min(self.segment_len, self.T), self.Dv + 1)
+    def values_buffer(self, like, n=None):
+        """W̃'s storage for one segment of n tokens (default: a full one): (B, Hkv, n, Dv + 1), ones column set."""
+        w = like.new_empty(self.B, self.Hkv, n or min(self.segment_len, self.T), self.Dv + 1)
         w[..., self.Dv] = 1.0
         return w
 
@@ -83,7 +83,7 @@ class _SegmentLoop(torch.autograd.Function):
         out = q.new_empty(B, sh.Hq, sh.T, Dv)
         w_buffer = sh.values_buffer(q)
         x_buffer = None if save else q.new_empty(B * Hkv * (g + 1) * min(segment_len, sh.T) * D)
-        features, memories = [], []
+        segments_saved = []
         segments = zip(sh.split_queries(q), sh.split(k), sh.split(v), sh.split_queries(out), strict=True)
         for qs, ks, vs, outs in segments:
             n = ks.shape[2]
@@ -94,16 +94,15 @@ class _SegmentLoop(torch.autograd.Function):
             read, r = _read(x, qs, ks, memory, delta)
             Lq = g * n
             torch.mul(read[:, :, :Lq, :Dv].view(B, Hkv, g, n, Dv), r[:, :, :Lq, None].view(B, Hkv, g, n, 1), out=outs)
-            w = _update_values(w_buffer[:, :, :n], vs, read, r, Lq, delta)
-            if save:
-                features.append(x)
-                memories.append(memory.clone())
+            w = _update_values(sh.values_buffer(q, n) if save else w_buffer[:, :, :n], vs, read, r, Lq, delta)
+            if save:  # what the backward of this segment reads (the memory before it, its reads and writes)
+                segments_saved.append((x, memory.clone(), read, r, w))
             memory.view(B * Hkv, D, Dv + 1).baddbmm_(
                 x[:, :, Lq:].reshape(B * Hkv, n, D).transpose(1, 2), w.reshape(B * Hkv, n, Dv + 1)
             )
         if save:
             ctx.save_for_backward(q, k, v)
-            ctx.features, ctx.memories = features, memories
+            ctx.segments = segments_saved
             ctx.options = (segment_len, delta, detach_every)
         return out, memory[..., :Dv].contiguous(), memory[..., Dv].contiguous()
 
@@ -116,21 +115,17 @@ class _SegmentLoop(torch.autograd.Function):
         B, Hkv, D, Dv, g = sh.B, sh.Hkv, sh.D, sh.Dv, sh.groups
         g_memory = torch.cat([g_M, g_z.unsqueeze(-1)], dim=-1)  # adjoint of M̃ after the last segment
         g_q, g_k, g_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        w_buffer = sh.values_buffer(q)
         segments = list(
             zip(
-                sh.split_queries(q), sh.split(k), sh.split(v), sh.split_queries(g_out),
-                sh.split_queries(g_q), sh.split(g_k), sh.split(g_v), ctx.features, ctx.memories, strict=True,
+                sh.split(k), sh.split_queries(g_out), sh.split_queries(g_q), sh.split(g_k), sh.split(g_v),
+                ctx.segments, strict=True,
             )
         )  # fmt: skip
         for s in reversed(range(len(segments))):
-            qs, ks, vs, g_outs, g_qs, g_ks, g_vs, x, memory = segments[s]
+            ks, g_outs, g_qs, g_ks, g_vs, (x, memory, read, r, w) = segments[s]
             n = ks.shape[2]
             Lq = g * n
             rows = (g + 1) * n if delta else Lq
-            read = x[:, :, :rows] @ memory
-            r = _reciprocal(read[..., Dv])
-            w = _update_values(w_buffer[:, :, :n], vs, read, r, Lq, delta)
             keys3 = x[:, :, Lq:].reshape(B * Hkv, n, D)
             g_memory3 = g_memory.view(B * Hkv, D, Dv + 1)
 
@@ -163,7 +158,7 @@ class _SegmentLoop(torch.autograd.Function):
             slope = x.clamp(max=1.0)  # σ'(x) = min(σ(x), 1)
             torch.mul(g_x[:, :, :Lq].view(B, Hkv, g, n, D), slope[:, :, :Lq].view(B, Hkv, g, n, D), out=g_qs)
             torch.mul(g_x[:, :, Lq:], slope[:, :, Lq:], out=g_ks)
-        ctx.features = ctx.memories = None
+        ctx.segments = None
         return g_q, g_k, g_v, g_memory[..., :Dv], g_memory[..., Dv], None, None, None, None
 
 

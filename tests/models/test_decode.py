@@ -225,3 +225,17 @@ def test_decoders_of_other_batch_sizes_stay_cached():
     m.float()  # the weights moved: every decoder is rebuilt
     assert decoder_for(m, 1) is not one
     assert len(m._static_decoders) == 1
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_ngram_blocking_on_the_device_bans_what_transformers_bans(n):
+    from transformers import NoRepeatNGramLogitsProcessor
+
+    from infini_llama.models.fast_generate import NoRepeatNGramOnDevice
+
+    g = torch.Generator().manual_seed(n)
+    for length in (1, n - 1, n, 40):
+        ids = torch.randint(0, 5, (3, max(length, 1)), generator=g)  # a small vocabulary: many repeated n-grams
+        scores = torch.randn(3, 7, generator=g)
+        expected = NoRepeatNGramLogitsProcessor(n)(ids, scores.clone())
+        assert torch.equal(NoRepeatNGramOnDevice(n)(ids, scores.clone()), expected)
