@@ -10,7 +10,6 @@ the close matches and the valid keys; a value of the wrong type with the key, th
 from __future__ import annotations
 
 import dataclasses
-
 import difflib
 import typing
 from collections.abc import Mapping, Sequence
