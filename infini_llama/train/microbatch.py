@@ -113,7 +113,7 @@ def resolve_micro_batch(
     per_process = cfg.global_batch // world_size
     probe = fits if fits is not None else device_probe(model_config, cfg, device, precision)
     if probe is None:
-        chosen, tried, how = per_process, [], "the whole per-process batch in one pass (no GPU memory to probe)"
+        chosen, tried, how = per_process, [], "the whole per-process batch in one pass: no GPU memory to probe"
     else:
         try:
             chosen, tried = choose_micro_batch(per_process, probe)
