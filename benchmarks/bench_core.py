@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -153,6 +154,7 @@ def main() -> None:
     lengths = [int(t) for t in args.lengths.split(",")]
     on_gpu = args.device == "cuda"
 
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     op_rows = bench_op(args.device, torch.float32, lengths, args.segment_len, args.repeats)
     print("compressive memory, float32: fast op over the per-segment reference (median of paired rounds)")
     header = ("shape", "update", "B", "H", "D", "seg", "T", "fwd+bwd ms", "speed-up", "fwd ms", "speed-up")
@@ -175,6 +177,7 @@ def main() -> None:
         device=torch.cuda.get_device_name() if on_gpu else cpu_description()["model"],
         cpu=cpu_description(),
         threads=torch.get_num_threads(),
+        load_average=dict(before=load_before, after=os.getloadavg() if hasattr(os, "getloadavg") else None),
         notes=(
             "op rows: float32, speed-up = median over rounds of reference / fast timed back to back; fwd = forward "
             "alone under torch.no_grad. On CPU, inputs larger than the cache take the segment loop "
