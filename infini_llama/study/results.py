@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
                     results = summary["results"]
                     grids[haystack] = {
                         "by_length": [
-                            {"length": r["length"], "exact": r["exact"], "digit_acc": r["digit_acc"]}
+                            {"length": r["length"], "exact": _rate(r["exact"]), "digit_acc": r["digit_acc"]}
                             for r in results["by_length"]
                         ],
                         "by_memory_updates": [
@@ -96,7 +97,8 @@ def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
                             for r in results.get("by_length_and_memory_updates", [])
                         ],
                         "cells": [
-                            {"length": r["length"], "depth": r["depth"], "exact": r["exact"]} for r in results["cells"]
+                            {"length": r["length"], "depth": r["depth"], "exact": _rate(r["exact"])}
+                            for r in results["cells"]
                         ],
                     }
             entry["passkey"][task] = {"label": passkey_label(arm, task, cfg), "haystacks": grids}
@@ -119,6 +121,20 @@ def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
     }
 
 
+_NUMBERS = re.compile(r"\[\s*((?:-?[\d.eE+]+,\s*)*-?[\d.eE+]+)\s*\]")
+
+
+def dumps(results: dict) -> str:
+    """results.json's text: indented, with every list of plain numbers on one line (per-key counts stay short)."""
+    text = json.dumps(results, indent=2)
+    return _NUMBERS.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text) + "\n"
+
+
+def _rate(exact: dict) -> dict:
+    """An exact-match proportion without its per-key counts (kept only where groups are pooled across seeds)."""
+    return {k: v for k, v in exact.items() if k != "key_totals"}
+
+
 def layers_off(cfg: StudyConfig, arm: Arm, root: Path, entry: dict) -> dict | None:
     """What each layer's memory adds, at one length on the first haystack: per layer its mean gate, the exact
     accuracy with that layer's memory switched off and the drop from the plain grid's (same samples), in points; and
@@ -135,7 +151,7 @@ def layers_off(cfg: StudyConfig, arm: Arm, root: Path, entry: dict) -> dict | No
         summary = _summary(root / "eval" / layer_off_folder(layer, haystack))
         if summary is None or summary.get("status") != "complete":
             return None
-        exact = summary["results"]["by_length"][0]["exact"]
+        exact = _rate(summary["results"]["by_length"][0]["exact"])
         layers.append({"layer": layer, "gate_mean": gate, "exact": exact, "drop": 100 * (on["rate"] - exact["rate"])})
     return {
         "haystack": haystack, "length": layer_off_length(cfg, arm), "memory_on": on, "layers": layers,

@@ -32,7 +32,7 @@ from infini_llama.study.arms import Arm, expand_arms
 from infini_llama.study.config import StudyConfig
 from infini_llama.study.estimate import announce_estimate, study_eta
 from infini_llama.study.report import write_across_report, write_seed_report
-from infini_llama.study.results import across_seeds, seed_results
+from infini_llama.study.results import across_seeds, dumps, seed_results
 from infini_llama.study.stages import arm_stages
 from infini_llama.study.summary import summary_table
 from infini_llama.train import hf_progress_bars_off
@@ -103,7 +103,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
     path = out / "REPORT.md"
     if len(studies) > 1:
         summary = across_seeds(cfg, per_seed)
-        (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (out / "results.json").write_text(dumps(summary))
         write_across_report(cfg, out, summary, command)
     print(summary_table(summary if len(studies) > 1 else per_seed[cfg.seeds[0]]), flush=True)
     print(f"[study] done in {time.time() - started:.0f} s this run; report: {path}")
@@ -116,7 +116,7 @@ def _seed_report(cfg: StudyConfig, out: Path, command: str | None) -> dict:
     eval_dirs = [d for arm in arms for d in sorted((out / arm.name / "eval").iterdir()) if d.is_dir()]
     build_report(eval_dirs, out / "report")
     results = seed_results(cfg, arms, out)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.json").write_text(dumps(results))
     write_seed_report(cfg, out, results, command)
     return results
 
