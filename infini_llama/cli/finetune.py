@@ -2,8 +2,8 @@
 `infini_llama.eval.finetune.finetune_passkey` (imported when the command runs, so `--help` stays fast).
 
 Defaults depend on where it runs: on a CUDA device the 300M study's recipe (500 steps of 64 × 4,096 tokens), on a
-CPU the `tiny` study's (4,000 steps of 8 × 256 tokens), so that a first try on a laptop does not ask for a quarter
-of a million tokens per step.
+CPU the `tiny` study preset's fine-tuning recipe, so that a first try on a laptop does not ask for a quarter of a
+million tokens per step.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ prompt (the classic filler, other filler styles, training-corpus text, distracto
 evaluation also uses is never trained on.
 
 Defaults: on a CUDA device the 300M study's recipe (500 steps of 64 × 4,096 tokens, LR 7.5e-5 after 50 warm-up
-steps, cosine to 3e-6, gate LR 1.5e-4); on a CPU the `tiny` study's (4,000 steps of 8 × 256 tokens, LR 2e-3 after
-50 warm-up steps, cosine to 2e-4, gate LR 0.1). Flags, then --config, then --set override them. Keys have 5
+steps, cosine to 3e-6, gate LR 1.5e-4); on a CPU the `tiny` study preset's fine-tuning recipe (a few thousand
+tokens per step). The command prints the recipe it uses as it starts. Flags, then --config, then --set override
+them. Keys have 5
 digits, as in evaluation (the 300M study's had 4: --key-digits 4, and evaluate with the same)."""
 EXAMPLES = """examples:
   infini-llama finetune passkey --checkpoint runs/tiny-infini/final --out runs/tiny-infini-pk --steps 500
