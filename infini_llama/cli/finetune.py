@@ -24,8 +24,7 @@ evaluation also uses is never trained on.
 Defaults: on a CUDA device the 300M study's recipe (500 steps of 64 × 4,096 tokens, LR 7.5e-5 after 50 warm-up
 steps, cosine to 3e-6, gate LR 1.5e-4); on a CPU the `tiny` study preset's fine-tuning recipe (a few thousand
 tokens per step). The command prints the recipe it uses as it starts. Flags, then --config, then --set override
-them. Keys have 5
-digits, as in evaluation (the 300M study's had 4: --key-digits 4, and evaluate with the same)."""
+them. Keys have 5 digits, as in evaluation (the 300M study's had 4: --key-digits 4, and evaluate with the same)."""
 EXAMPLES = """examples:
   infini-llama finetune passkey --checkpoint runs/tiny-infini/final --out runs/tiny-infini-pk --steps 500
   infini-llama finetune passkey --checkpoint runs/tiny-infini/final --out runs/pk --haystacks repeat,styles \\
