@@ -123,8 +123,8 @@ def decode(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
 
 def _backend(tokenizer: PreTrainedTokenizerBase):
     """The Rust tokenizer of a fast tokenizer, else None. Fine-tuning builds prompts from hundreds of small pieces
-    per step, and the Python wrapper's per-call work was most of a CPU fine-tuning step's batch building; the
-    wrapper adds nothing to these calls (no special tokens, no clean-up), and a test holds the two equal."""
+    per step, and the Python wrapper's per-call work was a good share of a CPU fine-tuning step's batch building;
+    the wrapper adds nothing to these calls (no special tokens, no clean-up), and a test holds the two equal."""
     return getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
 
 
