@@ -10,7 +10,6 @@ filler; the held-out text that evaluation also uses is never trained on.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,6 @@ from transformers import PreTrainedTokenizerBase
 
 from infini_llama.data import tokenizer_fingerprint
 from infini_llama.eval.checkpoint import load_eval_tokenizer
-from infini_llama.eval.commands import parse_floats, parse_names, reports_errors
 from infini_llama.eval.passkey import (
     DEFAULT_KEY_DIGITS,
     EVAL_STREAM,
@@ -275,82 +273,6 @@ class PasskeyBatchSource:
         }
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "finetune",
-        help="fine-tune a checkpoint on a synthetic task (passkey)",
-        description="Fine-tune a checkpoint with the trainer of `infini-llama train` on synthetic data.",
-    )
-    tasks = parser.add_subparsers(dest="task", metavar="TASK", required=True)
-    passkey = tasks.add_parser(
-        "passkey",
-        help="passkey fine-tuning (defaults: the 300M study's recipe)",
-        description=__doc__ + "\nDefaults are the study's: 500 steps of 64 × 4096 tokens, LR 7.5e-5 (50 warm-up "
-        "steps, cosine to 3e-6), gate LR 1.5e-4, depths 0/25/50/75/100%, loss on every token; keys have 5 digits, "
-        "as in evaluation (the study's were 4: --key-digits 4, and evaluate with the same).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    passkey.add_argument("--checkpoint", required=True, help="Hugging Face model folder to start from")
-    passkey.add_argument("--out", required=True, help="run folder (the fine-tuned model lands in OUT/final)")
-    passkey.add_argument("--tokenizer", help="tokenizer folder or name (default: the one in --checkpoint)")
-    passkey.add_argument("--steps", type=int, default=STUDY_RECIPE["steps"])
-    passkey.add_argument("--seq-len", type=int, default=STUDY_RECIPE["seq_len"], help="tokens per training sequence")
-    passkey.add_argument(
-        "--global-batch", type=int, default=STUDY_RECIPE["global_batch"], help="sequences per optimizer step"
-    )
-    passkey.add_argument(
-        "--batch-size", type=int, default=STUDY_RECIPE["batch_size"], help="sequences per forward pass on each process"
-    )
-    passkey.add_argument("--lr", type=float, default=STUDY_RECIPE["lr"])
-    passkey.add_argument("--min-lr", type=float, default=STUDY_RECIPE["min_lr"])
-    passkey.add_argument("--warmup-steps", type=int, default=STUDY_RECIPE["warmup_steps"])
-    passkey.add_argument("--gate-lr", type=float, default=STUDY_RECIPE["gate_lr"])
-    passkey.add_argument("--weight-decay", type=float, default=0.1)
-    passkey.add_argument("--key-digits", type=int, default=DEFAULT_KEY_DIGITS)
-    passkey.add_argument(
-        "--depths", type=parse_floats, default=list(STUDY_DEPTHS), help="needle depths; each prompt draws one"
-    )
-    passkey.add_argument(
-        "--haystacks",
-        type=parse_names,
-        default=list(FINETUNE_HAYSTACKS),
-        help=f"haystack kinds, one drawn per prompt, any of {', '.join(FINETUNE_HAYSTACKS)}",
-    )
-    passkey.add_argument("--loss", default="all", choices=LOSSES, help="all tokens (the study) or the answer only")
-    passkey.add_argument(
-        "--pack-min-len",
-        type=int,
-        help="pack prompts of random lengths, each at least this many tokens, into every sequence (default: "
-        "seq-len / 8; 0: one prompt per sequence)",
-    )
-    passkey.add_argument(
-        "--curriculum-steps",
-        type=int,
-        default=0,
-        help="start with the needle close to the question and move it away over this many steps (0: no curriculum)",
-    )
-    passkey.add_argument("--seed", type=int, default=0, help="seed of the training samples (their own stream)")
-    passkey.add_argument(
-        "--exclude-eval-seed", type=int, default=0, help="never train on the keys of the evaluation grid with this seed"
-    )
-    passkey.add_argument(
-        "--exclude-eval-samples",
-        type=int,
-        default=1024,
-        help="samples per cell of that evaluation grid whose keys are excluded",
-    )
-    passkey.add_argument("--validation-batches", type=int, default=2)
-    passkey.add_argument("--eval-every", type=int, default=100)
-    passkey.add_argument("--save-every", type=int, default=250)
-    passkey.add_argument("--log-every", type=int, default=10)
-    passkey.add_argument("--device", default="auto")
-    passkey.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
-    passkey.add_argument("--resume", action="store_true", help="continue the run in --out")
-    passkey.add_argument("--overwrite", action="store_true", help="delete the run in --out and start over")
-    passkey.add_argument("--no-progress", action="store_true")
-    passkey.set_defaults(func=_finetune_passkey)
-
-
 def finetune_passkey(
     checkpoint: str,
     out: str,
@@ -382,45 +304,3 @@ def finetune_passkey(
         **(source_options or {}),
     )
     return train(cfg, batches=source, tokenizer=tokenizer)
-
-
-@reports_errors
-def _finetune_passkey(args: argparse.Namespace) -> int:
-    result = finetune_passkey(
-        args.checkpoint,
-        args.out,
-        tokenizer=load_eval_tokenizer(args.checkpoint, args.tokenizer),
-        source_options=dict(
-            key_digits=args.key_digits,
-            pack_min_len=args.pack_min_len,
-            depths=args.depths,
-            haystacks=args.haystacks,
-            loss=args.loss,
-            validation_batches=args.validation_batches,
-            curriculum_steps=args.curriculum_steps,
-            exclude_eval_seed=args.exclude_eval_seed,
-            exclude_eval_samples=args.exclude_eval_samples,
-        ),
-        steps=args.steps,
-        seq_len=args.seq_len,
-        global_batch=args.global_batch,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        min_lr=args.min_lr,
-        warmup_steps=args.warmup_steps,
-        gate_lr=args.gate_lr,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        eval_every=args.eval_every,
-        save_every=args.save_every,
-        log_every=args.log_every,
-        device=args.device,
-        precision=args.precision,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
-    if result.stopped_by:
-        return 130 if result.stopped_by == "SIGINT" else 143
-    print(f"done: {result.step} steps, validation loss {result.val_loss:.4f}; model in {result.final_dir}")
-    return 0

@@ -70,6 +70,7 @@ def test_accuracy_by_memory_updates_is_also_given_within_each_length():
                 "contains": exact, "digit_acc": float(exact)}  # fmt: skip
 
     rows = [row(128, 1, True)] * 4 + [row(1024, 1, True), row(1024, 1, False)] + [row(1024, 40, False)] * 3
+    rows = [{**r, "sample": i} for i, r in enumerate(rows)]  # each its own key
     summary = passkey_grid.summarize_passkey(rows, (128, 1024), (1.0,))
     assert [(b["memory_updates"], b["exact"]["successes"], b["n"]) for b in summary["by_memory_updates"]] == [
         ("1", 5, 6), ("33-64", 0, 3),
