@@ -52,8 +52,8 @@ class Poisoned(Wrapped):
         """Wrap the trainer's loss of a forward pass (whatever computes it: eager, or compiled on CUDA)."""
         real = loop._Trainer._forward_loss
 
-        def forward_loss(trainer, model, input_ids, labels):
-            value = real(trainer, model, input_ids, labels)
+        def forward_loss(trainer, model, input_ids, labels, loss_fn=None):
+            value = real(trainer, model, input_ids, labels, loss_fn)
             if self.current not in self.bad_steps:
                 return value
             return value * float("nan") if self.kind == "loss" else NaNGradient.apply(value)
