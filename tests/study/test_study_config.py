@@ -320,3 +320,21 @@ def test_a_study_of_several_seeds_is_checked_seed_by_seed():
     check_study(study_config("tiny", seeds=(0, 1, 2)))
     with pytest.raises(ValueError, match="finetune of arm"):
         check_study(study_config("tiny", seeds=(0, 1), finetune={"steps": 0}))
+
+
+def test_a_seed_whose_grid_is_incomplete_is_named_not_silently_dropped():
+    from infini_llama.study.results import across_seeds
+
+    def seed_results(rate):
+        grid = {"by_length": [{"length": 256, "exact": {"rate": rate}, "digit_acc": {"mean": rate}}]}
+        haystacks = {"repeat": grid} if rate is not None else {}
+        return {
+            "environments": [], "leads": [], "comparisons": [],
+            "arms": {"full": {"attention": "full", "selection": None,
+                              "passkey": {"passkey": {"label": "full", "haystacks": haystacks}}}},
+        }  # fmt: skip
+
+    cfg = study_config("tiny", seeds=(0, 1, 2), eval_multiples=(1,), layer_off_multiple=None)
+    summary = across_seeds(cfg, {0: seed_results(1.0), 1: seed_results(None), 2: seed_results(0.5)})
+    (length,) = summary["rows"][0]["haystacks"]["repeat"]
+    assert length["exact"]["mean"] == pytest.approx(0.75) and length["missing_seeds"] == [1]
