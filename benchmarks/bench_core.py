@@ -81,14 +81,14 @@ def bench_op(device: str, dtype: torch.dtype, lengths: list[int], segment_len: i
                     torch.randn(B, H, T, D, device=device, dtype=dtype, generator=g).requires_grad_() for _ in range(3)
                 )
 
-                def backward(fn):
+                def backward(fn, q=q, k=k, v=v, seg=seg, update=update):
                     def step():
                         out, _ = fn(q, k, v, seg, update=update)
                         out.sum().backward()
 
                     return step
 
-                def forward(fn):
+                def forward(fn, q=q, k=k, v=v, seg=seg, update=update):
                     def step():
                         with torch.no_grad():
                             fn(q, k, v, seg, update=update)
@@ -130,7 +130,7 @@ def bench_model(device: str, lengths: list[int], preset: str, repeats: int, auto
             model = InfiniLlamaForCausalLM(config).to(device)
             x = torch.randint(0, config.vocab_size, (1, T), device=device)
 
-            def step():
+            def step(model=model, x=x):
                 with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
                     loss = model(x, labels=x).loss
                 loss.backward()

@@ -65,6 +65,6 @@ def test_deterministic_runs_on_one_gpu_are_bit_exact(micro_cfg, tmp_path, attent
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_same_seed_same_losses_on_one_gpu(micro_cfg, tmp_path, precision):
-    """Holds for these kernels on one GPU (H200, eager and compiled); see docs/reliability.md for what is not promised."""
+    """Holds for these kernels on one GPU (H200, eager and compiled); docs/reliability.md says what is not promised."""
     runs = [train(micro_cfg(out=str(tmp_path / name), device="cuda", precision=precision)) for name in "ab"]
     assert runs[0].losses == runs[1].losses and runs[0].val_loss == runs[1].val_loss
