@@ -29,16 +29,7 @@ from infini_llama.ops import compressive_memory, compressive_memory_reference
 def timeit(fn, device: str, repeats: int) -> float:
     """Median seconds of fn() over `repeats` runs after one warm-up."""
     fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(_seconds(fn, device) for _ in range(repeats))
 
 
 def paired(fast, reference, device: str, repeats: int) -> tuple[float, float, float]:
