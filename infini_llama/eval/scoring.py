@@ -6,6 +6,8 @@ import math
 import re
 from collections.abc import Sequence
 
+import numpy as np
+
 _INTEGER = re.compile(r"\d+")
 
 
@@ -121,8 +123,6 @@ def paired_difference(a: Sequence[float], b: Sequence[float], clusters: Sequence
     95% percentile interval from a bootstrap over clusters (keys: the samples of a key are resampled together,
     BOOTSTRAP_RESAMPLES times, with a fixed seed), and the verdict: "ahead" when the interval lies above 0, "behind"
     when below, else "level"."""
-    import numpy as np
-
     if not len(a) == len(b) == len(clusters) or not len(a):
         raise ValueError(f"need equal, non-empty a, b and clusters, got {len(a)}, {len(b)}, {len(clusters)}")
     names = sorted(set(clusters), key=str)

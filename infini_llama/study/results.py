@@ -13,6 +13,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from infini_llama.eval.diagnostics import bucket_order, saturated_gates
 from infini_llama.eval.records import SAMPLES
 from infini_llama.eval.scoring import clustered_proportion, paired_difference
@@ -335,8 +337,6 @@ def within_layer_association(found: list[dict], permutations: int = 4000) -> dic
     Pearson r of gate and drop after removing each layer's mean over seeds (layer identity, which dominates a pooled
     r, is taken out), and a permutation p-value that shuffles drops among the seeds within each layer (two-sided,
     fixed seed). None with fewer than two seeds or no spread."""
-    import numpy as np
-
     gates = np.array([[x["gate_mean"] for x in f["layers"]] for f in found], dtype=float)  # (seeds, layers)
     drops = np.array([[x["drop"] for x in f["layers"]] for f in found], dtype=float)
     if gates.shape[0] < 2:
