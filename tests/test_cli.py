@@ -320,7 +320,6 @@ def test_every_help_has_examples_and_a_description(command, capsys):
 def test_the_names_the_parsers_offer_are_the_packages():
     from infini_llama.cli import names
     from infini_llama.eval.checkpoint import DTYPES
-    from infini_llama.eval.finetune import FINETUNE_HAYSTACKS, LOSSES, STUDY_DEPTHS
     from infini_llama.eval.multineedle import MULTI_TASKS
     from infini_llama.eval.passkey import DEFAULT_KEY_DIGITS, GRID_SPLITS, LENGTH_UNITS
     from infini_llama.eval.prompts import HAYSTACKS
@@ -329,6 +328,7 @@ def test_the_names_the_parsers_offer_are_the_packages():
     from infini_llama.models import ATTENTIONS, PRESETS
     from infini_llama.study.config import STUDY_PRESETS
     from infini_llama.train.config import PRECISIONS, RECIPES
+    from infini_llama.train.passkey import FINETUNE_HAYSTACKS, LOSSES, STUDY_DEPTHS
 
     assert names.TRAIN_PRESETS == tuple(sorted(RECIPES)) and names.STUDY_PRESETS == tuple(sorted(STUDY_PRESETS))
     assert (names.ATTENTIONS, names.PRECISIONS, names.HAYSTACKS) == (ATTENTIONS, PRECISIONS, HAYSTACKS)
@@ -367,7 +367,7 @@ def test_train_says_which_model_a_preset_builds():
 
 def test_finetune_defaults_fit_the_device():
     from infini_llama.cli.finetune import device_recipe
-    from infini_llama.eval.finetune import STUDY_RECIPE
+    from infini_llama.train.passkey import STUDY_RECIPE
 
     cpu = device_recipe("cpu")
     assert cpu["seq_len"] * cpu["global_batch"] <= 4096, "a CPU step is a few thousand tokens"

@@ -1,5 +1,5 @@
 """`infini-llama finetune passkey`: its parser, and the run that resolves its settings and calls
-`infini_llama.eval.finetune.finetune_passkey` (imported when the command runs, so `--help` stays fast).
+`infini_llama.train.passkey.finetune_passkey` (imported when the command runs, so `--help` stays fast).
 
 Defaults depend on where it runs: on a CUDA device the 300M study's recipe (500 steps of 64 × 4,096 tokens), on a
 CPU the `tiny` study preset's fine-tuning recipe, so that a first try on a laptop does not ask for a quarter of a
@@ -137,8 +137,8 @@ def device_recipe(device: str) -> dict[str, Any]:
     CPU (its passkey fine-tuning, without the fields that belong to the study: evaluation and save steps, compile)."""
     import torch
 
-    from infini_llama.eval.finetune import STUDY_RECIPE
     from infini_llama.study.config import STUDY_PRESETS
+    from infini_llama.train.passkey import STUDY_RECIPE
 
     on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if on_cuda:
@@ -180,7 +180,7 @@ def resolve(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     """Check the settings and the checkpoint (its manifest too), then fine-tune."""
     from infini_llama.eval.checkpoint import check_manifest, load_eval_tokenizer
-    from infini_llama.eval.finetune import finetune_passkey
+    from infini_llama.train.passkey import finetune_passkey
 
     cfg = resolve(args)
     check_manifest(args.checkpoint)

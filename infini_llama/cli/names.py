@@ -12,14 +12,14 @@ PRECISIONS = ("auto", "bf16", "fp32")  # train.config.PRECISIONS
 DTYPES = ("bfloat16", "float16", "float32", "float64")  # eval.checkpoint.DTYPES
 GENERATE_DTYPES = ("bfloat16", "float16", "float32")  # generate.DTYPES
 HAYSTACKS = ("repeat", "styles", "corpus", "distractors", "book")  # eval.prompts.HAYSTACKS
-FINETUNE_HAYSTACKS = ("repeat", "styles", "corpus", "distractors")  # eval.finetune.FINETUNE_HAYSTACKS
-FINETUNE_LOSSES = ("all", "answer")  # eval.finetune.LOSSES
+FINETUNE_HAYSTACKS = ("repeat", "styles", "corpus", "distractors")  # train.passkey.FINETUNE_HAYSTACKS
+FINETUNE_LOSSES = ("all", "answer")  # train.passkey.LOSSES
 GRID_SPLITS = ("test", "validation")  # eval.passkey.GRID_SPLITS
 LENGTH_UNITS = ("tokens", "chars")  # eval.passkey.LENGTH_UNITS
 ROPE_SCALINGS = ("dynamic", "yarn")  # layers.rope.ROPE_SCALINGS
 MULTI_TASKS = ("multikey", "multivalue", "multiquery")  # eval.multineedle.MULTI_TASKS
 DEFAULT_KEY_DIGITS = 5  # eval.passkey.DEFAULT_KEY_DIGITS
-STUDY_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)  # eval.finetune.STUDY_DEPTHS
+STUDY_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)  # train.passkey.STUDY_DEPTHS
 
 # What each name builds, for --help (tests/test_cli.py checks these against models.presets and study.config).
 TRAIN_PRESET_MODELS = {

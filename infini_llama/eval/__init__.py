@@ -15,7 +15,6 @@ row per sample); a killed run resumes where it stopped when started again with t
 
 from infini_llama.eval.checkpoint import check_vocab, load_eval_tokenizer, load_model
 from infini_llama.eval.diagnostics import gate_report, memory_off, run_gates
-from infini_llama.eval.finetune import PasskeyBatchSource, finetune_passkey
 from infini_llama.eval.inference import ChunkedLM
 from infini_llama.eval.multineedle import (
     MULTI_TASKS,
@@ -37,7 +36,6 @@ __all__ = [
     "ChunkedLM",
     "MultiNeedleConfig",
     "MultiNeedleSample",
-    "PasskeyBatchSource",
     "PasskeyGridConfig",
     "PasskeySample",
     "PerplexityConfig",
@@ -46,7 +44,6 @@ __all__ = [
     "build_report",
     "check_vocab",
     "evaluate_passkey",
-    "finetune_passkey",
     "gate_report",
     "load_eval_tokenizer",
     "load_model",

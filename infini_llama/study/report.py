@@ -7,13 +7,13 @@ from pathlib import Path
 
 from infini_llama.data.corpus import HELD_OUT_BOOK
 from infini_llama.eval.diagnostics import SATURATION, bucket_order
-from infini_llama.eval.finetune import FINETUNE_HAYSTACKS
 from infini_llama.eval.markdown import table
 from infini_llama.eval.prompts import HAYSTACK_LABELS
 from infini_llama.eval.report_passkey import UPDATES_BY_LENGTH, updates_by_length_table
 from infini_llama.study.config import StudyConfig
 from infini_llama.study.results import passkey_rows, sequences_per_step, spread
 from infini_llama.train import recipe
+from infini_llama.train.passkey import FINETUNE_HAYSTACKS
 
 # How every "ahead", "level" and "behind" of a report is decided (see eval.scoring).
 KEY_LEVEL = (

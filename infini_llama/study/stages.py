@@ -25,7 +25,6 @@ from typing import Any
 from infini_llama.data import held_out_book
 from infini_llama.eval import (
     ChunkedLM,
-    PasskeyBatchSource,
     PasskeyGridConfig,
     PerplexityConfig,
     evaluate_passkey,
@@ -41,7 +40,7 @@ from infini_llama.eval.rope_scaling import rope_scaling, rope_scaling_label
 from infini_llama.eval.scoring import mean_and_stderr, proportion
 from infini_llama.study.arms import Arm
 from infini_llama.study.config import StudyConfig
-from infini_llama.train import TrainConfig, launch_env, recipe, train
+from infini_llama.train import PasskeyBatchSource, TrainConfig, launch_env, recipe, train
 
 Stage = tuple[str, Callable[[], dict | None]]
 # The passkey grids of an arm: task folder prefix -> what the row adds to the arm's name in reports.

@@ -43,6 +43,7 @@ from infini_llama.train.manifest import CheckpointError
 from infini_llama.train.metrics import flops_per_token, read_metrics
 from infini_llama.train.optim import build_optimizer, build_scheduler, lr_factor
 from infini_llama.train.overrides import resolve_config
+from infini_llama.train.passkey import PasskeyBatchSource, finetune_passkey
 from infini_llama.train.setup import ConfigError
 
 __all__ = [
@@ -50,12 +51,14 @@ __all__ = [
     "BatchSource",
     "CheckpointError",
     "ConfigError",
+    "PasskeyBatchSource",
     "RunError",
     "TokenWindowSource",
     "TrainConfig",
     "TrainResult",
     "build_optimizer",
     "build_scheduler",
+    "finetune_passkey",
     "flops_per_token",
     "hf_progress_bars_off",
     "launch_env",

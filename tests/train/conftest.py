@@ -63,6 +63,14 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def bpe_tok(cache_root):
+    """The project's default tokenizer (byte-level BPE trained on the embedded corpus), at a small vocabulary."""
+    from infini_llama.data import load_tokenizer
+
+    return load_tokenizer(None, vocab_size=512, cache_dir=str(cache_root))
+
+
 @pytest.fixture
 def micro_cfg(tmp_path, text_dir, tokenizer_dir, cache_root):
     """`micro_cfg(**fields) -> TrainConfig`: 8 steps of a 2-layer width-32 model on 4 × 32-token batches."""

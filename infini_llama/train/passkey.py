@@ -1,4 +1,4 @@
-"""Passkey fine-tuning: synthetic passkey sequences as a BatchSource for the trainer of `infini_llama.train`.
+"""Passkey fine-tuning: synthetic passkey sequences as a BatchSource for the trainer, and `finetune_passkey`.
 
 Each training sequence holds token-exact passkey prompts, each followed by its answer and EOS, `seq_len` tokens in
 all. Samples come from the training seed stream (evaluation grids use others), and keys of the evaluation grids
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +39,10 @@ from infini_llama.eval.passkey import (
     shortest_prompt,
 )
 from infini_llama.eval.prompts import HAYSTACKS, bos_ids
+from infini_llama.train.batches import Batch
+from infini_llama.train.config import TrainConfig
+from infini_llama.train.distributed import launch_env
+from infini_llama.train.loop import TrainResult, train
 
 LOSSES = ("all", "answer")
 STUDY_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -48,10 +52,6 @@ FINETUNE_HAYSTACKS = tuple(kind for kind in HAYSTACKS if kind != "book")
 STREAMS = (EVAL_STREAM, TRAIN_STREAM, TRAIN_VALIDATION_STREAM, SELECTION_STREAM, GRID_VALIDATION_STREAM)
 assert len(set(STREAMS)) == len(STREAMS), "seed streams must differ"
 
-if TYPE_CHECKING:
-    from infini_llama.train import TrainResult
-
-Batch = tuple[torch.Tensor, torch.Tensor]
 # The 300M study's passkey fine-tuning (TrainConfig fields): 500 steps of 64 × 4096 tokens, LR 7.5e-5 after 50
 # warm-up steps, cosine to 3e-6, gate LR 1.5e-4.
 STUDY_RECIPE: dict[str, Any] = dict(
@@ -281,13 +281,11 @@ def finetune_passkey(
     source_options: dict[str, Any] | None = None,
     **train_fields: Any,
 ) -> TrainResult:
-    """Fine-tune `checkpoint` on passkey sequences with `infini_llama.train.train`; returns its TrainResult.
+    """Fine-tune `checkpoint` on passkey sequences with `train`; returns its TrainResult.
 
     `train_fields` are TrainConfig fields (steps, seq_len, batch_size, global_batch, lr, ...; defaults: the
     study's recipe above); `source_options` go to PasskeyBatchSource (key_digits, depths, loss, pack_min_len,
     ...)."""
-    from infini_llama.train import TrainConfig, launch_env, train  # only fine-tuning needs the trainer loaded
-
     fields = {**STUDY_RECIPE, **train_fields, "init_from": str(checkpoint), "out": str(out)}
     cfg = TrainConfig(**fields)
     cfg.validate()

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from infini_llama.eval import PasskeyGridConfig
-from infini_llama.eval.finetune import FINETUNE_HAYSTACKS, PasskeyBatchSource
 from infini_llama.eval.passkey import DEFAULT_KEY_DIGITS, EVAL_STREAM, evaluation_keys, make_passkey_sample, sample_rng
 from infini_llama.eval.prompts import FILLER_BLOCK, FILLER_STYLES, decode
 from infini_llama.train.batches import PrefetchedBatches
+from infini_llama.train.passkey import FINETUNE_HAYSTACKS, PasskeyBatchSource
 
 
 def source(tok, **overrides):
