@@ -142,10 +142,15 @@ class InfiniLlamaForCausalLM(InfiniLlamaPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         logits_to_keep: int = 0,
         past_key_values: Cache | tuple | None = None,
+        logits_at: torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits (B, T, V) and, with `labels` (B, T), the mean next-token loss (labels shifted inside, as in HF;
         -100 is ignored).
+
+        `logits_at`, a boolean (B, T) mask, computes the logits at its True positions only, as (N, V) in row-major
+        order: a trainer whose labels are mostly -100 (passkey fine-tuning on the answers) skips the rest of the
+        output layer; `labels` are then not accepted (the caller pairs the rows with its targets).
 
         `cache` (or its older name `past_key_values`, which `generate` uses before transformers 5.24) continues a
         stream, in one of two forms: the tuple of per-layer states that `stream` uses (`use_cache=True` without
@@ -166,7 +171,11 @@ class InfiniLlamaForCausalLM(InfiniLlamaPreTrainedModel, GenerationMixin):
             infini_cache.set_states(new_states, (input_ids if inputs_embeds is None else inputs_embeds).shape[1])
             new_states = infini_cache
         hidden = out.last_hidden_state
-        if logits_to_keep:
+        if logits_at is not None:
+            if labels is not None or logits_to_keep:
+                raise ValueError("logits_at selects its own positions: pass neither labels nor logits_to_keep")
+            hidden = hidden[logits_at]
+        elif logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
         loss = None

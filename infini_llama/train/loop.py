@@ -165,6 +165,25 @@ class _StepStats(NamedTuple):
     finite: bool  # False: loss or gradient not finite, no update made
 
 
+def summed_loss(
+    model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, loss_fn=causal_lm_loss
+) -> torch.Tensor:
+    """The summed next-token loss of one batch (`loss_fn` takes the logits, the labels and reduction="sum").
+
+    Where at most half of the positions are targets (passkey fine-tuning on the answers), the output layer and the
+    loss run at the targets only: the same sum, without the logits of every other position. Which path is decided
+    on the labels where they are (a batch's labels stay on the host until here: no wait for the device).
+    """
+    device = input_ids.device
+    targets = labels[:, 1:] != -100
+    if 2 * int(targets.sum()) > targets.numel():
+        return loss_fn(model(input_ids=input_ids, use_cache=False).logits, labels.to(device), reduction="sum")
+    at = nn.functional.pad(targets, (0, 1)).to(device)  # the logits at t predict labels[t + 1]
+    logits = model(input_ids=input_ids, use_cache=False, logits_at=at).logits
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return nn.functional.cross_entropy(logits, labels[:, 1:][targets].to(device), reduction="sum")
+
+
 class _Trainer:
     def __init__(self, plan: RunPlan) -> None:
         self.plan, self.cfg, self.info = plan, plan.cfg, plan.info
@@ -230,8 +249,7 @@ class _Trainer:
         self, model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, loss_fn=None
     ) -> torch.Tensor:
         with self.autocast or contextlib.nullcontext():
-            logits = model(input_ids=input_ids.to(self.device), use_cache=False).logits
-            return (loss_fn or self.loss_fn)(logits, labels.to(self.device), reduction="sum")
+            return summed_loss(model, input_ids.to(self.device), labels, loss_fn or self.loss_fn)
 
     def _train_step(self, step: int) -> _StepStats:
         """One optimizer step on the batches of `step`, or none if its loss or gradient is not finite."""
