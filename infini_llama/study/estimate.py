@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from infini_llama.host import cpu_summary, describe_cpu
-from infini_llama.models import InfiniLlamaForCausalLM, causal_lm_loss, config_from_preset
+from infini_llama.models import InfiniLlamaForCausalLM, config_from_preset
 from infini_llama.study.arms import Arm
 from infini_llama.study.config import StudyConfig
 from infini_llama.study.stages import (
@@ -45,6 +45,7 @@ from infini_llama.study.stages import (
 )
 from infini_llama.train import TrainConfig
 from infini_llama.train.compile import resolve_compile
+from infini_llama.train.loop import summed_loss
 from infini_llama.train.metrics import METRICS_FILE
 from infini_llama.train.setup import resolve_precision
 
@@ -114,17 +115,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _training_step_seconds(model, tcfg: TrainConfig, device: torch.device, generator: torch.Generator) -> float:
-    """Seconds of one optimizer step of `tcfg`'s shape (its micro-batches included), eager, at the run's precision."""
+def _training_step_seconds(
+    model, tcfg: TrainConfig, device: torch.device, generator: torch.Generator, answers_only: bool = False
+) -> float:
+    """Seconds of one optimizer step of `tcfg`'s shape (its micro-batches included), eager, at the run's precision.
+    `answers_only`: the loss on a passkey answer's tokens at the end of each row only, as fine-tuning with
+    loss="answer" has it (the trainer then runs the output layer at those tokens only: see `summed_loss`)."""
     bf16 = resolve_precision(tcfg.precision, device) == "bf16"
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr)
     ids = torch.randint(model.config.vocab_size, (tcfg.batch_size, tcfg.seq_len), generator=generator).to(device)
+    labels = ids.clone()
+    if answers_only:
+        labels[:, :-ANSWER_TOKENS] = -100
     times = []
     for _ in range(1 + PROBE_STEPS):
         _sync(device)
         began = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
-            loss = causal_lm_loss(model(input_ids=ids, use_cache=False).logits, ids, reduction="sum")
+            loss = summed_loss(model, ids, labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -164,15 +172,17 @@ def probe_arm(cfg: StudyConfig, arm: Arm, device: torch.device) -> ArmRates:
         # to its sequences (within about 10% from 8 to 16), and the probe stays short.
         steps = {"pretrain": train_recipe(cfg, arm, "pretrain"), "finetune": train_recipe(cfg, arm, "finetune")}
         sequences = {stage: tcfg.batch_size * tcfg.accumulation(1) for stage, tcfg in steps.items()}
+        answers_only = {"pretrain": False, "finetune": cfg.passkey.get("loss") == "answer"}
+        shapes = {stage: (tcfg.seq_len, resolve_compile(tcfg.compile, device), tcfg.precision, answers_only[stage])
+                  for stage, tcfg in steps.items()}  # fmt: skip
         measured: dict[tuple, tuple[float, int]] = {}
         for stage in sorted(steps, key=sequences.get):
-            tcfg = steps[stage]
-            shape = (tcfg.seq_len, resolve_compile(tcfg.compile, device), tcfg.precision)
-            if shape not in measured:
-                measured[shape] = (_training_step_seconds(model, tcfg, device, generator), sequences[stage])
+            if shapes[stage] not in measured:
+                seconds = _training_step_seconds(model, steps[stage], device, generator, answers_only[stage])
+                measured[shapes[stage]] = (seconds, sequences[stage])
         step_seconds = {}
-        for stage, tcfg in steps.items():
-            seconds, probed = measured[(tcfg.seq_len, resolve_compile(tcfg.compile, device), tcfg.precision)]
+        for stage in steps:
+            seconds, probed = measured[shapes[stage]]
             step_seconds[stage] = seconds * sequences[stage] / probed
         model.eval()
         runner = ChunkedLM(model)

@@ -36,7 +36,7 @@ def micro_study(**overrides):
 
 
 def test_every_stage_is_estimated_from_a_short_probe(tmp_path):
-    cfg = micro_study(finetune_lr_grid=(1e-3, 2e-3))
+    cfg = micro_study(finetune_lr_grid=(1e-3, 2e-3), passkey=dict(loss="all"))
     tasks = [(cfg, arm, tmp_path) for arm in expand_arms(cfg)]
     began = time.perf_counter()
     estimates, record = estimate_study(tasks, jobs=2, device="cpu", threads=1)
@@ -47,7 +47,8 @@ def test_every_stage_is_estimated_from_a_short_probe(tmp_path):
         assert all(stage.seconds >= 0 for stage in task.stages)
         pretrain, finetune = task.stages[0], task.stages[1]
         assert pretrain.steps == 30 and pretrain.seconds > 30 * pretrain.step_seconds > 0  # plus validation
-        # Step time from the probe's shape, in proportion to the sequences of a step.
+        # Step time from the probe's shape (the same for both stages: the loss on every token), in proportion to
+        # the sequences of a step.
         assert finetune.step_seconds == pytest.approx(pretrain.step_seconds / 2)
         assert sum(s.seconds for s in task.stages[3:]) > 0  # the evaluations
     # Two arms on two workers: the slower one, then the report.
@@ -56,6 +57,24 @@ def test_every_stage_is_estimated_from_a_short_probe(tmp_path):
     assert record["jobs"] == 2 and set(record["tasks"]) == {"infini", "full"}
     assert record["host"]["cores"] >= 1 and "avx512" in record["host"]
     json.dumps(record)  # written as estimate.json
+
+
+def test_fine_tuning_on_the_answers_is_probed_on_its_own_path(tmp_path, monkeypatch):
+    # With loss="answer" the trainer runs the output layer at the answers only: a step of its own speed.
+    probed = []
+
+    def fake_step_seconds(model, tcfg, device, generator, answers_only=False):
+        probed.append((tcfg.batch_size, answers_only))
+        return 0.25 if answers_only else 1.0
+
+    monkeypatch.setattr(estimate, "_training_step_seconds", fake_step_seconds)
+    cfg = micro_study(passkey=dict(loss="answer"))
+    tasks = [(cfg, arm, tmp_path) for arm in expand_arms(cfg)]
+    estimates, _ = estimate_study(tasks, jobs=2, device="cpu", threads=1)
+    assert sorted(set(probed)) == [(2, True), (4, False)]
+    for task in estimates:
+        pretrain, finetune = task.stages[0], task.stages[1]
+        assert (pretrain.step_seconds, finetune.step_seconds) == (1.0, 0.25)
 
 
 def test_arms_fill_the_first_free_worker_in_order():
