@@ -153,22 +153,25 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
         eval_multiples=(0.5, 1, 2, 4, 8), eval_samples=16, perplexity_windows=4, perplexity_bucket=128,
     ),
     # One GPU: the 42M-parameter mini model pretrained and passkey fine-tuned at 1,024 tokens, 16 segments of 64
-    # as in the tiny study; each arm fine-tunes at three LRs around the one both arms used before (5e-4).
+    # as in the tiny study; each arm fine-tunes at three LRs around the one both arms used before (5e-4). Steps of
+    # 16 sequences (the global batch: the same 16 as one pass of 16 in the arm's one process), as many per pass as
+    # fit the GPU.
     "mini": dict(
         model=dict(segment_len=64),
-        pretrain=dict(seq_len=1024, batch_size=16, steps=1000, eval_every=250, save_every=500),
-        finetune=dict(seq_len=1024, batch_size=16, steps=1500, lr=5e-4, min_lr=5e-5, warmup_steps=50,
-                      gate_lr=0.05, eval_every=500, save_every=500),
+        pretrain=dict(seq_len=1024, global_batch=16, batch_size=None, steps=1000, eval_every=250, save_every=500),
+        finetune=dict(seq_len=1024, global_batch=16, batch_size=None, steps=1500, lr=5e-4, min_lr=5e-5,
+                      warmup_steps=50, gate_lr=0.05, eval_every=500, save_every=500),
         finetune_lr_grid=(2.5e-4, 5e-4, 1e-3),
         passkey=dict(key_digits=5, loss="answer", depths=FINE_DEPTHS),
         eval_multiples=(0.5, 1, 2, 4, 8, 16), eval_samples=16, perplexity_windows=8, perplexity_bucket=512,
     ),
     # The 300M study: its pretraining recipe (30,000 steps of 4 x 8192) and its passkey fine-tuning
     # (500 steps of 64 x 4096, LR 7.5e-5, gate LR 1.5e-4, 4-digit keys, loss on every token), the LR chosen
-    # per arm from half, once and twice the study's.
+    # per arm from half, once and twice the study's; both global batches split into as many sequences per pass
+    # as fit the GPU.
     "paper-300m": dict(
         pretrain=dict(),
-        finetune=dict(seq_len=4096, global_batch=64, batch_size=8, steps=500, lr=7.5e-5, min_lr=3e-6,
+        finetune=dict(seq_len=4096, global_batch=64, batch_size=None, steps=500, lr=7.5e-5, min_lr=3e-6,
                       warmup_steps=50, gate_lr=1.5e-4, eval_every=100, save_every=100),
         finetune_lr_grid=(3.75e-5, 7.5e-5, 1.5e-4),
         passkey=dict(key_digits=4, loss="all"),
@@ -186,11 +189,12 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
 # corpus), and fine-tuning puts the loss on the answer, with an LR grid of once, twice and four times the study's
 # 7.5e-5. With a network, --set pretrain.dataset=... gives the pretraining real data to use more steps on. Measured
 # with these values: 18.4 minutes on two H200s, and still 0% for both arms, whose answer loss stayed on the plateau
-# of guessing each digit for all 100 fine-tuning steps (reports/paper-short/).
+# of guessing each digit for all 100 fine-tuning steps (reports/paper-short/); that run had fixed passes of 4
+# pretraining and 8 fine-tuning sequences, where the micro-batch is now the largest that fits (the same steps).
 STUDY_PRESETS["paper-short"] = {
     **STUDY_PRESETS["paper-300m"],
     "base": "paper-300m",
-    "pretrain": dict(batch_size=4, global_batch=4, steps=300, lr=3e-4, min_lr=3e-5, warmup_steps=30, eval_every=100,
+    "pretrain": dict(batch_size=None, global_batch=4, steps=300, lr=3e-4, min_lr=3e-5, warmup_steps=30, eval_every=100,
                      save_every=100),
     "finetune": {**STUDY_PRESETS["paper-300m"]["finetune"], "steps": 100, "warmup_steps": 10, "eval_every": 50,
                  "save_every": 50},

@@ -32,6 +32,7 @@ from infini_llama.host import cpu_summary, describe_cpu
 from infini_llama.models import InfiniLlamaForCausalLM, config_from_preset
 from infini_llama.study.arms import Arm
 from infini_llama.study.config import StudyConfig
+from infini_llama.study.results import sequences_per_step
 from infini_llama.study.stages import (
     arm_stages,
     candidate_lrs,
@@ -47,6 +48,7 @@ from infini_llama.train import TrainConfig
 from infini_llama.train.compile import resolve_compile
 from infini_llama.train.loop import summed_loss
 from infini_llama.train.metrics import METRICS_FILE
+from infini_llama.train.microbatch import resolve_micro_batch
 from infini_llama.train.setup import resolve_precision
 
 ESTIMATE_FILE = "estimate.json"
@@ -164,13 +166,17 @@ def probe_arm(cfg: StudyConfig, arm: Arm, device: torch.device) -> ArmRates:
 
     generator = torch.Generator().manual_seed(0)
     fields = {**cfg.model, **arm.model, "attention": arm.attention}
+    model_config = config_from_preset(cfg.model_preset, **fields)
+    # An automatic micro-batch as the trainer resolves it (on CUDA a memory probe, before this probe's model).
+    steps = {stage: resolve_micro_batch(tcfg, model_config, device, 1, resolve_precision(tcfg.precision, device))[0]
+             for stage, tcfg in (("pretrain", train_recipe(cfg, arm, "pretrain")),
+                                 ("finetune", train_recipe(cfg, arm, "finetune")))}  # fmt: skip
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
-        model = InfiniLlamaForCausalLM(config_from_preset(cfg.model_preset, **fields)).to(device).train()
+        model = InfiniLlamaForCausalLM(model_config).to(device).train()
         layers = model.config.num_hidden_layers
         # One shape per sequence length, the smaller batch: at these sizes a step's time is close to proportional
         # to its sequences (within about 10% from 8 to 16), and the probe stays short.
-        steps = {"pretrain": train_recipe(cfg, arm, "pretrain"), "finetune": train_recipe(cfg, arm, "finetune")}
         sequences = {stage: tcfg.batch_size * tcfg.accumulation(1) for stage, tcfg in steps.items()}
         answers_only = {"pretrain": False, "finetune": cfg.passkey.get("loss") == "answer"}
         shapes = {stage: (tcfg.seq_len, resolve_compile(tcfg.compile, device), tcfg.precision, answers_only[stage])
@@ -199,11 +205,12 @@ def probe_arm(cfg: StudyConfig, arm: Arm, device: torch.device) -> ArmRates:
 
 def _training_stage(name: str, tcfg: TrainConfig, step_seconds: float, attention: str, device, run_dir: Path) -> Stage:
     validations = 1 + (tcfg.steps // tcfg.eval_every if tcfg.eval_every else 0)
-    # A validation pass: forward only (about a third of a step) over eval_windows sequences.
-    validation = math.ceil(tcfg.eval_windows / tcfg.batch_size) * step_seconds / tcfg.accumulation(1) / 3
+    # A validation pass: forward only (about a third of a step's time per sequence) over eval_windows sequences.
+    sequences = sequences_per_step(tcfg)
+    validation = tcfg.eval_windows * step_seconds / sequences / 3
     compiling = COMPILE_SECONDS.get(attention, DEFAULT_COMPILE_SECONDS) if resolve_compile(tcfg.compile, device) else 0
     seconds = tcfg.steps * step_seconds + validations * validation + compiling
-    tokens = tcfg.batch_size * tcfg.seq_len * tcfg.accumulation(1)
+    tokens = sequences * tcfg.seq_len
     return Stage(name, seconds, tcfg.steps, step_seconds, tokens, run_dir)
 
 

@@ -41,6 +41,7 @@ from infini_llama.eval.scoring import mean_and_stderr, proportion
 from infini_llama.study.arms import Arm
 from infini_llama.study.config import StudyConfig
 from infini_llama.train import PasskeyBatchSource, TrainConfig, launch_env, recipe, train
+from infini_llama.train.microbatch import initial_split
 
 Stage = tuple[str, Callable[[], dict | None]]
 # The passkey grids of an arm: task folder prefix -> what the row adds to the arm's name in reports.
@@ -86,10 +87,11 @@ def chosen_checkpoint(root: Path) -> Path:
 
 
 def passkey_source(cfg: StudyConfig, arm: Arm, tokenizer, tcfg: TrainConfig) -> PasskeyBatchSource:
-    """The fine-tuning data: seeded by the arm's seed, never using a key of the arm's evaluation grid."""
+    """The fine-tuning data: seeded by the arm's seed, never using a key of the arm's evaluation grid. With an
+    automatic batch_size it holds the whole per-process batch in one pass; the trainer splits it anew."""
     rank, world_size, _ = launch_env()
     return PasskeyBatchSource(
-        tokenizer, tcfg.seq_len, tcfg.batch_size, tcfg.accumulation(world_size), seed=arm.seed, rank=rank,
+        tokenizer, tcfg.seq_len, *initial_split(tcfg, world_size), seed=arm.seed, rank=rank,
         world_size=world_size, exclude_eval_seed=arm.seed, exclude_eval_samples=cfg.eval_samples * len(cfg.eval_depths),
         **cfg.passkey,
     )  # fmt: skip

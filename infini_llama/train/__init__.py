@@ -15,7 +15,8 @@ Library use::
     object with `batch(step, micro_step) -> (input_ids, labels)`, both LongTensor (B, T), a pure function of
     (step, micro_step) and the process's rank, labels aligned with the inputs as for a Hugging Face causal LM
     (the model shifts them; -100 masks a position), and `validation_batches()` yielding the same batches on
-    every call; optionally `state_dict()` (JSON data a resume must match). Default: `TokenWindowSource`,
+    every call; optionally `state_dict()` (JSON data a resume must match) and `split(batch_size, grad_accum)`
+    (the same steps in other passes, which an automatic `batch_size` needs). Default: `TokenWindowSource`,
     random windows of the tokenized corpus (`cfg.data` / `cfg.dataset`, else the embedded corpus).
     `tokenizer` (default: `cfg.tokenizer`, else the one in `cfg.init_from`, else the built-in BPE) is saved
     with every checkpoint. Under torchrun, call `train` on every process; build a custom source for this

@@ -7,6 +7,7 @@ need to talk to each other about data.
 
 from __future__ import annotations
 
+import copy
 import multiprocessing
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -31,7 +32,10 @@ class BatchSource(Protocol):
     is called.
 
     Optionally, `state_dict()` returns JSON data describing the source; it is stored in checkpoints and a
-    resumed run refuses a source whose description differs. A source whose batches cost CPU time worth taking
+    resumed run refuses a source whose description differs. A source that can be split anew has
+    `split(batch_size, grad_accum)`, returning a source with the same sequences per step (and the same validation
+    sequences) in `grad_accum` passes of `batch_size`: the trainer needs it for an automatic micro-batch
+    (`infini_llama.train.microbatch`). A source whose batches cost CPU time worth taking
     off the training step's path sets `builds_slowly = True`: on CUDA the trainer then builds its batches ahead
     in worker processes by default (`TrainConfig.data_workers`).
     """
@@ -79,6 +83,10 @@ class TokenWindowSource:
             )
         self.rank, self.world_size = rank, world_size
 
+    def split(self, batch_size: int, grad_accum: int) -> TokenWindowSource:
+        """The same windows per step in `grad_accum` passes of `batch_size`."""
+        return split_source(self, batch_size, grad_accum)
+
     def batch(self, step: int, micro_step: int) -> Batch:
         offsets = self.sampler.offsets(step * self.grad_accum + micro_step, self.batch_size)
         input_ids, _ = get_batch(self.data.train, offsets, self.seq_len)
@@ -106,6 +114,19 @@ class TokenWindowSource:
             "tokens": self.data.sources_fingerprint,
             "tokenizer": self.data.tokenizer_fingerprint,
         }
+
+
+def split_source(source, batch_size: int, grad_accum: int):
+    """A copy of `source` (with `batch_size` and `grad_accum` attributes) split into `grad_accum` passes of
+    `batch_size`; the sequences of a step on this process stay as many."""
+    if batch_size * grad_accum != source.batch_size * source.grad_accum:
+        raise ValueError(
+            f"a split into {grad_accum} × {batch_size} sequences would change the step's "
+            f"{source.batch_size * source.grad_accum} sequences on each process"
+        )
+    resplit = copy.copy(source)
+    resplit.batch_size, resplit.grad_accum = batch_size, grad_accum
+    return resplit
 
 
 def count_targets(labels: torch.Tensor) -> int:

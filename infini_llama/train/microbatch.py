@@ -1,12 +1,14 @@
 """The automatic micro-batch: the largest number of sequences per forward pass that fits the GPU.
 
 A recipe fixes the global batch (`global_batch` sequences per optimizer step); how many of them go through one
-forward pass is only a matter of memory. With `batch_size` None (the paper recipe's default) the trainer
+forward pass is only a matter of memory. With `batch_size` None (the paper recipes' default) the trainer
 picks it: on CUDA a probe at the start runs forward + backward of a fresh model at the training length for
 the whole per-process batch, then for halves of it, until one fits with a margin (out-of-memory or a peak
 above `1 - margin` of the GPU counts as not fitting; the optimizer's moments are added to the peak); the rest
 of the global batch comes from accumulation. Elsewhere the whole per-process batch is one pass. An explicit
-`batch_size` is used as given. The windows of a step do not depend on the split (`TokenWindowSource`).
+`batch_size` is used as given. The sequences of a step do not depend on the split (`TokenWindowSource`,
+`PasskeyBatchSource`), and a source built before the split is known (`initial_split`) is split anew by the
+trainer (`BatchSource.split`).
 """
 
 from __future__ import annotations
@@ -24,12 +26,18 @@ MARGIN = 0.10  # share of the GPU's memory the probe leaves free (fragmentation,
 Fits = Callable[[int], bool]
 
 
+def halved(batch_size: int, per_process: int) -> int | None:
+    """The candidate after `batch_size`: the largest divisor of `per_process` at most half of it; None for 1."""
+    if batch_size < 2:
+        return None
+    return max(d for d in range(1, batch_size // 2 + 1) if per_process % d == 0)
+
+
 def candidate_batches(per_process: int) -> list[int]:
     """per_process, then halves of it that divide it evenly, down to 1: 8 -> [8, 4, 2, 1], 12 -> [12, 6, 3, 1]."""
     candidates = [per_process]
-    while candidates[-1] > 1:
-        half = candidates[-1] // 2
-        candidates.append(max(d for d in range(1, half + 1) if per_process % d == 0))
+    while (smaller := halved(candidates[-1], per_process)) is not None:
+        candidates.append(smaller)
     return candidates
 
 
@@ -91,6 +99,24 @@ def device_probe(
     return memory_probe(model_config, cfg.seq_len, device, precision)
 
 
+def per_process_batch(cfg: TrainConfig, world_size: int) -> int:
+    """The sequences of one optimizer step on each process, for a config with a `global_batch`."""
+    if cfg.global_batch % world_size:
+        raise ValueError(
+            f"global_batch ({cfg.global_batch}) must be a multiple of the number of processes ({world_size})"
+        )
+    return cfg.global_batch // world_size
+
+
+def initial_split(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
+    """(batch_size, grad_accum) to build a batch source with before the trainer resolves the micro-batch: the
+    given split; with an automatic `batch_size`, the whole per-process batch in one pass (or, without a
+    `global_batch`, one sequence per pass). The trainer splits such a source anew for the micro-batch it picks."""
+    if cfg.batch_size is None and cfg.global_batch is not None:
+        return per_process_batch(cfg, world_size), 1
+    return cfg.batch_size or 1, cfg.accumulation(world_size)
+
+
 def resolve_micro_batch(
     cfg: TrainConfig,
     model_config: InfiniLlamaConfig,
@@ -105,12 +131,9 @@ def resolve_micro_batch(
     if cfg.batch_size is not None:
         return cfg, None
     if cfg.global_batch is None:  # accumulation given as such (--grad-accum): one sequence per pass
-        return dataclasses.replace(cfg, batch_size=1), {"batch_size": 1, "how": "1: no global_batch to split"}
-    if cfg.global_batch % world_size:
-        raise ValueError(
-            f"global_batch ({cfg.global_batch}) must be a multiple of the number of processes ({world_size})"
-        )
-    per_process = cfg.global_batch // world_size
+        record = {"batch_size": 1, "how": "1: no global_batch to split"}
+        return dataclasses.replace(cfg, batch_size=1), record
+    per_process = per_process_batch(cfg, world_size)
     probe = fits if fits is not None else device_probe(model_config, cfg, device, precision)
     if probe is None:
         chosen, tried, how = per_process, [], "the whole per-process batch in one pass: no GPU memory to probe"

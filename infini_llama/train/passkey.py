@@ -39,10 +39,11 @@ from infini_llama.eval.passkey import (
     shortest_prompt,
 )
 from infini_llama.eval.prompts import HAYSTACKS, bos_ids
-from infini_llama.train.batches import Batch
+from infini_llama.train.batches import Batch, split_source
 from infini_llama.train.config import TrainConfig
 from infini_llama.train.distributed import launch_env
 from infini_llama.train.loop import TrainResult, train
+from infini_llama.train.microbatch import initial_split
 
 LOSSES = ("all", "answer")
 STUDY_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -52,18 +53,22 @@ FINETUNE_HAYSTACKS = tuple(kind for kind in HAYSTACKS if kind != "book")
 STREAMS = (EVAL_STREAM, TRAIN_STREAM, TRAIN_VALIDATION_STREAM, SELECTION_STREAM, GRID_VALIDATION_STREAM)
 assert len(set(STREAMS)) == len(STREAMS), "seed streams must differ"
 
-# The 300M study's passkey fine-tuning (TrainConfig fields): 500 steps of 64 × 4096 tokens, LR 7.5e-5 after 50
-# warm-up steps, cosine to 3e-6, gate LR 1.5e-4.
+# The 300M study's passkey fine-tuning (TrainConfig fields): 500 steps of 64 × 4096 tokens (as many per pass as fit
+# the GPU: batch_size None), LR 7.5e-5 after 50 warm-up steps, cosine to 3e-6, gate LR 1.5e-4.
 STUDY_RECIPE: dict[str, Any] = dict(
-    steps=500, seq_len=4096, global_batch=64, batch_size=8, lr=7.5e-5, min_lr=3e-6, warmup_steps=50, gate_lr=1.5e-4
-)
+    steps=500, seq_len=4096, global_batch=64, batch_size=None, lr=7.5e-5, min_lr=3e-6, warmup_steps=50,
+    gate_lr=1.5e-4,
+)  # fmt: skip
 
 
 class PasskeyBatchSource:
     """Batches of passkey sequences (B = batch_size, T = seq_len) for one process.
 
     Sequence g = ((step · grad_accum + micro_step) · world_size + rank) · batch_size + b of the training stream,
-    so the batches are a pure function of (step, micro_step, rank). A sequence is [BOS] then passkey parts, each
+    so the batches are a pure function of (step, micro_step, rank), and step s holds sequences [s · N, (s + 1) · N)
+    with N = batch_size · grad_accum · world_size however they are split (`split` splits a source anew). The
+    validation sequences are `validation_batches` batches of the batch_size the source is built with, whatever
+    the split later. A sequence is [BOS] then passkey parts, each
     a prompt, its answer and EOS: several parts of random lengths packed back to back, as in the 300M study (each
     at least `pack_min_len` tokens, default seq_len / 8, raised to what the shortest prompt with its answer
     needs), or with pack_min_len=0 one part filling the sequence. Packing varies the distance between needle and
@@ -131,7 +136,7 @@ class PasskeyBatchSource:
         if curriculum_steps and not self.pack_min_len:
             raise ValueError("curriculum_steps grows the packed parts: it needs packing (pack_min_len > 0)")
         self.curriculum_steps = curriculum_steps
-        self.num_validation_batches = validation_batches
+        self.num_validation_batches, self.validation_batch_size = validation_batches, batch_size
         self.bos = bos_ids(tokenizer, None)
         excluded = [
             key
@@ -236,8 +241,8 @@ class PasskeyBatchSource:
         ids = sample.input_ids + answer + [self.tokenizer.eos_token_id]
         return ids, list(range(prompt_len, prompt_len + len(answer)))
 
-    def _batch(self, stream: int, first: int, progress: float = 1.0) -> Batch:
-        rows, masks = zip(*(self.sequence(stream, first + b, progress) for b in range(self.batch_size)), strict=True)
+    def _batch(self, stream: int, indices: Sequence[int], progress: float = 1.0) -> Batch:
+        rows, masks = zip(*(self.sequence(stream, index, progress) for index in indices), strict=True)
         input_ids = torch.tensor(rows, dtype=torch.long)  # (B, T)
         if self.loss == "all":
             return input_ids, input_ids.clone()
@@ -247,12 +252,19 @@ class PasskeyBatchSource:
         return input_ids, labels
 
     def batch(self, step: int, micro_step: int) -> Batch:
-        block = (step * self.grad_accum + micro_step) * self.world_size + self.rank
-        return self._batch(TRAIN_STREAM, block * self.batch_size, self.progress(step))
+        first = ((step * self.grad_accum + micro_step) * self.world_size + self.rank) * self.batch_size
+        return self._batch(TRAIN_STREAM, range(first, first + self.batch_size), self.progress(step))
+
+    def split(self, batch_size: int, grad_accum: int) -> PasskeyBatchSource:
+        """The same sequences per step, and the same validation sequences, in `grad_accum` passes of `batch_size`."""
+        return split_source(self, batch_size, grad_accum)
 
     def validation_batches(self) -> Iterator[Batch]:
-        for i in range(self.num_validation_batches):
-            yield self._batch(TRAIN_VALIDATION_STREAM, (i * self.world_size + self.rank) * self.batch_size)
+        size = self.validation_batch_size
+        indices = [(i * self.world_size + self.rank) * size + b for i in range(self.num_validation_batches)
+                   for b in range(size)]  # fmt: skip
+        for start in range(0, len(indices), self.batch_size):
+            yield self._batch(TRAIN_VALIDATION_STREAM, indices[start : start + self.batch_size])
 
     def state_dict(self) -> dict[str, Any]:
         """What fixes every batch (a resumed run refuses a source that differs)."""
@@ -284,8 +296,8 @@ def finetune_passkey(
     """Fine-tune `checkpoint` on passkey sequences with `train`; returns its TrainResult.
 
     `train_fields` are TrainConfig fields (steps, seq_len, batch_size, global_batch, lr, ...; defaults: the
-    study's recipe above); `source_options` go to PasskeyBatchSource (key_digits, depths, loss, pack_min_len,
-    ...)."""
+    study's recipe above, whose batch_size None is automatic); `source_options` go to PasskeyBatchSource
+    (key_digits, depths, loss, pack_min_len, ...)."""
     fields = {**STUDY_RECIPE, **train_fields, "init_from": str(checkpoint), "out": str(out)}
     cfg = TrainConfig(**fields)
     cfg.validate()
@@ -294,8 +306,7 @@ def finetune_passkey(
     source = PasskeyBatchSource(
         tokenizer,
         cfg.seq_len,
-        cfg.batch_size,
-        cfg.accumulation(world_size),
+        *initial_split(cfg, world_size),  # the trainer splits it anew for an automatic micro-batch
         seed=cfg.seed,
         rank=rank,
         world_size=world_size,

@@ -86,10 +86,22 @@ def _plan(cfg, info, batches, tokenizer) -> RunPlan:
         with main_process_first(info):
             tokenizer = _load_tokenizer(cfg, base)
     model_config = build_model_config(cfg, tokenizer, base)
-    if cfg.batch_size is None and mode == "resume":
-        cfg = dataclasses.replace(cfg, batch_size=_saved_batch_size(run_dir))  # the split the run started with
-    cfg, micro_batch = resolve_micro_batch(cfg, model_config, info.device, info.world_size, precision)
+    checkpoint = latest_checkpoint(run_dir) if mode == "resume" else None
+    automatic = cfg.batch_size is None
+    micro_batch = None
+    if automatic and mode == "resume":  # the split the run had at its checkpoint, and the record of its choice
+        batch_size, micro_batch = _saved_split(run_dir, checkpoint)
+        cfg = dataclasses.replace(cfg, batch_size=batch_size)
+    if micro_batch is None:
+        cfg, micro_batch = resolve_micro_batch(cfg, model_config, info.device, info.world_size, precision)
     grad_accum = cfg.accumulation(info.world_size)
+    if batches is not None and automatic:
+        if not hasattr(batches, "split"):
+            raise ConfigError(
+                f"batch_size is automatic (None) but the batch source ({type(batches).__name__}) has no "
+                "split(batch_size, grad_accum) to split its steps anew; give batch_size"
+            )
+        batches = batches.split(cfg.batch_size, grad_accum)
     if batches is None:
         with main_process_first(info):
             data = prepare_tokens(
@@ -105,7 +117,6 @@ def _plan(cfg, info, batches, tokenizer) -> RunPlan:
             data, cfg.seq_len, cfg.batch_size, grad_accum, seed=cfg.seed, rank=info.rank,
             world_size=info.world_size, eval_windows=cfg.eval_windows,
         )  # fmt: skip
-    checkpoint = latest_checkpoint(run_dir) if mode == "resume" else None
     if mode == "resume":
         check_resume(run_dir, checkpoint, cfg, model_config, batches, info.world_size)
     return RunPlan(
@@ -125,12 +136,17 @@ def _plan(cfg, info, batches, tokenizer) -> RunPlan:
     )
 
 
-def _saved_batch_size(run_dir: Path) -> int | None:
-    """The batch_size a run being resumed chose (run.json); None (choose again) if it has none."""
+def _saved_split(run_dir: Path, checkpoint: Path | None) -> tuple[int | None, dict | None]:
+    """The batch_size of a run being resumed with an automatic one: that of its checkpoint (the micro-batch may
+    have been halved mid-run), else the one it started with (run.json); and the record of the choice in run.json.
+    (None, None) where they cannot be read: then it is chosen again."""
     try:
-        return read_run_file(run_dir)["train"].get("batch_size")
+        run = read_run_file(run_dir)
+        saved = read_trainer_state(checkpoint)["train_config"] if checkpoint is not None else run["train"]
+        batch_size = saved.get("batch_size")
+        return batch_size, (run.get("micro_batch") if batch_size else None)
     except (OSError, KeyError, ValueError):
-        return None
+        return None, None
 
 
 def resolve_data_workers(setting: int | None, source: BatchSource, device: torch.device) -> int:

@@ -1,6 +1,7 @@
 """The study pipeline end to end on a micro config: resume, LR selection, haystacks, the RoPE-scaled row, several
 seeds; and its refusals."""
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -51,6 +52,8 @@ def one_thread():
 
 def test_study_runs_end_to_end_and_resumes(micro, tmp_path, monkeypatch):
     cfg = micro(finetune_lr_grid=(1e-3, 3e-3))
+    # Fine-tuning with an automatic micro-batch, as the GPU presets have it: on a CPU, the whole batch in one pass.
+    cfg = dataclasses.replace(cfg, finetune={**cfg.finetune, "batch_size": None, "global_batch": 4})
     out = tmp_path / "study"
     # Kill the study in the baseline's second fine-tuning: everything before it must survive and not be redone.
     real_train = study_stages.train
@@ -118,6 +121,8 @@ def test_study_runs_end_to_end_and_resumes(micro, tmp_path, monkeypatch):
     ):
         assert needle in text, needle
     assert "1 × 3 tokens" not in text and "3 steps of 4 × 128 tokens" in text
+    run = json.loads((out / "infini" / "finetune-lr=0.001" / "run.json").read_text())
+    assert (run["train"]["batch_size"], run["grad_accum"]) == (4, 1) and run["micro_batch"]["global_batch"] == 4
     assert list((out / "report").glob("passkey_heatmap_*_book.png"))
 
 

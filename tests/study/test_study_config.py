@@ -277,6 +277,20 @@ def test_a_study_started_before_a_field_existed_continues(tmp_path):
         _claim_folder(tmp_path, study_config("tiny", ablations=[{"gate_init": 2}]), overwrite=False)
 
 
+@pytest.mark.parametrize(
+    "preset,pretrain,finetune", [("mini", 16, 16), ("paper-300m", 4, 64), ("paper-short", 4, 64)], ids=str
+)
+def test_gpu_presets_keep_their_global_batch_in_as_many_passes_as_memory_needs(preset, pretrain, finetune):
+    cfg = study_config(preset)
+    arm = expand_arms(cfg)[0]
+    for stage, sequences in (("pretrain", pretrain), ("finetune", finetune)):
+        tcfg = study_stages.train_recipe(cfg, arm, stage)
+        assert (tcfg.batch_size, tcfg.global_batch) == (None, sequences), "automatic, the recipe's global batch"
+    tiny = study_config("tiny")
+    tiny_recipes = [study_stages.train_recipe(tiny, expand_arms(tiny)[0], s) for s in ("pretrain", "finetune")]
+    assert [r.batch_size for r in tiny_recipes] == [16, 8], "the CPU study: fixed passes"
+
+
 def test_a_study_preset_can_build_on_a_model_preset_of_another_name():
     cfg = study_config("paper-short")
     assert cfg.preset == "paper-short" and cfg.model_preset == "paper-300m"

@@ -4,11 +4,13 @@ import json
 
 import pytest
 import torch
+from train_helpers import window_source
 
 import infini_llama.train.microbatch as microbatch
-from infini_llama import config_from_preset
+from infini_llama import InfiniLlamaForCausalLM, config_from_preset
 from infini_llama.train import recipe, train
-from infini_llama.train.microbatch import candidate_batches, choose_micro_batch, resolve_micro_batch
+from infini_llama.train.microbatch import candidate_batches, choose_micro_batch, initial_split, resolve_micro_batch
+from infini_llama.train.passkey import STUDY_RECIPE, finetune_passkey
 
 CPU = torch.device("cpu")
 
@@ -78,3 +80,35 @@ def test_training_with_an_automatic_batch_logs_it_and_equals_that_split(micro_cf
         micro_cfg(out=str(tmp_path / "auto"), batch_size=None, global_batch=8, steps=2, eval_every=0, resume=True)
     )
     assert again.step == 2  # accepted: the settings (batch_size 2 included) are the run's
+
+
+def test_a_token_window_source_split_anew_keeps_its_steps_and_validation(micro_cfg):
+    whole = window_source(micro_cfg(batch_size=8))
+    split = whole.split(2, 4)
+    assert (split.batch_size, split.grad_accum, whole.batch_size) == (2, 4, 8)
+    assert torch.equal(whole.batch(3, 0)[0], torch.cat([split.batch(3, m)[0] for m in range(4)]))
+    assert torch.equal(torch.cat([b[0] for b in whole.validation_batches()]),
+                       torch.cat([b[0] for b in split.validation_batches()]))  # fmt: skip
+    assert split.state_dict() == whole.state_dict()
+    with pytest.raises(ValueError, match="would change the step's 8 sequences"):
+        whole.split(2, 2)
+
+
+def test_passkey_fine_tuning_with_an_automatic_batch_runs_the_whole_batch_off_cuda(tmp_path, bpe_tok, micro_cfg):
+    assert STUDY_RECIPE["batch_size"] is None and STUDY_RECIPE["global_batch"] == 64
+    assert initial_split(recipe("tiny", batch_size=None, global_batch=64), 2) == (32, 1)
+    assert initial_split(recipe("tiny", batch_size=8, global_batch=64), 2) == (8, 4)
+    base = tmp_path / "base"
+    ids = dict(bos_token_id=bpe_tok.bos_token_id, eos_token_id=bpe_tok.eos_token_id)
+    model = InfiniLlamaForCausalLM(config_from_preset("tiny", **micro_cfg().model, vocab_size=len(bpe_tok), **ids))
+    model.save_pretrained(base)
+    bpe_tok.save_pretrained(base)
+    result = finetune_passkey(
+        str(base), str(tmp_path / "ft"), tokenizer=bpe_tok, steps=1, seq_len=160, global_batch=4, warmup_steps=0,
+        eval_every=0, save_every=0, device="cpu", progress=False, tensorboard=False,
+        source_options=dict(key_digits=4, pack_min_len=0, validation_batches=1),
+    )  # fmt: skip
+    assert result.step == 1
+    run = json.loads((tmp_path / "ft" / "run.json").read_text())
+    assert run["train"]["batch_size"] == 4 and run["grad_accum"] == 1 and run["data"]["sequences_per_step"] == 4
+    assert run["micro_batch"]["how"].startswith("the whole per-process batch")

@@ -44,6 +44,25 @@ def test_batches_are_a_pure_function_of_step_micro_step_and_rank(bpe_tok):
     assert torch.equal(whole, torch.cat([ranks[0].batch(2, 0)[0], ranks[1].batch(2, 0)[0]]))
 
 
+def test_a_source_split_anew_keeps_the_sequences_of_each_step_and_of_validation(bpe_tok):
+    # As the trainer splits a source built with the whole per-process batch for an automatic micro-batch: two
+    # processes' step, in the order of its sequences (pass by pass, rank by rank), is the same.
+    wholes = [source(bpe_tok, loss="answer", world_size=2, rank=r) for r in (0, 1)]
+    splits = [whole.split(2, 2) for whole in wholes]
+    for step in (0, 3):
+        before = [whole.batch(step, 0) for whole in wholes]
+        after = [split.batch(step, m) for m in range(2) for split in splits]
+        for part in (0, 1):  # inputs, labels
+            assert torch.equal(torch.cat([b[part] for b in before]), torch.cat([b[part] for b in after]))
+    whole, split = wholes[1], splits[1]
+    validation = [list(s.validation_batches()) for s in (whole, split)]
+    assert [len(ids) for ids, _ in validation[1]] == [2, 2, 2, 2], "the 2 × 4 validation sequences, in passes of 2"
+    assert torch.equal(*(torch.cat([ids for ids, _ in batches]) for batches in validation))
+    assert split.state_dict() == whole.state_dict()
+    with pytest.raises(ValueError, match="would change the step's 4 sequences"):
+        whole.split(2, 1)
+
+
 def test_answer_only_loss_masks_everything_but_the_answer(bpe_tok):
     input_ids, labels = source(bpe_tok, loss="answer").batch(0, 0)
     for ids, lab in zip(input_ids.tolist(), labels.tolist(), strict=True):
