@@ -26,7 +26,9 @@ Library use::
     accumulation steps. `cfg.resume` continues from the run's latest intact checkpoint (a damaged one is
     named in a warning and skipped) with the same losses an uninterrupted run would have had; SIGINT / SIGTERM
     end the current step, write a checkpoint and return a result with `stopped_by` set. A step whose loss or
-    gradient is not finite makes no update and is listed in `skipped_steps`. A setting or input that cannot
+    gradient is not finite makes no update and is listed in `skipped_steps`. With an automatic `batch_size`
+    (None: as many sequences per pass as fit the GPU, `infini_llama.train.microbatch`), a step that runs out of
+    GPU memory is done again at half the micro-batch. A setting or input that cannot
     work raises `ConfigError` (a ValueError) before any file is written; a run that has to stop part-way
     (`cfg.max_bad_steps` non-finite steps in a row, a full disk, a batch with ids outside the vocabulary)
     raises `RunError` with every checkpoint written before intact; a checkpoint holding anything but tensors

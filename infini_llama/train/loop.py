@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import random
 import time
@@ -21,7 +23,7 @@ from transformers.utils import logging as hf_logging
 from infini_llama.layers import gate_value
 from infini_llama.models import InfiniLlamaForCausalLM, causal_lm_loss
 from infini_llama.train import checkpoint as ckpt
-from infini_llama.train.batches import BatchSource, PrefetchedBatches, count_targets
+from infini_llama.train.batches import Batch, BatchSource, PrefetchedBatches, count_targets
 from infini_llama.train.compile import compile_decoder_layers, compile_loss, eager_layers, warn_evaluation_falls_back
 from infini_llama.train.config import TrainConfig, config_dict
 from infini_llama.train.distributed import (
@@ -40,6 +42,7 @@ from infini_llama.train.distributed import (
 )
 from infini_llama.train.faults import NonFiniteGuard, RunError, check_token_ids
 from infini_llama.train.metrics import MetricsLogger, StatusLines, Throughput, flops_per_token, open_logger, peak_flops
+from infini_llama.train.microbatch import halved
 from infini_llama.train.optim import build_optimizer, build_scheduler
 from infini_llama.train.rundir import FINAL_DIR, RUN_FILE, clear_run_dir, environment, write_json_atomically
 from infini_llama.train.setup import ConfigError, RunPlan, model_fields, plan_run
@@ -252,24 +255,11 @@ class _Trainer:
             return summed_loss(model, input_ids.to(self.device), labels, loss_fn or self.loss_fn)
 
     def _train_step(self, step: int) -> _StepStats:
-        """One optimizer step on the batches of `step`, or none if its loss or gradient is not finite."""
-        micro = self.ahead.batches(step)
-        for m, (input_ids, labels) in enumerate(micro):
-            check_token_ids(input_ids, labels, self.plan.model_config.vocab_size, f"batch {m} of step {step + 1}")
-        targets = torch.tensor(
-            float(sum(count_targets(labels) for _, labels in micro)), dtype=torch.float64, device=self.device
-        )
-        targets = float(all_reduce_sum(targets, self.info).item())
-        if targets == 0:
-            raise ValueError(f"step {step} has no target tokens: every label of its batches is -100")
-        # Gradients of the summed loss / all targets of the step; DDP and FSDP average over processes.
-        scale = self.info.world_size / targets
-        total = torch.zeros((), device=self.device)
-        for m, (input_ids, labels) in enumerate(micro):
-            with gradient_sync(self.wrapped, enabled=m == len(micro) - 1):
-                loss_sum = self._forward_loss(self.wrapped, input_ids, labels)
-                (loss_sum * scale).backward()
-            total += loss_sum.detach()
+        """One optimizer step on the batches of `step`, or none if its loss or gradient is not finite. Where an
+        automatic micro-batch runs out of GPU memory, it is halved and the step done again from its start."""
+        while (accumulated := self._accumulate(step)) is None:
+            self._halve_micro_batch(step)
+        micro, targets, total = accumulated
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         loss = all_reduce_sum(total, self.info) / targets
@@ -289,6 +279,88 @@ class _Trainer:
             gate_lr=lrs.get("gates"),
             finite=finite,
         )
+
+    def _accumulate(self, step: int) -> tuple[list[Batch], float, torch.Tensor] | None:
+        """Forward and backward passes over the batches of `step`, their gradients summed into the parameters':
+        (the batches, the step's target tokens on all processes, the summed loss on this process). None, with
+        the gradients cleared, where the GPU ran out of memory and the micro-batch can be halved."""
+        micro = self.ahead.batches(step)
+        for m, (input_ids, labels) in enumerate(micro):
+            check_token_ids(input_ids, labels, self.plan.model_config.vocab_size, f"batch {m} of step {step + 1}")
+        targets = torch.tensor(
+            float(sum(count_targets(labels) for _, labels in micro)), dtype=torch.float64, device=self.device
+        )
+        targets = float(all_reduce_sum(targets, self.info).item())
+        if targets == 0:
+            raise ValueError(f"step {step} has no target tokens: every label of its batches is -100")
+        # Gradients of the summed loss / all targets of the step; DDP and FSDP average over processes.
+        scale = self.info.world_size / targets
+        total = torch.zeros((), device=self.device)
+        try:
+            for m, (input_ids, labels) in enumerate(micro):
+                with gradient_sync(self.wrapped, enabled=m == len(micro) - 1):
+                    loss_sum = self._forward_loss(self.wrapped, input_ids, labels)
+                    (loss_sum * scale).backward()
+                total += loss_sum.detach()
+        except torch.OutOfMemoryError as exc:
+            refusal = self._cannot_halve(step)
+            if refusal:
+                raise RunError(refusal) from exc
+        else:
+            return micro, targets, total
+        # Out of the except block, so that the traceback no longer holds the failed pass's activations.
+        self.optimizer.zero_grad(set_to_none=True)
+        return None
+
+    def _cannot_halve(self, step: int) -> str | None:
+        """Why the micro-batch cannot be halved after running out of memory in `step` (None: it can)."""
+        cfg, world_size = self.cfg, self.info.world_size
+        size = f"{cfg.batch_size} × {cfg.seq_len} tokens per forward pass"
+        if self.plan.micro_batch is None:
+            return (
+                f"out of GPU memory in step {step + 1} with batch_size {cfg.batch_size} as given (--batch-size; "
+                f"{size}): pass a smaller --batch-size, or leave it out (with --global-batch) for the largest "
+                "micro-batch that fits, or add --checkpointing"
+            )
+        smaller = halved(cfg.batch_size, cfg.batch_size * self.plan.grad_accum)
+        if smaller is None:
+            return (
+                f"out of GPU memory in step {step + 1} with one sequence of {cfg.seq_len} tokens per forward pass: "
+                "add --checkpointing, or train on shorter sequences (--seq-len) or a larger GPU"
+            )
+        if world_size > 1:
+            return (
+                f"out of GPU memory in step {step + 1} at the automatic micro-batch ({size}); with {world_size} "
+                f"processes it cannot be halved part-way: start again with --batch-size {smaller}"
+            )
+        return None
+
+    def _halve_micro_batch(self, step: int) -> None:
+        """Split the steps into passes of half as many sequences (the next candidate; the same sequences per step),
+        after `step` ran out of memory: the batch source and its workers anew, the change in the run's log,
+        metrics.jsonl and run.json."""
+        plan, old = self.plan, self.cfg.batch_size
+        per_process = old * plan.grad_accum
+        new = halved(old, per_process)
+        self.ahead.close()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.cfg = plan.cfg = dataclasses.replace(self.cfg, batch_size=new)  # checkpoints record the new split
+        plan.grad_accum = per_process // new
+        plan.source = plan.source.split(new, plan.grad_accum)
+        self.ahead = PrefetchedBatches(plan.source, plan.grad_accum, plan.data_workers)
+        change = {"step": step + 1, "from": old, "to": new, "grad_accum": plan.grad_accum}
+        plan.micro_batch.setdefault("changes", []).append(change)
+        note = (
+            f"out of GPU memory in step {step + 1}: micro-batch {old} -> {new} sequences ({plan.grad_accum} passes "
+            "per step), the step starts over"
+        )
+        self.logger.log({"kind": "event", "step": step + 1, "event": note, "batch_size": new,
+                         "grad_accum": plan.grad_accum})  # fmt: skip
+        if self.info.is_main:
+            tqdm.write(note)
+            run_file = plan.run_dir / RUN_FILE
+            write_json_atomically(run_file, {**json.loads(run_file.read_text()), "micro_batch": plan.micro_batch})
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -416,10 +488,11 @@ class _Trainer:
             config={"train": config_dict(cfg), "model": model_fields(plan.model_config)},
             purge_step=start or None,
         )
+        self.logger = logger
         try:
-            ahead = PrefetchedBatches(plan.source, plan.grad_accum, plan.data_workers)
-            with stop_on_signals() as stop, ahead:
-                self.ahead = ahead
+            with stop_on_signals() as stop, contextlib.ExitStack() as closing:
+                self.ahead = PrefetchedBatches(plan.source, plan.grad_accum, plan.data_workers)
+                closing.callback(lambda: self.ahead.close())  # the one in use then: halving replaces it
                 self._loop(start, tokens, result, logger, stop)
         except RunError as exc:
             logger.log({"kind": "event", "step": result.step, "event": f"stopped: {exc}"})

@@ -5,10 +5,11 @@ forward pass is only a matter of memory. With `batch_size` None (the paper recip
 picks it: on CUDA a probe at the start runs forward + backward of a fresh model at the training length for
 the whole per-process batch, then for halves of it, until one fits with a margin (out-of-memory or a peak
 above `1 - margin` of the GPU counts as not fitting; the optimizer's moments are added to the peak); the rest
-of the global batch comes from accumulation. Elsewhere the whole per-process batch is one pass. An explicit
-`batch_size` is used as given. The sequences of a step do not depend on the split (`TokenWindowSource`,
-`PasskeyBatchSource`), and a source built before the split is known (`initial_split`) is split anew by the
-trainer (`BatchSource.split`).
+of the global batch comes from accumulation. Elsewhere the whole per-process batch is one pass. If a step still
+runs out of memory, the trainer halves the micro-batch (`halved`) and does the step again on the same sequences
+(`infini_llama.train.loop`). An explicit `batch_size` is used as given. The sequences of a step do not depend
+on the split (`TokenWindowSource`, `PasskeyBatchSource`), and a source built before the split is known
+(`initial_split`) is split anew by the trainer (`BatchSource.split`).
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def resolve_micro_batch(
     if cfg.batch_size is not None:
         return cfg, None
     if cfg.global_batch is None:  # accumulation given as such (--grad-accum): one sequence per pass
-        record = {"batch_size": 1, "how": "1: no global_batch to split"}
+        record = {"batch_size": 1, "how": "1: no global_batch to split", "changes": []}
         return dataclasses.replace(cfg, batch_size=1), record
     per_process = per_process_batch(cfg, world_size)
     probe = fits if fits is not None else device_probe(model_config, cfg, device, precision)
@@ -155,5 +156,6 @@ def resolve_micro_batch(
         "global_batch": cfg.global_batch,
         "how": how,
         "tried": tried,
+        "changes": [],  # halvings after running out of memory mid-run (`infini_llama.train.loop`)
     }
     return dataclasses.replace(cfg, batch_size=chosen), record

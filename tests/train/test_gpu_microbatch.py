@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
+import infini_llama.train.loop as loop
 from infini_llama import InfiniLlamaForCausalLM, config_from_preset
-from infini_llama.train import recipe
+from infini_llama.train import recipe, train
 from infini_llama.train.microbatch import choose_micro_batch, memory_probe, resolve_micro_batch
 from infini_llama.train.passkey import finetune_passkey
 
@@ -61,3 +62,24 @@ def test_passkey_fine_tuning_chooses_its_micro_batch(tmp_path, bpe_tok, micro_cf
     run = json.loads((tmp_path / "ft" / "run.json").read_text())
     assert run["train"]["batch_size"] == 8 and run["micro_batch"]["tried"] == [{"batch_size": 8, "fits": True}]
     assert run["micro_batch"]["how"].startswith("the largest that fits the GPU")
+
+
+def test_a_real_out_of_memory_mid_run_halves_the_micro_batch(micro_cfg, tmp_path, monkeypatch):
+    real, passes = loop.summed_loss, []
+
+    def summed_loss(model, input_ids, labels, loss_fn):
+        if torch.is_grad_enabled():
+            passes.append(len(input_ids))
+            if len(passes) > 1 and len(input_ids) > 2:  # after the first step's pass, passes above 2 run out
+                torch.empty(2 * torch.cuda.get_device_properties(CUDA).total_memory, dtype=torch.uint8, device=CUDA)
+        return real(model, input_ids, labels, loss_fn)
+
+    monkeypatch.setattr(loop, "summed_loss", summed_loss)
+    cfg = micro_cfg(batch_size=None, global_batch=8, steps=3, eval_every=0, save_every=0, compile=False)
+    result = train(cfg)
+    assert result.step == 3 and all(torch.isfinite(torch.tensor(list(result.losses.values()))))
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["micro_batch"]["batch_size"] == 8, "the probe found room for the whole batch"
+    assert [(c["from"], c["to"]) for c in run["micro_batch"]["changes"]] == [(8, 4), (4, 2)]
+    assert passes == [8, 8, 4] + [2] * 8
+    assert torch.cuda.memory_allocated(CUDA) < 64 * 2**20, "nothing of the failed passes is left"
