@@ -73,6 +73,24 @@ class _LayerStep(nn.Module):
         return x
 
 
+# Dynamo compiles one code object, the layer step's, for every decoder: an entry per (layer, plain or committing
+# step, shape) where guards tell them apart. Past its recompile limit (8 by default) it stops compiling, which
+# under fullgraph=True is an error, so a model decoding at a few batch sizes would fall back to eager decoding.
+# The decoder's own compiled calls run under limits that leave room for many decoders.
+DECODE_RECOMPILE_LIMIT = 1024
+
+
+def _decode_compile_limits():
+    """A context in which Dynamo may keep DECODE_RECOMPILE_LIMIT entries of a code object (the option's name
+    differs between torch releases: `recompile_limit`, earlier `cache_size_limit`)."""
+    import torch._dynamo.config as dynamo_config
+
+    names = [
+        n for n in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit") if hasattr(dynamo_config, n)
+    ]
+    return dynamo_config.patch(**{name: max(getattr(dynamo_config, name), DECODE_RECOMPILE_LIMIT) for name in names})
+
+
 class StaticDecoder:
     """Greedy or sampled decoding of an Infini-attention `InfiniLlamaForCausalLM` at a fixed batch size.
 
@@ -122,9 +140,10 @@ class StaticDecoder:
                     step.compile(fullgraph=True, dynamic=False)
             if self.graphs:
                 self._capture()
-            elif self.compiled:  # compile now, on a throw-away step, not in the middle of the first token
+            elif self.compiled:  # compile now, on throw-away steps, not in the middle of the first tokens
                 with torch.no_grad():
                     self._run(False)
+                    self._run(True)
                 self.load(None)
         except Exception as exc:  # noqa: BLE001 - any compiler or capture failure: decoding eagerly beats failing
             for step in self.layers:
@@ -196,6 +215,12 @@ class StaticDecoder:
 
     def _run(self, commit: bool) -> torch.Tensor:
         """The step on the fixed buffers: ids -> logits, state updated, counter advanced (wrapped at commit)."""
+        if self.compiled:
+            with _decode_compile_limits():
+                return self._run_layers(commit)
+        return self._run_layers(commit)
+
+    def _run_layers(self, commit: bool) -> torch.Tensor:
         model = self.model
         x = model.get_input_embeddings()(self.ids)
         visible = (self.slots <= self.slot)[None, None, None, :]  # (1, 1, 1, L): the filled slots

@@ -227,6 +227,25 @@ def test_decoders_of_other_batch_sizes_stay_cached():
     assert len(m._static_decoders) == 1
 
 
+def test_compiled_decoders_of_several_batch_sizes_stay_compiled(monkeypatch):
+    # Every decoder compiles the same layer-step code: past Dynamo's default limit of 8 entries per code object
+    # (2 layers x plain and committing step x 3 batch sizes = 12) a fullgraph compile fails, and decoding would
+    # fall back to eager. Dynamo's eager backend keeps its guards and limits without Inductor's compile time.
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compile_module(self, backend="eager", **kw))
+    torch._dynamo.reset()
+    m = make_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        decoders = {b: StaticDecoder(m, batch_size=b, compile=True) for b in (1, 2, 3)}
+        for b, decoder in decoders.items():
+            x = tokens(b, 2 * SEGMENT + 3)
+            got = decode_greedily(decoder, x, 2 * SEGMENT)
+            assert decoder.compiled
+            assert torch.equal(got, decode_greedily(StaticDecoder(m, batch_size=b), x, 2 * SEGMENT))
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
 def test_ngram_blocking_on_the_device_bans_what_transformers_bans(n):
     from transformers import NoRepeatNGramLogitsProcessor
