@@ -228,11 +228,18 @@ def test_decoders_of_other_batch_sizes_stay_cached():
 
 
 def test_compiled_decoders_of_several_batch_sizes_stay_compiled(monkeypatch):
-    # Every decoder compiles the same layer-step code: past Dynamo's default limit of 8 entries per code object
-    # (2 layers x plain and committing step x 3 batch sizes = 12) a fullgraph compile fails, and decoding would
-    # fall back to eager. Dynamo's eager backend keeps its guards and limits without Inductor's compile time.
+    # Every decoder compiles the same layer-step code: past Dynamo's limit of entries per code object (default 8;
+    # 2 layers x plain and committing step x 3 batch sizes = 12 here, more on a real model) a fullgraph compile
+    # fails, and decoding would fall back to eager. The limit is set to 1 so that the decoder's own raised limit is
+    # what keeps it compiled, whatever the default. Dynamo's eager backend keeps its guards and limits without
+    # Inductor's compile time.
+    import torch._dynamo.config as dynamo_config
+
     compile_module = torch.nn.Module.compile
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compile_module(self, backend="eager", **kw))
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo_config, name):
+            monkeypatch.setattr(dynamo_config, name, 1)
     torch._dynamo.reset()
     m = make_model()
     with warnings.catch_warnings():

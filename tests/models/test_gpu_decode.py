@@ -1,5 +1,7 @@
 """CUDA-graph decoding against the eager stream, on a GPU (`pytest -m gpu`; CI has none, so it is deselected)."""
 
+import warnings
+
 import pytest
 import torch
 from transformers import GenerationMixin
@@ -80,5 +82,8 @@ def test_decoders_of_several_batch_sizes_are_kept():
     from infini_llama.models.fast_generate import decoder_for
 
     m = make_model(torch.bfloat16)
-    one, two = decoder_for(m, 1), decoder_for(m, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a decoder that falls back to eager says so in one
+        one, two, three = decoder_for(m, 1), decoder_for(m, 2), decoder_for(m, 3)
     assert decoder_for(m, 1) is one and decoder_for(m, 2) is two
+    assert all(d.compiled and d.graphs for d in (one, two, three))
