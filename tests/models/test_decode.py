@@ -237,12 +237,10 @@ def test_compiled_decoders_of_several_batch_sizes_stay_compiled(monkeypatch):
 
     compile_module = torch.nn.Module.compile
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compile_module(self, backend="eager", **kw))
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(dynamo_config, name):
-            monkeypatch.setattr(dynamo_config, name, 1)
+    limits = {name: 1 for name in ("recompile_limit", "cache_size_limit") if hasattr(dynamo_config, name)}
     torch._dynamo.reset()
     m = make_model()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), dynamo_config.patch(**limits):
         warnings.simplefilter("error", RuntimeWarning)
         decoders = {b: StaticDecoder(m, batch_size=b, compile=True) for b in (1, 2, 3)}
         for b, decoder in decoders.items():

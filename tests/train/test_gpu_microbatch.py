@@ -24,6 +24,7 @@ def test_a_small_model_fits_the_whole_batch_and_the_probe_frees_its_memory():
     before = torch.cuda.memory_allocated(CUDA)
     chosen, record = resolve_micro_batch(cfg, model, CUDA, 1, "bf16")
     assert chosen.batch_size == 8 and record["tried"] == [{"batch_size": 8, "fits": True}]
+    torch._C._cuda_clearCublasWorkspaces()  # made by the probe's first matmul, kept in the allocator
     assert torch.cuda.memory_allocated(CUDA) - before < 64 * 2**20  # the probe's model is gone
 
 
@@ -82,4 +83,5 @@ def test_a_real_out_of_memory_mid_run_halves_the_micro_batch(micro_cfg, tmp_path
     assert run["micro_batch"]["batch_size"] == 8, "the probe found room for the whole batch"
     assert [(c["from"], c["to"]) for c in run["micro_batch"]["changes"]] == [(8, 4), (4, 2)]
     assert passes == [8, 8, 4] + [2] * 8
-    assert torch.cuda.memory_allocated(CUDA) < 64 * 2**20, "nothing of the failed passes is left"
+    torch._C._cuda_clearCublasWorkspaces()  # cuBLAS keeps its workspaces (32 MiB each on Hopper) in the allocator
+    assert torch.cuda.memory_allocated(CUDA) < 16 * 2**20, "nothing of the failed passes is left"
