@@ -1,8 +1,10 @@
 """The README's headline tables, made from the reports' results.json, so that the numbers cannot drift.
 
-A headline block in a Markdown file is the table between a line `<!-- headline: REPORT_FOLDER -->` and a line
-`<!-- /headline -->`; its numbers are the across-seed means of REPORT_FOLDER/results.json. The test suite checks
-every block against its JSON; `python -m infini_llama.study.headline README.md` rewrites them.
+A headline block in a Markdown file is the table between a line `<!-- headline: SOURCE -->` and a line
+`<!-- /headline -->`. SOURCE is a study's report folder (the table: the across-seed means of its results.json) or
+a benchmark's JSON file (`benchmarks/bench_gpu.py`'s: the trainer's default command, training against HF Llama
+and `model.generate` with each common setting). The test suite checks every block against its JSON;
+`python -m infini_llama.study.headline README.md` rewrites them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from infini_llama.eval.markdown import table
 
-BLOCK = re.compile(r"(<!-- headline: (?P<folder>[^ ]+) -->\n)(?P<table>.*?)(<!-- /headline -->)", re.DOTALL)
+BLOCK = re.compile(r"(<!-- headline: (?P<source>[^ ]+) -->\n)(?P<table>.*?)(<!-- /headline -->)", re.DOTALL)
 MULTIPLES = (1.0, 2.0, 4.0, 8.0)
 # Row labels of a study's results -> how the headline names them, in this order.
 ROWS = {
@@ -35,12 +37,46 @@ def headline_table(results: dict, haystack: str = "repeat") -> str:
     return "\n".join(table(["arm"] + [f"{m:g}×" for m in MULTIPLES], lines)) + "\n"
 
 
+def _thousands(tok_s: float) -> str:
+    return f"{tok_s / 1e3:.1f}K"
+
+
+def gpu_table(bench: dict) -> str:
+    """The trainer's default command, the Infini arm against HF Llama (eager) at the longest training length both
+    ran, and `model.generate` tokens/s at batch 1 for each setting after each context, from bench_gpu's JSON."""
+    default = bench["trainer_default"]
+    rate = f"{_thousands(default['tok_s'])} tokens/s, MFU {default['mfu']:.2f}"
+    lines = [[f"`{default['command']}`, no flags", rate]]
+    rates = {(row["arm"], row["T"]): row["tok_s"] for row in bench["train"]}
+    longest = max(T for arm, T in rates if arm == "delta-default" and ("hf-eager", T) in rates)
+    ours, hf = rates["delta-default", longest], rates["hf-eager", longest]
+    lines.append([f"training at {longest // 1024}K tokens: Infini arm / HF Llama eager",
+                  f"{_thousands(ours)} / {_thousands(hf)} tokens/s ({ours / hf:.2f}×)"])  # fmt: skip
+    settings: dict[str, dict[int, float]] = {}
+    for row in bench["generate_settings"]:
+        settings.setdefault(row["setting"], {})[row["context"]] = row["tok_s"]
+    contexts = sorted({c for by_context in settings.values() for c in by_context})
+    names = " / ".join(f"{c // 1024}K" if c < 2**20 else f"{c // 2**20}M" for c in contexts)
+    for name, by_context in settings.items():
+        lines.append([f"`model.generate`, {name}, after {names} tokens",
+                      " / ".join(f"{by_context[c]:,.0f}" for c in contexts) + " tokens/s"])  # fmt: skip
+    hf_generate = [row for row in bench["decode"]["generate"] if row["who"].startswith("HF")]
+    for row in hf_generate:
+        lines.append([f"HF Llama's `generate` (KV cache), greedy, after {row['context'] // 1024}K tokens",
+                      f"{row['tok_s']:,.0f} tokens/s"])  # fmt: skip
+    return "\n".join(table([f"{bench['device']}, `{bench['settings']['preset']}`", "measured"], lines)) + "\n"
+
+
 def render(text: str, root: Path) -> str:
-    """`text` with every headline block's table made anew from its folder's results.json (under `root`)."""
+    """`text` with every headline block's table made anew from its source's JSON (paths under `root`)."""
 
     def fill(match: re.Match) -> str:
-        results = json.loads((root / match["folder"] / "results.json").read_text())
-        return match.group(1) + headline_table(results) + match.group(4)
+        source = root / match["source"]
+        if source.suffix == ".json":
+            made = gpu_table(json.loads(source.read_text()))
+        else:
+            made = headline_table(json.loads((source / "results.json").read_text()))
+        return match.group(1) + made + match.group(4)
 
     return BLOCK.sub(fill, text)
 
