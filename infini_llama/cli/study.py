@@ -17,7 +17,7 @@ it once per seed in OUT/seed-<s>/, and a report across seeds. Run the same comma
 was stopped. Every --set / --config value is checked before anything is written."""
 EPILOG = f"""presets (the model each trains; `train --preset tiny` is another, larger model):
 {preset_lines(STUDY_PRESET_MODELS)}
-  tiny runs on 2 CPU cores in about 12 minutes per seed; mini wants one GPU, paper-short two, paper-300m hours of GPUs.
+  tiny runs on 2 CPU cores in about 8 minutes per seed; mini wants one GPU, paper-short two, paper-300m hours of GPUs.
 
 examples:
   infini-llama study --preset tiny --out runs/study                      # run again to continue a stopped study
@@ -26,6 +26,8 @@ examples:
   infini-llama study --preset tiny --control-arm --ablate gate_trainable=false --ablate gate_init=2 --out runs/gates
   infini-llama study --preset tiny --set pretrain.steps=100 --set eval_samples=8 --out runs/quick
   infini-llama study --preset mini --device cuda --out runs/mini
+  infini-llama study --preset mini --out runs/m --arms infini      # one machine; --arms full on another, then
+  infini-llama study --preset mini --out runs/m --report-only      #   copy its full/ into runs/m and report
 """
 
 
@@ -92,7 +94,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="arms trained at once, each in its own process with a share of the CPU threads (default: one per "
         "CPU core up to the number of arms on CPU, one per GPU on GPUs: with several GPUs each process keeps one)",
     )  # fmt: skip
+    parser.add_argument(
+        "--arms", type=parse_names, default=None, metavar="ARM1,ARM2,...",
+        help="run only these arms (of every seed), e.g. --arms infini on one machine and --arms full on another; "
+        "the report is written once every arm has finished (see --report-only)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--report-only", action="store_true",
+        help="train and evaluate nothing: report the study in --out from its arms' finished stages (arm folders "
+        "copied in from runs with --arms need no model weights); refused while an arm has stages left",
+    )  # fmt: skip
     parser.set_defaults(func="infini_llama.study.cli:main", command_line=None)
+
+
+def parse_names(text: str) -> list[str]:
+    """ "infini,full" -> ["infini", "full"]."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected arm names separated by commas, got {text!r}")
+    return names
 
 
 def parse_seeds(text: str) -> list[int]:

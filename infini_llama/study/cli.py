@@ -39,7 +39,9 @@ def main(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             jobs=args.jobs,
             command=args.command_line,
-            estimate=not args.no_estimate,
+            estimate=not (args.no_estimate or args.report_only),
+            arms=args.arms,
+            report_only=args.report_only,
         )
     except (StudyError, ValueError, TypeError, FileNotFoundError) as exc:
         if debugging():

@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -54,7 +55,8 @@ def seed_studies(cfg: StudyConfig, out: Path) -> list[tuple[StudyConfig, Path]]:
 
 def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, device: str = "auto",
               progress: bool = True, jobs: int | None = None, command: str | None = None,
-              estimate: bool = True) -> Path:  # fmt: skip
+              estimate: bool = True, arms: Sequence[str] | None = None,
+              report_only: bool = False) -> Path | None:  # fmt: skip
     """Run (or continue) the study `cfg` in the folder `out`; returns the path of REPORT.md.
 
     Every (seed, arm) is a task; `jobs` tasks run at once, each in its own process with an equal share of the CPU
@@ -63,14 +65,36 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
     process keeps one GPU (worker i the i-th, modulo their number), so `jobs` a multiple of the GPUs spreads the
     arms evenly. Progress bars are shown only when one task runs at a time. `command`, the command line that ran
     the study, is written into the reports. With `estimate`, a short probe first prints how long the study will take
-    on this host (written to estimate.json), and the whole study's time left is printed as it runs."""
+    on this host (written to estimate.json), and the whole study's time left is printed as it runs.
+
+    `arms` (names as the study gives them: "infini", "full", ...) runs those arms only, of every seed: a study can be
+    split over machines or GPU leases, each running some arms into a folder of its own; their arm folders copied into
+    one study folder (stage markers, evaluations and metrics; no model weights are needed once every stage is done)
+    are reported with `report_only`, which trains and evaluates nothing and refuses a study with an arm unfinished.
+    The reports are written when every arm of every seed has finished; otherwise None is returned."""
     out = Path(out)
-    _claim_folder(out, cfg, overwrite)
     studies = seed_studies(cfg, out)
+    every_task = [(seed_cfg, arm, seed_out) for seed_cfg, seed_out in studies for arm in expand_arms(seed_cfg)]
+    tasks = _chosen_tasks(every_task, arms)
+    if report_only and (overwrite or arms is not None or not (out / STUDY_FILE).is_file()):
+        raise StudyError(
+            f"--report-only reports every arm of the study in {str(out)!r}"
+            + (", which --overwrite would delete" if overwrite else "")
+            + (": drop --arms" if arms is not None else "")
+            + ("" if (out / STUDY_FILE).is_file() else f", which holds no study (no {STUDY_FILE})")
+        )
+    _claim_folder(out, cfg, overwrite)
     if len(studies) > 1:  # each seed's folder is a study of its own (resumable, refused if it holds another)
         for seed_cfg, seed_out in studies:
             _claim_folder(seed_out, seed_cfg, overwrite=False)
-    tasks = [(seed_cfg, arm, seed_out) for seed_cfg, seed_out in studies for arm in expand_arms(seed_cfg)]
+    if report_only:
+        unfinished = _unfinished(every_task, device)
+        if unfinished:
+            raise StudyError(
+                f"cannot report {str(out)!r}: {'; '.join(unfinished)}. Run those arms (--arms), copy their folders "
+                "into this study's folder, and report again"
+            )
+        return _write_reports(cfg, out, studies, command, time.time())
     jobs = default_jobs(len(tasks), device) if jobs is None else jobs
     if jobs < 1:
         raise StudyError(f"jobs must be at least 1, got {jobs}")
@@ -99,6 +123,40 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
                     print(f"[study] an arm failed ({type(exc).__name__}); waiting for the running arms", flush=True)
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise
+    unfinished = _unfinished(every_task, device)
+    if unfinished:
+        print(f"[study] arms run here are done; the report waits for: {'; '.join(unfinished)}. Run them (--arms), "
+              f"copy their folders into {out}, and report with --report-only", flush=True)  # fmt: skip
+        return None
+    return _write_reports(cfg, out, studies, command, started)
+
+
+def _chosen_tasks(tasks: list, names: Sequence[str] | None) -> list:
+    """The tasks of the arms named (all of them for None); an unknown name is refused with the study's names."""
+    if names is None:
+        return tasks
+    known = list(dict.fromkeys(arm.name for _, arm, _ in tasks))
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise StudyError(f"--arms: unknown arm(s) {unknown or list(names)}; this study's arms are {', '.join(known)}")
+    return [task for task in tasks if task[1].name in names]
+
+
+def _unfinished(tasks: list, device: str) -> list[str]:
+    """'<seed folder>/<arm>: <stages>' for every arm with stages not yet done (no `<stage>.done` marker)."""
+    missing = []
+    for seed_cfg, arm, seed_out in tasks:
+        stages = [name for name, _ in arm_stages(seed_cfg, arm, seed_out / arm.name, device, False)]
+        left = [name for name in stages if not (seed_out / arm.name / f"{name}.done").exists()]
+        if left:
+            where = f"{seed_out.name}/{arm.name}" if seed_out.name == f"seed-{seed_cfg.seed}" else arm.name
+            missing.append(f"{where} has {len(left)} of {len(stages)} stages left ({', '.join(left[:3])}"
+                           f"{', ...' if len(left) > 3 else ''})")  # fmt: skip
+    return missing
+
+
+def _write_reports(cfg: StudyConfig, out: Path, studies: list, command: str | None, started: float) -> Path:
+    """Every seed's report, the report across seeds (several seeds) and the summary table; returns REPORT.md."""
     per_seed = {seed_cfg.seed: _seed_report(seed_cfg, seed_out, command) for seed_cfg, seed_out in studies}
     path = out / "REPORT.md"
     if len(studies) > 1:

@@ -5,6 +5,8 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import re
+import shutil
 
 import pytest
 import torch
@@ -188,6 +190,41 @@ def test_workers_keep_one_gpu_each(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
     study_runner._pin_gpu(counter, ["7"])
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "7"  # one GPU: left as it is
+
+
+def test_arms_run_on_two_machines_are_reported_together_without_their_weights(micro, tmp_path, capsys):
+    # Two seeds, each machine running one arm of both; only small files come back (no weights, no checkpoints).
+    cfg = micro(seeds=(0, 1), eval_haystacks=("repeat",))
+    here, there, whole = tmp_path / "here", tmp_path / "there", tmp_path / "whole"
+    with pytest.raises(StudyError, match="unknown arm.*'memory'.*this study's arms are infini, full"):
+        run_study(cfg, here, device="cpu", progress=False, arms=["infini", "memory"])
+    assert not here.exists(), "nothing is written for a refused --arms"
+    assert run_study(cfg, here, device="cpu", progress=False, jobs=1, estimate=False, arms=["infini"]) is None
+    out = capsys.readouterr().out
+    assert re.search(r"the report waits for: seed-0/full has (\d+) of \1 stages left .*; seed-1/full has", out), out
+    assert (here / "seed-1" / "infini" / "layers-off.done").exists() and not (here / "seed-0" / "full").exists()
+    assert not (here / "REPORT.md").exists()
+    with pytest.raises(StudyError, match="cannot report .*seed-0/full has (\\d+) of \\1 stages left .*seed-1/full"):
+        run_study(cfg, here, device="cpu", progress=False, report_only=True)
+
+    run_study(cfg, there, device="cpu", progress=False, jobs=1, estimate=False, arms=["full"])
+    for seed in (0, 1):
+        shutil.copytree(there / f"seed-{seed}" / "full", here / f"seed-{seed}" / "full")
+    weights = [p for p in here.rglob("*") if p.suffix in (".safetensors", ".pt") or p.name == "checkpoints"]
+    assert weights
+    for path in weights:
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    report = run_study(cfg, here, device="cpu", progress=False, report_only=True)
+    assert report == here / "REPORT.md" and report.is_file()
+
+    # The same study run whole in one folder gives the same numbers.
+    run_study(cfg, whole, device="cpu", progress=False, jobs=1, estimate=False)
+    split, together = (json.loads((folder / "results.json").read_text()) for folder in (here, whole))
+    assert split["rows"] == together["rows"] and split["per_seed"].keys() == together["per_seed"].keys()
+    with pytest.raises(StudyError, match="drop --arms"):
+        run_study(cfg, here, device="cpu", progress=False, report_only=True, arms=["full"])
+    with pytest.raises(StudyError, match="holds no study"):
+        run_study(cfg, tmp_path / "empty", device="cpu", progress=False, report_only=True)
 
 
 def test_folder_of_another_study_is_refused(micro, tmp_path):
