@@ -58,12 +58,28 @@ def rope_tables(
             inv_freq, attention_scaling = _scaled_frequencies(
                 head_dim, theta, tuple(sorted(scaling.items())), seq_len, str(positions.device)
             )
-        freqs = positions.float()[:, None] * inv_freq[None, :]
-        angles = torch.cat([freqs, freqs], dim=-1)
-        cos, sin = angles.cos(), angles.sin()
+        cos, sin = _cos_sin(positions, inv_freq.float())
         if attention_scaling != 1.0:  # YaRN's factor on the attention logits, applied to q and k through cos/sin
             cos, sin = cos * attention_scaling, sin * attention_scaling
         return cos.to(dtype), sin.to(dtype)
+
+
+@torch.library.custom_op("infini_llama::rope_cos_sin", mutates_args=())
+def _cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (T, 2 · F) of the angles positions (T,) × inv_freq (F,), each half repeated, in float32.
+
+    One opaque operator so that a compiled layer computes the table once: written inline, the compiler fused the
+    cos and sin into the kernels that apply them and evaluated them once per element of q and k (batch × heads
+    times over), a fifth of a `tiny` fine-tuning step on a CPU."""
+    freqs = positions.float()[:, None] * inv_freq[None, :]
+    angles = torch.cat([freqs, freqs], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+@_cos_sin.register_fake
+def _(positions, inv_freq):
+    shape = (positions.shape[0], 2 * inv_freq.shape[0])
+    return inv_freq.new_empty(shape, dtype=torch.float32), inv_freq.new_empty(shape, dtype=torch.float32)
 
 
 @functools.lru_cache(maxsize=256)

@@ -218,3 +218,21 @@ def test_gate_values_follow_the_activation():
     m = model(gate_init=1.0, gate_activation="sigmoid")
     assert torch.allclose(m.gate_values(), torch.sigmoid(torch.ones(2, 4, dtype=torch.float64)))
     assert model(attention="full").gate_values() is None
+
+
+def test_rope_tables_are_one_operator_in_a_traced_graph():
+    # Written inline, the compiler fused cos and sin into the kernels applying them and evaluated them once per
+    # element of q and k; as one operator the table is computed once per layer call.
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from infini_llama.layers import rope_tables
+
+    positions = torch.arange(40) % 16
+    graph = make_fx(lambda p: rope_tables(p, 16, 10000.0, torch.float32))(positions).graph
+    targets = [str(node.target) for node in graph.nodes if node.op == "call_function"]
+    assert any("rope_cos_sin" in t for t in targets) and not any("cos.default" in t for t in targets), targets
+    inv_freq = 1.0 / 10000.0 ** (torch.arange(0, 16, 2).double() / 16)
+    angles = positions.double()[:, None] * inv_freq[None, :]
+    cos, sin = rope_tables(positions, 16, 10000.0, torch.float32)
+    assert torch.allclose(cos, torch.cat([angles.cos(), angles.cos()], -1).float(), atol=1e-6)
+    assert torch.allclose(sin, torch.cat([angles.sin(), angles.sin()], -1).float(), atol=1e-6)
