@@ -91,8 +91,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--jobs", type=int, default=None,
-        help="arms trained at once, each in its own process with a share of the CPU threads (default: one per "
-        "CPU core up to the number of arms on CPU, one per GPU on GPUs: with several GPUs each process keeps one)",
+        help="arms trained at once, each in its own process with a share of the CPU threads; an LR grid's "
+        "fine-tunings also run at once, each as one job (default: one per CPU core up to the number of arms on CPU, "
+        "one per GPU on GPUs: with several GPUs each process keeps one; a small model leaves a GPU room for several)",
     )  # fmt: skip
     parser.add_argument(
         "--arms", type=parse_names, default=None, metavar="ARM1,ARM2,...",

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import torch
@@ -34,7 +34,7 @@ from infini_llama.study.config import StudyConfig
 from infini_llama.study.estimate import announce_estimate, study_eta
 from infini_llama.study.report import write_across_report, write_seed_report
 from infini_llama.study.results import across_seeds, dumps, seed_results
-from infini_llama.study.stages import arm_stages
+from infini_llama.study.stages import FINETUNE_PREFIX, arm_stages
 from infini_llama.study.summary import summary_table
 from infini_llama.train import hf_progress_bars_off
 from infini_llama.train.rundir import clear_folder, folder_listing
@@ -61,7 +61,8 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
 
     Every (seed, arm) is a task; `jobs` tasks run at once, each in its own process with an equal share of the CPU
     threads (default: on CPU as many as there are tasks and cores, since the small CPU models gain little from a
-    second thread; on GPUs one per GPU, so arms do not compete for one GPU's memory). With several GPUs each worker
+    second thread; on GPUs one per GPU, so arms do not compete for one GPU's memory). An LR grid's fine-tunings are
+    separate jobs (`stage_phases`), so up to one per LR of each arm can run at once. With several GPUs each worker
     process keeps one GPU (worker i the i-th, modulo their number), so `jobs` a multiple of the GPUs spreads the
     arms evenly. Progress bars are shown only when one task runs at a time. `command`, the command line that ran
     the study, is written into the reports. With `estimate`, a short probe first prints how long the study will take
@@ -98,7 +99,8 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
     jobs = default_jobs(len(tasks), device) if jobs is None else jobs
     if jobs < 1:
         raise StudyError(f"jobs must be at least 1, got {jobs}")
-    jobs = min(jobs, len(tasks))
+    # At most as many as can run at once: one per arm, or per LR of a grid's fine-tunings.
+    jobs = min(jobs, sum(max(map(len, stage_phases(*task, device))) for task in tasks))
     estimates = announce_estimate(tasks, out, jobs, device) if estimate else []
     started = time.time()
     with study_eta(estimates, jobs):  # the whole study's time left, every half minute
@@ -114,21 +116,57 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
             counter = context.Value("i", 0)
             pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_pin_gpu, initargs=(counter, gpus))
             with pool:
-                futures = [pool.submit(_run_arm, *task, device, False, threads) for task in tasks]
-                try:
-                    for future in futures:
-                        future.result()
-                except BaseException as exc:
-                    # Say so now, not after every other arm: arms not yet started are dropped, running ones finish.
-                    print(f"[study] an arm failed ({type(exc).__name__}); waiting for the running arms", flush=True)
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
+                _run_parallel(pool, tasks, jobs, device, threads)
     unfinished = _unfinished(every_task, device)
     if unfinished:
         print(f"[study] arms run here are done; the report waits for: {'; '.join(unfinished)}. Run them (--arms), "
               f"copy their folders into {out}, and report with --report-only", flush=True)  # fmt: skip
         return None
     return _write_reports(cfg, out, studies, command, started)
+
+
+def stage_phases(cfg: StudyConfig, arm: Arm, out: Path, device: str) -> list[list[list[str]]]:
+    """The stages of `arm` as phases run one after another, each phase a list of units whose stages run in order
+    and whose units are independent: the fine-tunings at the LRs of a grid are one phase of one unit per LR, so a
+    parallel study runs them at once; the stages before them and those after them are a phase of one unit each."""
+    names = [name for name, _ in arm_stages(cfg, arm, out / arm.name, device, False)]
+    tunes = [i for i, name in enumerate(names) if name.startswith(FINETUNE_PREFIX)]
+    if not tunes:
+        return [[names]]
+    first, last = tunes[0], tunes[-1] + 1
+    phases = [[names[:first]], [[name] for name in names[first:last]], [names[last:]]]
+    return [phase for phase in phases if phase != [[]]]
+
+
+def _run_parallel(pool: ProcessPoolExecutor, tasks: list, jobs: int, device: str, threads: int) -> None:
+    """Every task's phases (`stage_phases`) through `pool`, at most `jobs` units at a time. A free worker takes a
+    ready unit of the earliest task, so the arms go through their stages in the order of `tasks` as before, and
+    an LR grid's fine-tunings fill the workers no earlier arm needs."""
+    phases = [stage_phases(cfg, arm, out, device) for cfg, arm, out in tasks]
+    current, left = [0] * len(tasks), [len(p[0]) for p in phases]
+    ready = [(t, unit) for t, p in enumerate(phases) for unit in p[0]]
+    running: dict = {}
+    while ready or running:
+        while ready and len(running) < jobs:
+            t, unit = ready.pop(0)
+            cfg, arm, out = tasks[t]
+            running[pool.submit(_run_arm, cfg, arm, out, device, False, threads, unit)] = t
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            t = running.pop(future)
+            try:
+                future.result()
+            except BaseException as exc:
+                # Say so now, not after every other arm: units not yet started are dropped, running ones finish.
+                print(f"[study] an arm failed ({type(exc).__name__}); waiting for the running arms", flush=True)
+                wait(running)
+                raise
+            left[t] -= 1
+            if not left[t] and current[t] + 1 < len(phases[t]):
+                current[t] += 1
+                left[t] = len(phases[t][current[t]])
+                ready.extend((t, unit) for unit in phases[t][current[t]])
+                ready.sort(key=lambda item: item[0])  # stable: the units of one task keep their order
 
 
 def _chosen_tasks(tasks: list, names: Sequence[str] | None) -> list:
@@ -211,13 +249,24 @@ def _pin_gpu(counter, gpus: list[str]) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
 
 
-def _run_arm(cfg: StudyConfig, arm: Arm, out: Path, device: str, progress: bool, threads: int | None = None) -> None:
-    """Every unfinished stage of `arm`, in order; a `<stage>.done` marker records each finished one."""
+def _run_arm(
+    cfg: StudyConfig,
+    arm: Arm,
+    out: Path,
+    device: str,
+    progress: bool,
+    threads: int | None = None,
+    stages: Sequence[str] | None = None,
+) -> None:
+    """Every unfinished stage of `arm` (of `stages` only, if given), in order; a `<stage>.done` marker records each
+    finished one."""
     if threads is not None:  # a worker process of a parallel study: tell the arms' output lines apart
         torch.set_num_threads(threads)
         name = f"{out.name}/{arm.name}" if out.name == f"seed-{cfg.seed}" else arm.name
         prefix_stdout(f"[{name}] ")
     for stage, run in arm_stages(cfg, arm, out / arm.name, device, progress):
+        if stages is not None and stage not in stages:
+            continue
         marker = out / arm.name / f"{stage}.done"
         if marker.exists():
             print(f"[study] {arm.name}: {stage} already done", flush=True)

@@ -76,8 +76,11 @@ def finetune_recipe(cfg: StudyConfig, arm: Arm, lr: float, **extra: Any) -> Trai
     return train_recipe(cfg, arm, "finetune", lr=lr, min_lr=base.min_lr * lr / base.lr, **extra)
 
 
+FINETUNE_PREFIX = "finetune-lr="  # the fine-tuning stages (and their folders): one per LR
+
+
 def finetune_dir(root: Path, lr: float) -> Path:
-    return root / f"finetune-lr={lr:g}"
+    return root / f"{FINETUNE_PREFIX}{lr:g}"
 
 
 def chosen_checkpoint(root: Path) -> Path:

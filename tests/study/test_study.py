@@ -7,6 +7,9 @@ import multiprocessing
 import os
 import re
 import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -350,3 +353,46 @@ def test_an_lr_chosen_at_the_grids_edge_is_marked():
     for entries in ({"a": entry(1e-3, (5e-4, 1e-3))}, {"c": entry(5e-4, grid)}):
         text = "\n".join(_arm_table(None, entries))
         assert "tried)" not in text and "widen" not in text
+
+
+def test_an_lr_grids_fine_tunings_are_one_phase_of_independent_units(micro, tmp_path):
+    cfg = micro(finetune_lr_grid=(1e-3, 3e-3))
+    infini, full = study_runner.expand_arms(cfg)
+    phases = study_runner.stage_phases(cfg, infini, tmp_path, "cpu")
+    assert phases[0] == [["pretrain"]]
+    assert phases[1] == [["finetune-lr=0.001"], ["finetune-lr=0.003"]]
+    assert phases[2][0][0] == "select" and len(phases) == 3 and len(phases[2]) == 1
+    # Without a grid: phases of one unit each, every stage in order, as the arm runs alone.
+    names = [name for name, _ in study_stages.arm_stages(micro(), full, tmp_path / "full", "cpu", False)]
+    phases = study_runner.stage_phases(micro(), full, tmp_path, "cpu")
+    assert all(len(phase) == 1 for phase in phases) and [n for p in phases for n in p[0]] == names
+
+
+def test_a_parallel_study_runs_an_lr_grids_fine_tunings_at_once_in_the_arms_order(micro, tmp_path, monkeypatch):
+    cfg = micro(seeds=(0, 1), finetune_lr_grid=(1e-3, 3e-3))
+    tasks = [(seed_cfg, arm, seed_out) for seed_cfg, seed_out in study_runner.seed_studies(cfg, tmp_path)
+             for arm in study_runner.expand_arms(seed_cfg)]  # fmt: skip
+    together = threading.Barrier(2, timeout=10)  # an arm's two fine-tunings must be running at the same time
+    log = []
+
+    def fake_run_arm(cfg, arm, out, device, progress, threads, stages):
+        log.append(("start", out.name, arm.name, tuple(stages)))
+        if stages[0].startswith("finetune-lr="):
+            together.wait()
+        time.sleep(0.01)
+        log.append(("end", out.name, arm.name, tuple(stages)))
+
+    monkeypatch.setattr(study_runner, "_run_arm", fake_run_arm)
+    with ThreadPoolExecutor(2) as pool:
+        study_runner._run_parallel(pool, tasks, 2, "cpu", 1)
+    starts = [(seed, arm, stages[0]) for kind, seed, arm, stages in log if kind == "start"]
+    assert len(starts) == 4 * 4  # 2 seeds × 2 arms × (pretrain, 2 fine-tunings, the rest)
+    # The first seed's arms go first: pretraining both, then each arm's fine-tunings, two at a time.
+    assert starts[:2] == [("seed-0", "infini", "pretrain"), ("seed-0", "full", "pretrain")]
+    assert [s[2] for s in starts[2:4]] == ["finetune-lr=0.001", "finetune-lr=0.003"]
+    assert starts[2][1] == starts[3][1]
+    for seed in ("seed-0", "seed-1"):
+        for arm in ("infini", "full"):
+            order = [stage for s, a, stage in starts if (s, a) == (seed, arm)]
+            assert order[0] == "pretrain" and order[-1] == "select", order
+    assert max(i for i, s in enumerate(starts) if s[0] == "seed-0") < max(i for i, s in enumerate(starts))
