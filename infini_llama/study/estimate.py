@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -326,8 +327,14 @@ def _clamp(ratio: float) -> float:
     return min(max(ratio, 0.2), 5.0)
 
 
-def _last_train_record(run_dir: Path) -> dict | None:
-    """The last "train" record of a run's metrics.jsonl (read from its end), or None."""
+RATE_WINDOWS = 5  # logged windows whose median speed stands for a training stage under way
+
+
+def _training_progress(run_dir: Path) -> tuple[int, float] | None:
+    """(last logged step, tokens/s) of a training run under way, from the end of its metrics.jsonl; None before it
+    has logged a window past its first. The speed is the median of the last RATE_WINDOWS logged windows, without
+    the run's first (it holds compilation): one window slowed by a validation or a checkpoint (or sped up) moves
+    the whole study's estimate, since every stage still to run is scaled by it."""
     path = run_dir / METRICS_FILE
     try:
         with open(path, "rb") as f:
@@ -336,14 +343,19 @@ def _last_train_record(run_dir: Path) -> dict | None:
             lines = f.read().decode("utf-8", errors="replace").splitlines()
     except OSError:
         return None
-    for line in reversed(lines):
+    records = []
+    for line in lines:
         try:
             record = json.loads(line)
         except ValueError:
             continue
         if record.get("kind") == "train" and record.get("tokens_per_s"):
-            return record
-    return None
+            records.append(record)
+    if size <= 16384:  # the file was read from its start: its first window is the run's first
+        records = records[1:]
+    if not records:
+        return None
+    return records[-1]["step"], statistics.median(r["tokens_per_s"] for r in records[-RATE_WINDOWS:])
 
 
 class StudyClock:
@@ -377,11 +389,12 @@ class StudyClock:
                 continue
             if current:  # the stage under way
                 current = False
-                record = _last_train_record(stage.run_dir) if stage.run_dir is not None else None
-                if record is not None and stage.steps and stage.step_seconds:
-                    measured = stage.tokens_per_step / record["tokens_per_s"]
+                progress = _training_progress(stage.run_dir) if stage.run_dir is not None else None
+                if progress is not None and stage.steps and stage.step_seconds:
+                    step, tokens_per_s = progress
+                    measured = stage.tokens_per_step / tokens_per_s
                     ratio = _clamp(measured / stage.step_seconds)
-                    done = min(record["step"], stage.steps)
+                    done = min(step, stage.steps)
                     fixed = stage.seconds - stage.steps * stage.step_seconds  # validation and compiling
                     left += (stage.steps - done) * measured + fixed * ratio * (1 - done / stage.steps)
                     continue

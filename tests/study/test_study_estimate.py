@@ -98,9 +98,15 @@ def test_the_clock_reads_the_time_left_from_the_study_folder(tmp_path, monkeypat
     clock = StudyClock([_task(a), _task(b)], jobs=1, report_seconds=0.0)
     assert clock.seconds_left() == pytest.approx(320, rel=0.01)  # nothing ran yet: one worker, both arms
 
-    # Half the pretraining done, at half the probe's speed: 50 steps of 2 s, and the later stages twice as long.
-    record = {"kind": "train", "step": 50, "loss": 1.0, "tokens_per_s": 500.0}
-    (a / "pretrain" / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    # The first logged window holds compilation: no speed from it alone.
+    windows = [(10, 20.0), (20, 500.0), (30, 100.0), (40, 500.0), (50, 520.0)]
+    metrics = a / "pretrain" / "metrics.jsonl"
+    metrics.write_text(json.dumps({"kind": "train", "step": 10, "loss": 1.0, "tokens_per_s": 20.0}) + "\n")
+    assert clock.seconds_left() == pytest.approx(320, rel=0.01)
+    # Half the pretraining done, at half the probe's speed (the median window; one slowed by a validation does not
+    # count): 50 steps of 2 s, and the later stages twice as long.
+    metrics.write_text("".join(json.dumps({"kind": "train", "step": s, "loss": 1.0, "tokens_per_s": t}) + "\n"
+                               for s, t in windows))  # fmt: skip
     left_a = 50 * 2.0 + 2 * (50 + 10)
     assert clock.seconds_left() == pytest.approx(left_a + 2 * 160, rel=0.01)  # b waits, scaled the same
 
