@@ -115,7 +115,9 @@ def _common(parser: argparse.ArgumentParser, *, grid: bool = True) -> None:
     if not grid:
         return
     parser.add_argument("--batch-size", type=int, default=8, help="samples run together")
-    parser.add_argument("--chunk-len", type=int, help="tokens per forward call (default: the model's segment)")
+    parser.add_argument(
+        "--chunk-len", type=int, help="tokens per forward call (default: 1,024, rounded up to whole segments)"
+    )
     parser.add_argument(
         "--memory-off",
         nargs="?",

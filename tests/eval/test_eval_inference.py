@@ -64,8 +64,10 @@ def test_chunked_logits_equal_one_forward(micro_model, name, chunk_len):
     assert rel_err(last, expected[:, -1]) < TOL
 
 
-def test_default_chunk_is_the_segment(micro_model):
-    assert ChunkedLM(micro_model(VOCAB)).chunk_len == 16
+def test_default_chunk_is_whole_segments_of_about_1024_tokens(micro_model):
+    assert ChunkedLM(micro_model(VOCAB)).chunk_len == 1024  # 64 of its 16-token segments
+    assert ChunkedLM(micro_model(VOCAB, segment_len=48)).chunk_len == 1056  # 22 segments
+    assert ChunkedLM(micro_model(VOCAB, segment_len=2048)).chunk_len == 2048
     assert ChunkedLM(hf_llama()).chunk_len == 1024
     with pytest.raises(ValueError, match="chunk_len must be >= 1"):
         ChunkedLM(hf_llama(), chunk_len=-1)
