@@ -23,8 +23,7 @@ class ChunkedLM:
     """Feeds (B, T) token ids to `model` in chunks of `chunk_len` tokens, carrying the model's state between
     chunks. None: 1,024, rounded up to a whole number of the model's segments if it has them. Any chunking gives the
     same logits, and a chunk's memory does not grow with the input; a chunk much shorter than that costs one call
-    per chunk per layer and, for full attention, a copy of the whole KV cache each time (the `tiny` baseline's
-    passkey grid took 19 s in chunks of its config's 16-token segment length, 12 s in chunks of 1,024).
+    per chunk per layer and, for full attention, a copy of the whole KV cache each time.
 
     The state is what `model.stream` passes around (`forward(cache=state, use_cache=True)`): calling
     the forward directly lets us ask for the logits of the last position only (`logits_to_keep`), which skips the
@@ -33,7 +32,7 @@ class ChunkedLM:
 
     def __init__(self, model: nn.Module, chunk_len: int | None = None):
         if chunk_len is not None and chunk_len < 1:
-            raise ValueError(f"chunk_len must be >= 1 (or None for the model's segment length), got {chunk_len}")
+            raise ValueError(f"chunk_len must be >= 1 (or None for the default), got {chunk_len}")
         self.model = model
         segment = getattr(model.config, "segment_len", None) or 1
         self.chunk_len = chunk_len or -(-DEFAULT_CHUNK_LEN // segment) * segment

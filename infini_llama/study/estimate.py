@@ -328,6 +328,7 @@ def _clamp(ratio: float) -> float:
 
 
 RATE_WINDOWS = 5  # logged windows whose median speed stands for a training stage under way
+TAIL_BYTES = 16384  # of a run's metrics.jsonl read for it
 
 
 def _training_progress(run_dir: Path) -> tuple[int, float] | None:
@@ -339,7 +340,7 @@ def _training_progress(run_dir: Path) -> tuple[int, float] | None:
     try:
         with open(path, "rb") as f:
             size = f.seek(0, 2)
-            f.seek(max(0, size - 16384))
+            f.seek(max(0, size - TAIL_BYTES))
             lines = f.read().decode("utf-8", errors="replace").splitlines()
     except OSError:
         return None
@@ -351,7 +352,7 @@ def _training_progress(run_dir: Path) -> tuple[int, float] | None:
             continue
         if record.get("kind") == "train" and record.get("tokens_per_s"):
             records.append(record)
-    if size <= 16384:  # the file was read from its start: its first window is the run's first
+    if size <= TAIL_BYTES:  # the file was read from its start: its first window is the run's first
         records = records[1:]
     if not records:
         return None
