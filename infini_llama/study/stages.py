@@ -162,8 +162,7 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
         return run
 
     def select():
-        # Each LR's model on the same held-apart fine-tuning prompts at the training length, never longer: the one
-        # most often exactly right wins (then the higher digit accuracy, then the first in the grid).
+        # Each LR's model on the same held-apart fine-tuning prompts at the training length, never longer.
         tokenizer = load_eval_tokenizer(pretrain_dir / "final")
         length, lrs = training_length(cfg, arm), candidate_lrs(cfg, arm)
         source = passkey_source(cfg, arm, tokenizer, finetune_recipe(cfg, arm, lrs[0]))
@@ -177,8 +176,7 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
                 "lr": lr, "exact": proportion(sum(r["exact"] for r in rows), len(rows)),
                 "digit_acc": mean_and_stderr([r["digit_acc"] for r in rows]), "val_loss": trained.get("val_loss"),
             })  # fmt: skip
-        ranked = [(c["exact"]["rate"], c["digit_acc"]["mean"], -i) for i, c in enumerate(candidates)]
-        best = ranked.index(max(ranked))
+        best = best_candidate(candidates)
         return {"chosen_lr": lrs[best], "length": length, "samples": len(prompts), "candidates": candidates}
 
     def evaluate(task: str, haystack: str | None = None):
@@ -241,6 +239,19 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
         if cfg.layer_off_multiple is not None:
             stages.append(("layers-off", layers_off))
     return stages
+
+
+def best_candidate(candidates: list[dict]) -> int:
+    """The index of the LR a study evaluates: most often exactly right on the selection prompts, then the higher
+    digit accuracy, then the lower fine-tuning validation loss (models that are all right on every prompt are told
+    apart by how sure they are, not by their place in the grid), then the first in the grid."""
+
+    def rank(i: int) -> tuple:
+        c = candidates[i]
+        loss = c.get("val_loss")
+        return (c["exact"]["rate"], c["digit_acc"]["mean"], -(float("inf") if loss is None else loss), -i)
+
+    return max(range(len(candidates)), key=rank)
 
 
 def _check_finished(result, what: str) -> None:

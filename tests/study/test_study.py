@@ -95,7 +95,7 @@ def test_study_runs_end_to_end_and_resumes(micro, tmp_path, monkeypatch):
         selection = results["arms"][arm]["selection"]
         assert selection["length"] == 128, "the LR is chosen at the training length, never beyond"
         assert [c["lr"] for c in selection["candidates"]] == [1e-3, 3e-3]
-        ranked = [(c["exact"]["rate"], c["digit_acc"]["mean"], -i) for i, c in enumerate(selection["candidates"])]
+        ranked = [(c["exact"]["rate"], c["digit_acc"]["mean"], -c["val_loss"]) for c in selection["candidates"]]
         assert selection["chosen_lr"] == selection["candidates"][ranked.index(max(ranked))]["lr"]
         evaluated = json.loads((out / arm / "eval" / "passkey-book" / "summary.json").read_text())
         assert evaluated["model"]["checkpoint"].endswith(f"{arm}/finetune-lr={selection['chosen_lr']:g}/final")
@@ -331,6 +331,18 @@ def test_control_arm_and_frozen_gate_arms_run_and_are_reported(micro, tmp_path):
     assert "## Gates per layer across seeds" in across
     for when in ("after pretraining", "after fine-tuning"):
         assert f"| infini-gate_trainable=False | {when} | 0.50 ± 0.00 | 0.50 ± 0.00 |" in across
+
+
+def test_the_lr_chosen_is_the_most_often_right_then_the_surest_then_the_first():
+    def candidate(exact, digits, loss):
+        return {"exact": {"rate": exact}, "digit_acc": {"mean": digits}, "val_loss": loss}
+
+    assert study_stages.best_candidate([candidate(0.9, 0.95, 0.1), candidate(1.0, 1.0, 0.3)]) == 1
+    assert study_stages.best_candidate([candidate(0.9, 0.95, 0.1), candidate(0.9, 0.97, 0.3)]) == 1
+    # All right on every prompt: the lower fine-tuning validation loss decides, not the place in the grid.
+    assert study_stages.best_candidate([candidate(1.0, 1.0, 0.02), candidate(1.0, 1.0, 0.001)]) == 1
+    assert study_stages.best_candidate([candidate(1.0, 1.0, None), candidate(1.0, 1.0, 0.5)]) == 1
+    assert study_stages.best_candidate([candidate(1.0, 1.0, 0.5), candidate(1.0, 1.0, 0.5)]) == 0
 
 
 def test_an_lr_chosen_at_the_grids_edge_is_marked():
