@@ -32,7 +32,7 @@ COMMANDS: dict[str, str] = {
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "INFINI_LLAMA_DEBUG"
 EXAMPLES = """examples:
-  infini-llama study --preset tiny --out runs/study      # the whole study on 2 CPU cores (about 8 minutes)
+  infini-llama study --preset tiny --out runs/study      # the whole study on 2 CPU cores (about 9 minutes)
   infini-llama train --preset tiny --attention infini --out runs/tiny-infini
   infini-llama eval passkey --checkpoint runs/tiny-infini/final --out ev/pk
   infini-llama generate --checkpoint runs/tiny-infini/final --prompt-file prompt.txt

@@ -17,7 +17,7 @@ it once per seed in OUT/seed-<s>/, and a report across seeds. Run the same comma
 was stopped. Every --set / --config value is checked before anything is written."""
 EPILOG = f"""presets (the model each trains; `train --preset tiny` is another, larger model):
 {preset_lines(STUDY_PRESET_MODELS)}
-  tiny runs on 2 CPU cores in about 8 minutes per seed; mini wants one GPU, paper-short two, paper-300m hours of GPUs.
+  tiny runs on 2 CPU cores in about 9 minutes per seed; mini wants one GPU, paper-short two, paper-300m hours of GPUs.
 
 examples:
   infini-llama study --preset tiny --out runs/study                      # run again to continue a stopped study
