@@ -66,7 +66,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--set", action="append", default=[], metavar="FIELD=VALUE",
         help="override a study field, e.g. pretrain.steps=100, finetune.lr=3e-4, model.segment_len=32 (or "
         "segment_len=32, as train spells it), eval_samples=8, finetune_lr_grid=1e-3,2e-3,4e-3, "
-        "eval_rope_scaling.rope_type=yarn, eval_haystacks=repeat; checked before anything starts",
+        "eval_rope_scaling.rope_type=yarn (several rows: eval_rope_scaling=dynamic,yarn:16), eval_haystacks=repeat; "
+        "checked before anything starts",
     )  # fmt: skip
     parser.add_argument(
         "--config", metavar="FILE",

@@ -8,6 +8,7 @@ seed of `seeds`.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,8 @@ class StudyConfig:
     and the LR whose model is most often right on `selection_samples` held-apart fine-tuning prompts at the
     training length (never longer) is the one evaluated; empty: `finetune.lr` only. `eval_haystacks`: every passkey
     grid runs on each ("repeat": the classic filler, "book": held-out text). `eval_rope_scaling`: the baseline is
-    also evaluated with RoPE scaled this way (its original length is the training length); None: not.
+    also evaluated with RoPE scaled this way (its original length is the training length), or, for a list of
+    scalings, once per scaling (e.g. dynamic NTK and YaRN); None: not.
     `eval_split`: "test" (the reported grids) or "validation" (grids of the same design on other samples), to choose
     a recipe without looking at the test grids. `control_arm`: also train and evaluate the local control (the
     Infini arm's segment-local attention, no memory, no gate) with the Infini arm's segments and recipe.
@@ -60,7 +62,9 @@ class StudyConfig:
     eval_haystacks: tuple[str, ...] = ("repeat", "book")
     eval_split: str = "test"
     # Dynamic NTK with factor 1 stretches RoPE's longest wavelength by exactly (length / training length).
-    eval_rope_scaling: dict[str, Any] | None = field(default_factory=lambda: {"rope_type": "dynamic", "factor": 1.0})
+    eval_rope_scaling: dict[str, Any] | list[dict[str, Any]] | None = field(
+        default_factory=lambda: {"rope_type": "dynamic", "factor": 1.0}
+    )
     perplexity_windows: int = 4
     perplexity_bucket: int = 64
     sweeps: dict[str, list[Any]] = field(default_factory=dict)
@@ -101,10 +105,17 @@ class StudyConfig:
         if self.selection_samples < 1:
             raise ValueError(f"selection_samples must be >= 1, got {self.selection_samples}")
         scaling = self.eval_rope_scaling
-        if scaling is not None and (not isinstance(scaling, dict) or scaling.get("rope_type") not in ROPE_SCALINGS):
+        if isinstance(scaling, tuple):
+            self.eval_rope_scaling = scaling = list(scaling)
+        rows = scaling if isinstance(scaling, list) else [] if scaling is None else [scaling]
+        if (
+            (isinstance(scaling, list) and not scaling)
+            or not all(isinstance(row, dict) and row.get("rope_type") in ROPE_SCALINGS for row in rows)
+            or len({json.dumps(row, sort_keys=True) for row in rows}) != len(rows)
+        ):
             raise ValueError(
-                f"eval_rope_scaling must be None or a dict with rope_type in {ROPE_SCALINGS} (and a factor), "
-                f"got {scaling!r}"
+                f"eval_rope_scaling must be None, a dict with rope_type in {ROPE_SCALINGS} (and a factor), or a list "
+                f"of distinct such dicts (one row each), got {scaling!r}"
             )
         check_sweeps(self)
 
@@ -112,6 +123,12 @@ class StudyConfig:
     def model_preset(self) -> str:
         """The model preset whose model and training recipe the arms start from."""
         return self.base or self.preset
+
+    @property
+    def rope_scalings(self) -> list[dict[str, Any]]:
+        """The baseline's RoPE scalings at evaluation, one row each, in order (none: an empty list)."""
+        scaling = self.eval_rope_scaling
+        return [] if scaling is None else list(scaling) if isinstance(scaling, list) else [scaling]
 
     @property
     def seed(self) -> int:
@@ -166,6 +183,9 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
         finetune_lr_grid=(2.5e-4, 5e-4, 1e-3),
         passkey=dict(key_digits=5, loss="answer", depths=FINE_DEPTHS),
         eval_multiples=(0.5, 1, 2, 4, 8, 16), eval_samples=16, perplexity_windows=8, perplexity_bucket=512,
+        # The baseline's two length-extension rows: dynamic NTK (scaled to each length) and YaRN stretched to the
+        # longest length of the grid.
+        eval_rope_scaling=[dict(rope_type="dynamic", factor=1.0), dict(rope_type="yarn", factor=16.0)],
     ),
     # The 300M study: its pretraining recipe (30,000 steps of 4 x 8192) and its passkey fine-tuning
     # (500 steps of 64 x 4096, LR 7.5e-5, gate LR 1.5e-4, 4-digit keys, loss on every token), the LR chosen
@@ -215,5 +235,10 @@ def study_config(preset: str, *, sweeps: dict[str, list[Any]] | None = None, **o
     defaults = {f.name: f.default_factory() for f in dataclasses.fields(StudyConfig) if callable(f.default_factory)}
     for key, value in overrides.items():
         base = fields.get(key, defaults.get(key)) or {}
+        if isinstance(value, dict) and isinstance(base, list):
+            raise ValueError(
+                f"{key} of preset {preset!r} is a list of {len(base)}; set it whole (e.g. {key}=dynamic,yarn:16), "
+                f"not key by key ({', '.join(f'{key}.{k}' for k in value)})"
+            )
         fields[key] = {**base, **value} if isinstance(value, dict) else value
     return StudyConfig(preset=preset, sweeps=dict(sweeps or {}), **fields)

@@ -3,7 +3,8 @@
 Keys: a StudyConfig field (`eval_samples`, `finetune_lr_grid`, ...), a training value of one stage
 (`pretrain.<field>`, `finetune.<field>`: TrainConfig fields), a model field (`model.<field>`, or the field's bare
 name as `train --set` spells it: `segment_len`), a passkey fine-tuning option (`passkey.<option>`) or a key of the
-evaluation's RoPE scaling (`eval_rope_scaling.rope_type`, `eval_rope_scaling.factor`). An unknown key is named with
+evaluation's RoPE scaling (`eval_rope_scaling.rope_type`, `eval_rope_scaling.factor`; several rows at once:
+`eval_rope_scaling=dynamic,yarn:16`, TYPE[:FACTOR] each). An unknown key is named with
 the close matches and the valid keys; a value of the wrong type with the key, the type expected and the value.
 """
 
@@ -118,10 +119,28 @@ def coerce_study_field(name: str, value: Any) -> Any:
             return None
         if isinstance(value, Mapping):
             return dict(value)
+        if name == "eval_rope_scaling":
+            return _rope_rows(value)
         raise ValueError(f"{name} must be a mapping (set its keys as {name}.<key>=...), got {value!r}")
     if hint is bool and isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
     return _coerce(name, value, hint)
+
+
+def _rope_rows(value: Any) -> list[dict[str, Any]]:
+    """Several RoPE-scaled rows: a list of {rope_type, factor} mappings (a config file), or `TYPE[:FACTOR]` items
+    separated by commas (`--set eval_rope_scaling=dynamic,yarn:16`)."""
+    rows = []
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(item, Mapping):
+            rows.append(dict(item))
+            continue
+        rope_type, colon, factor = str(item).partition(":")
+        row: dict[str, Any] = {"rope_type": rope_type.strip()}
+        if colon:
+            row["factor"] = _coerce("eval_rope_scaling", factor.strip(), float)
+        rows.append(row)
+    return rows
 
 
 def _coerce_passkey(key: str, value: Any, kind: str) -> Any:

@@ -9,7 +9,7 @@ Layout of an arm's folder:
     pretrain/                   a training run (see infini_llama.train.rundir); final/ is a HF model folder
     finetune-lr=<lr>/           a passkey fine-tuning run from pretrain/final, one per LR of the grid
     eval/<task>/                evaluation runs (summary.json + samples.jsonl): passkey-<haystack>,
-                                passkey-memory-off-<haystack>, passkey-rope-<haystack>, perplexity, gates,
+                                passkey-memory-off-<haystack>, passkey-rope[<i>]-<haystack>, perplexity, gates,
                                 passkey-memory-off-layer<l>-<haystack> (one per Infini layer)
     <stage>.done                written when a stage finished (select.done names the chosen LR)
 """
@@ -44,8 +44,6 @@ from infini_llama.train import PasskeyBatchSource, TrainConfig, launch_env, reci
 from infini_llama.train.microbatch import initial_split
 
 Stage = tuple[str, Callable[[], dict | None]]
-# The passkey grids of an arm: task folder prefix -> what the row adds to the arm's name in reports.
-PASSKEY_TASKS = ("passkey", "passkey-memory-off", "passkey-rope")
 
 
 def train_recipe(cfg: StudyConfig, arm: Arm, stage: str, **extra: Any) -> TrainConfig:
@@ -100,12 +98,18 @@ def passkey_source(cfg: StudyConfig, arm: Arm, tokenizer, tcfg: TrainConfig) -> 
     )  # fmt: skip
 
 
-def rope_row_scaling(cfg: StudyConfig, arm: Arm) -> dict | None:
-    """The RoPE scaling of the baseline's extra row (its original length: the training length), or None."""
-    if cfg.eval_rope_scaling is None or arm.attention != "full":
-        return None
-    options = dict(cfg.eval_rope_scaling)
-    return rope_scaling(options.pop("rope_type"), training_length(cfg, arm), **options)
+def rope_rows(cfg: StudyConfig, arm: Arm) -> dict[str, dict]:
+    """The baseline's RoPE-scaled rows: {task: scaling} (original length: the training length), one per scaling of
+    `eval_rope_scaling` in its order, "passkey-rope" for the first and "passkey-rope<i>" for the i-th after it;
+    empty for other arms or without scaling."""
+    if arm.attention != "full":
+        return {}
+    rows = {}
+    for i, options in enumerate(cfg.rope_scalings):
+        options = dict(options)
+        task = "passkey-rope" if i == 0 else f"passkey-rope{i + 1}"
+        rows[task] = rope_scaling(options.pop("rope_type"), training_length(cfg, arm), **options)
+    return rows
 
 
 def layer_off_folder(layer: int, haystack: str) -> str:
@@ -119,20 +123,21 @@ def layer_off_length(cfg: StudyConfig, arm: Arm) -> int:
 
 
 def passkey_label(arm: Arm, task: str, cfg: StudyConfig) -> str:
-    """How reports name the row of `task` (a PASSKEY_TASKS entry) of `arm`."""
+    """How reports name the row of `task` (one of `passkey_tasks`) of `arm`."""
     if task == "passkey-memory-off":
         return f"{arm.name} (memory off)"
-    if task == "passkey-rope":
-        return f"{arm.name} ({rope_scaling_label(rope_row_scaling(cfg, arm))})"
+    scaled = rope_rows(cfg, arm)
+    if task in scaled:
+        return f"{arm.name} ({rope_scaling_label(scaled[task])})"
     return arm.name
 
 
 def passkey_tasks(cfg: StudyConfig, arm: Arm) -> list[str]:
     """The passkey grids of `arm` (each run on every haystack of the study): Infini with the memory on and off; the
-    baseline plain and, if the study says so, RoPE-scaled; the local control plain."""
+    baseline plain and RoPE-scaled once per scaling the study names; the local control plain."""
     if arm.attention == "infini":
         return ["passkey", "passkey-memory-off"]
-    return ["passkey"] + (["passkey-rope"] if rope_row_scaling(cfg, arm) else [])
+    return ["passkey", *rope_rows(cfg, arm)]
 
 
 def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bool) -> list[Stage]:
@@ -194,7 +199,7 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
                     key_digits=cfg.passkey.get("key_digits", DEFAULT_KEY_DIGITS),
                     haystack=haystack,
                     memory_off=task == "passkey-memory-off",
-                    rope_scaling=rope_row_scaling(cfg, arm) if task == "passkey-rope" else None,
+                    rope_scaling=rope_rows(cfg, arm).get(task),
                     split=cfg.eval_split,
                     batch_size=cfg.eval_batch_size,
                     progress=progress,

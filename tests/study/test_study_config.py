@@ -132,6 +132,33 @@ def test_study_command_line(tmp_path):
     assert study_config("tiny", eval_rope_scaling=None).eval_rope_scaling is None
 
 
+def test_several_rope_scaled_rows_each_get_a_grid_and_a_label():
+    overrides = study_settings(["eval_rope_scaling=dynamic,yarn:16"])
+    assert overrides == {"eval_rope_scaling": [{"rope_type": "dynamic"}, {"rope_type": "yarn", "factor": 16.0}]}
+    cfg = study_config("tiny", **overrides)
+    full, infini = (arm for arm in expand_arms(cfg) if arm.name == "full"), expand_arms(cfg)[0]
+    full = next(full)
+    rows = study_stages.rope_rows(cfg, full)
+    assert list(rows) == ["passkey-rope", "passkey-rope2"] == study_stages.passkey_tasks(cfg, full)[1:]
+    assert rows["passkey-rope"] == {"rope_type": "dynamic", "factor": 1.0, "original_max_position_embeddings": 256}
+    assert rows["passkey-rope2"]["factor"] == 16.0 and rows["passkey-rope2"]["rope_type"] == "yarn"
+    labels = [study_stages.passkey_label(full, task, cfg) for task in rows]
+    assert labels == ["full (RoPE dynamic NTK)", "full (RoPE YaRN ×16)"]
+    assert study_stages.rope_rows(cfg, infini) == {} and infini.attention == "infini"
+    # One scaling, as a dict (the default) or alone on the command line, is the one row "passkey-rope".
+    assert list(study_stages.rope_rows(study_config("tiny", **study_settings(["eval_rope_scaling=yarn:4"])), full))
+    assert list(study_stages.rope_rows(study_config("tiny"), full)) == ["passkey-rope"]
+    assert study_stages.rope_rows(study_config("tiny", eval_rope_scaling=None), full) == {}
+    with pytest.raises(ValueError, match="eval_rope_scaling must be"):
+        study_config("tiny", eval_rope_scaling=[{"rope_type": "yarn"}, {"rope_type": "yarn"}])
+    with pytest.raises(ValueError, match="eval_rope_scaling must be"):
+        study_config("tiny", eval_rope_scaling=[])
+    with pytest.raises(ValueError, match="a number"):
+        study_settings(["eval_rope_scaling=yarn:big"])
+    with pytest.raises(ValueError, match="set it whole"):
+        study_config("mini", **study_settings(["eval_rope_scaling.factor=8"]))
+
+
 def test_bad_study_arguments():
     with pytest.raises(ValueError, match="unknown preset"):
         study_config("huge")
