@@ -56,7 +56,8 @@ def one_thread():
 
 
 def test_study_runs_end_to_end_and_resumes(micro, tmp_path, monkeypatch):
-    cfg = micro(finetune_lr_grid=(1e-3, 3e-3))
+    scalings = [{"rope_type": "dynamic", "factor": 1.0}, {"rope_type": "yarn", "factor": 2.0}]
+    cfg = micro(finetune_lr_grid=(1e-3, 3e-3), eval_rope_scaling=scalings)
     # Fine-tuning with an automatic micro-batch, as the GPU presets have it: on a CPU, the whole batch in one pass.
     cfg = dataclasses.replace(cfg, finetune={**cfg.finetune, "batch_size": None, "global_batch": 4})
     out = tmp_path / "study"
@@ -82,7 +83,7 @@ def test_study_runs_end_to_end_and_resumes(micro, tmp_path, monkeypatch):
     assert [c.split("/")[-2:] for c in calls] == [["full", "finetune-lr=0.003"]], "only the unfinished stage ran"
 
     passkey = [f"{task}-{h}" for h in ("repeat", "book") for task in ("passkey", "passkey-memory-off")]
-    baseline = [f"{task}-{h}" for h in ("repeat", "book") for task in ("passkey", "passkey-rope")]
+    baseline = [f"{task}-{h}" for h in ("repeat", "book") for task in ("passkey", "passkey-rope", "passkey-rope2")]
     for arm, stages in (
         ("infini", passkey + ["perplexity", "gates", "layers-off"]),
         ("full", baseline + ["perplexity"]),
@@ -104,6 +105,12 @@ def test_study_runs_end_to_end_and_resumes(micro, tmp_path, monkeypatch):
     assert rope["settings"]["rope_scaling"] == {
         "rope_type": "dynamic", "factor": 1.0, "original_max_position_embeddings": 128,
     }  # fmt: skip
+    yarn = json.loads((out / "full" / "eval" / "passkey-rope2-book" / "summary.json").read_text())
+    assert yarn["settings"]["rope_scaling"] == {
+        "rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 128,
+    }  # fmt: skip
+    assert results["arms"]["full"]["passkey"]["passkey-rope2"]["label"] == "full (RoPE YaRN ×2)"
+    assert "full (RoPE YaRN ×2)" in (out / "REPORT.md").read_text()
     assert [r["length"] for r in results["arms"]["full"]["passkey"]["passkey"]["haystacks"]["book"]["by_length"]] == [
         128,
         256,
