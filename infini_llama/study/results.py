@@ -17,6 +17,7 @@ import numpy as np
 
 from infini_llama.eval.diagnostics import bucket_order, saturated_gates
 from infini_llama.eval.records import SAMPLES
+from infini_llama.eval.rope_scaling import rope_scaling_label
 from infini_llama.eval.scoring import clustered_proportion, paired_difference
 from infini_llama.study.arms import Arm, counterparts
 from infini_llama.study.config import StudyConfig
@@ -28,6 +29,7 @@ from infini_llama.study.stages import (
     layer_off_length,
     passkey_label,
     passkey_tasks,
+    rope_rows,
     train_recipe,
     training_length,
 )
@@ -120,6 +122,7 @@ def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
         "arms": entries,
         "leads": leads(cfg, arms, entries, compared := comparisons(cfg, arms, out)),
         "comparisons": compared,
+        "best_rope": best_rope(compared),
     }
 
 
@@ -224,17 +227,32 @@ def comparisons(cfg: StudyConfig, arms: list[Arm], out: Path) -> list[dict]:
                 if ours is None or theirs is None:
                     continue
                 label = passkey_label(other, task, cfg)
+                scaling = rope_rows(cfg, other).get(task)
+                named = {"scaling": rope_scaling_label(scaling)} if scaling else {}
                 for multiple, length in zip(cfg.eval_multiples, eval_lengths(cfg, infini), strict=True):
                     cells = sorted(key for key in ours if key[0] == length and key in theirs)
                     if not cells:
                         continue
                     found.append({
-                        "infini": infini.name, "baseline": label, "task": task, "haystack": haystack,
+                        "infini": infini.name, "other": other.name, "baseline": label, "task": task,
+                        "haystack": haystack, **named,
                         "multiple": multiple, "length": length,
                         **paired_difference([ours[c] for c in cells], [theirs[c] for c in cells],
                                             [c[2] for c in cells]),
                     })  # fmt: skip
     return found
+
+
+def best_rope(compared: list[dict]) -> list[dict]:
+    """Infini against the best of its baseline's RoPE-scaled rows, at each length and haystack, where the baseline
+    has more than one: of those rows' comparisons (on the same samples), the one with Infini's smallest lead, i.e.
+    the row most often right there (the first in the study's order on a tie). Picking the best row per length after
+    the fact favours the baseline: a verdict of "ahead" against it is one against every row."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in compared:
+        if c["task"].startswith("passkey-rope"):
+            groups.setdefault((c["infini"], c.get("other"), c["haystack"], c["multiple"]), []).append(c)
+    return [min(group, key=lambda c: c["difference"]) for group in groups.values() if len(group) > 1]
 
 
 def _samples(folder: Path) -> dict | None:

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from infini_llama.study import StudyError, run_study, study_config
+from infini_llama.study import results as study_results
 from infini_llama.study import runner as study_runner
 from infini_llama.study import stages as study_stages
 
@@ -111,6 +112,15 @@ def test_study_runs_end_to_end_and_resumes(micro, tmp_path, monkeypatch):
     }  # fmt: skip
     assert results["arms"]["full"]["passkey"]["passkey-rope2"]["label"] == "full (RoPE YaRN ×2)"
     assert "full (RoPE YaRN ×2)" in (out / "REPORT.md").read_text()
+    # Against the best RoPE-scaled row: at each (haystack, length) the row with Infini's smallest lead.
+    best = results["best_rope"]
+    assert sorted((b["haystack"], b["multiple"]) for b in best) == [(h, m) for h in ("book", "repeat") for m in (1, 2)]
+    for b in best:
+        rows = [c for c in results["comparisons"] if c["task"].startswith("passkey-rope")
+                and (c["haystack"], c["multiple"]) == (b["haystack"], b["multiple"])]  # fmt: skip
+        assert len(rows) == 2 and b["difference"] == min(c["difference"] for c in rows)
+    assert {b["scaling"] for b in best} <= {"RoPE dynamic NTK", "RoPE YaRN ×2"}
+    assert "## Infini against the best RoPE-scaled row, length by length" in (out / "REPORT.md").read_text()
     assert [r["length"] for r in results["arms"]["full"]["passkey"]["passkey"]["haystacks"]["book"]["by_length"]] == [
         128,
         256,
@@ -350,6 +360,23 @@ def test_the_lr_chosen_is_the_most_often_right_then_the_surest_then_the_first():
     assert study_stages.best_candidate([candidate(1.0, 1.0, 0.02), candidate(1.0, 1.0, 0.001)]) == 1
     assert study_stages.best_candidate([candidate(1.0, 1.0, None), candidate(1.0, 1.0, 0.5)]) == 1
     assert study_stages.best_candidate([candidate(1.0, 1.0, 0.5), candidate(1.0, 1.0, 0.5)]) == 0
+
+
+def test_the_best_rope_row_is_the_one_infini_leads_least_and_needs_two_rows():
+    def compared(task, haystack, multiple, difference, other="full"):
+        return {"infini": "infini", "other": other, "baseline": f"{other} ({task})", "task": task,
+                "haystack": haystack, "multiple": multiple, "difference": difference}  # fmt: skip
+
+    rows = [
+        compared("passkey", "repeat", 2.0, 0.9),  # the plain baseline is no RoPE row
+        compared("passkey-rope", "repeat", 2.0, 0.3),
+        compared("passkey-rope2", "repeat", 2.0, -0.1),
+        compared("passkey-rope", "repeat", 4.0, 0.2),
+        compared("passkey-rope2", "repeat", 4.0, 0.2),  # a tie: the first row
+        compared("passkey-rope", "repeat", 2.0, 0.5, other="full-b"),  # another baseline's only RoPE row
+    ]
+    best = study_results.best_rope(rows)
+    assert [(b["multiple"], b["task"]) for b in best] == [(2.0, "passkey-rope2"), (4.0, "passkey-rope")]
 
 
 def test_an_lr_chosen_at_the_grids_edge_is_marked():
