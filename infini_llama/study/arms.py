@@ -95,5 +95,18 @@ def counterparts(arms: list[Arm]) -> list[tuple[Arm, Arm]]:
     return pairs
 
 
+def pretraining_source(arms: list[Arm], arm: Arm) -> Arm | None:
+    """The first arm of `arms` before `arm` whose pretraining is the same as `arm`'s (same attention, seed, model
+    and pretraining values: arms that differ only in fine-tuning values, e.g. a `finetune.gate_lr` sweep), whose
+    pretrained model `arm` then starts from; None if there is none."""
+    for other in arms:
+        if other.name == arm.name:
+            return None
+        if (other.attention, other.seed, other.model, other.pretrain) == (arm.attention, arm.seed, arm.model,
+                                                                            arm.pretrain):  # fmt: skip
+            return other
+    return None
+
+
 def _show(value: Any) -> str:
     return "none" if value is None else str(value)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from infini_llama.host import cpu_summary, describe_cpu
 from infini_llama.models import InfiniLlamaForCausalLM, config_from_preset
-from infini_llama.study.arms import Arm
+from infini_llama.study.arms import Arm, expand_arms, pretraining_source
 from infini_llama.study.config import StudyConfig
 from infini_llama.study.results import sequences_per_step
 from infini_llama.study.stages import (
@@ -222,8 +222,11 @@ def arm_estimate(cfg: StudyConfig, arm: Arm, root: Path, rates: ArmRates, device
     grid = sum(per_length * rates.eval_batch(n) for n in eval_lengths(cfg, arm))
     costs: dict[str, Stage] = {}
     pretrain = train_recipe(cfg, arm, "pretrain")
-    costs["pretrain"] = _training_stage("pretrain", pretrain, rates.step_seconds["pretrain"], arm.attention, device,
-                                        root / "pretrain")  # fmt: skip
+    if pretraining_source(expand_arms(cfg), arm) is None:
+        costs["pretrain"] = _training_stage("pretrain", pretrain, rates.step_seconds["pretrain"], arm.attention,
+                                            device, root / "pretrain")  # fmt: skip
+    else:  # a copy of an earlier arm's pretraining
+        costs["pretrain"] = Stage("pretrain", 0.0)
     for lr in candidate_lrs(cfg, arm):
         name = finetune_dir(root, lr).name
         costs[name] = _training_stage(name, finetune_recipe(cfg, arm, lr), rates.step_seconds["finetune"],

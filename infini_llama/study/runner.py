@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from infini_llama.eval import build_report
-from infini_llama.study.arms import Arm, expand_arms
+from infini_llama.study.arms import Arm, expand_arms, pretraining_source
 from infini_llama.study.config import StudyConfig
 from infini_llama.study.estimate import announce_estimate, study_eta
 from infini_llama.study.report import write_across_report, write_seed_report
@@ -127,24 +127,32 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
 
 def stage_phases(cfg: StudyConfig, arm: Arm, out: Path, device: str) -> list[list[list[str]]]:
     """The stages of `arm` as phases run one after another, each phase a list of units whose stages run in order
-    and whose units are independent: the fine-tunings at the LRs of a grid are one phase of one unit per LR, so a
-    parallel study runs them at once; the stages before them and those after them are a phase of one unit each."""
+    and whose units are independent: pretraining is the first phase (another arm may start from it); the
+    fine-tunings at the LRs of a grid are one phase of one unit per LR, so a parallel study runs them at once; the
+    stages after them are a phase of one unit."""
     names = [name for name, _ in arm_stages(cfg, arm, out / arm.name, device, False)]
     tunes = [i for i, name in enumerate(names) if name.startswith(FINETUNE_PREFIX)]
-    if not tunes:
-        return [[names]]
+    if len(tunes) < 2:
+        return [[names[:1]], [names[1:]]]
     first, last = tunes[0], tunes[-1] + 1
-    phases = [[names[:first]], [[name] for name in names[first:last]], [names[last:]]]
+    phases = [[names[:1]], [names[1:first]], [[name] for name in names[first:last]], [names[last:]]]
     return [phase for phase in phases if phase != [[]]]
 
 
 def _run_parallel(pool: ProcessPoolExecutor, tasks: list, jobs: int, device: str, threads: int) -> None:
     """Every task's phases (`stage_phases`) through `pool`, at most `jobs` units at a time. A free worker takes a
     ready unit of the earliest task, so the arms go through their stages in the order of `tasks` as before, and
-    an LR grid's fine-tunings fill the workers no earlier arm needs."""
+    an LR grid's fine-tunings fill the workers no earlier arm needs. An arm whose pretraining is an earlier arm's
+    of the same seed folder (`pretraining_source`) starts once that arm's pretraining is done, and copies it."""
     phases = [stage_phases(cfg, arm, out, device) for cfg, arm, out in tasks]
     current, left = [0] * len(tasks), [len(p[0]) for p in phases]
-    ready = [(t, unit) for t, p in enumerate(phases) for unit in p[0]]
+    index = {(out, arm.name): t for t, (_, arm, out) in enumerate(tasks)}
+    waits = {}  # task -> the task whose pretraining it copies
+    for t, (cfg, arm, out) in enumerate(tasks):
+        source = pretraining_source(expand_arms(cfg), arm)
+        if source is not None and (out, source.name) in index:
+            waits[t] = index[(out, source.name)]
+    ready = [(t, unit) for t, p in enumerate(phases) for unit in p[0] if t not in waits]
     running: dict = {}
     while ready or running:
         while ready and len(running) < jobs:
@@ -162,11 +170,13 @@ def _run_parallel(pool: ProcessPoolExecutor, tasks: list, jobs: int, device: str
                 wait(running)
                 raise
             left[t] -= 1
+            if not left[t] and current[t] == 0:  # pretrained: the arms that copy it can start
+                ready.extend((w, unit) for w, source in waits.items() if source == t for unit in phases[w][0])
             if not left[t] and current[t] + 1 < len(phases[t]):
                 current[t] += 1
                 left[t] = len(phases[t][current[t]])
                 ready.extend((t, unit) for unit in phases[t][current[t]])
-                ready.sort(key=lambda item: item[0])  # stable: the units of one task keep their order
+            ready.sort(key=lambda item: item[0])  # stable: the units of one task keep their order
 
 
 def _chosen_tasks(tasks: list, names: Sequence[str] | None) -> list:

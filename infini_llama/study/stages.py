@@ -6,7 +6,8 @@ plain grid only) → perplexity by position → gates (Infini arms) → the memo
 
 Layout of an arm's folder:
 
-    pretrain/                   a training run (see infini_llama.train.rundir); final/ is a HF model folder
+    pretrain/                   a training run (see infini_llama.train.rundir); final/ is a HF model folder; an
+                                arm whose pretraining is an earlier arm's (`arms.pretraining_source`) copies it
     finetune-lr=<lr>/           a passkey fine-tuning run from pretrain/final, one per LR of the grid
     eval/<task>/                evaluation runs (summary.json + samples.jsonl): passkey-<haystack>,
                                 passkey-memory-off-<haystack>, passkey-rope[<i>]-<haystack>, perplexity, gates,
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,7 @@ from infini_llama.eval.diagnostics import gate_parameters
 from infini_llama.eval.passkey import DEFAULT_KEY_DIGITS
 from infini_llama.eval.rope_scaling import rope_scaling, rope_scaling_label
 from infini_llama.eval.scoring import mean_and_stderr, proportion
-from infini_llama.study.arms import Arm
+from infini_llama.study.arms import Arm, expand_arms, pretraining_source
 from infini_llama.study.config import StudyConfig
 from infini_llama.train import PasskeyBatchSource, TrainConfig, launch_env, recipe, train
 from infini_llama.train.microbatch import initial_split
@@ -150,6 +153,13 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
         return dataclasses.replace(tcfg, out=str(run_dir), resume=resume, device=device, progress=progress)
 
     def pretrain():
+        source = pretraining_source(expand_arms(cfg), arm)
+        source_root = root.parent / source.name if source is not None else None
+        if source_root is not None and (source_root / "pretrain.done").is_file() and not pretrain_dir.exists():
+            # The same pretraining as an earlier arm's, which has finished it: its run, not another one.
+            copy_run(source_root / "pretrain", pretrain_dir)
+            done = json.loads((source_root / "pretrain.done").read_text())
+            return {**{k: done.get(k) for k in ("val_loss", "tokens_per_s", "steps")}, "shared_from": source.name}
         model = {**cfg.model, **arm.model, "attention": arm.attention}
         result = train(run_config(train_recipe(cfg, arm, "pretrain", model=model), pretrain_dir))
         _check_finished(result, "pretraining")
@@ -257,6 +267,22 @@ def best_candidate(candidates: list[dict]) -> int:
         return (c["exact"]["rate"], c["digit_acc"]["mean"], -(float("inf") if loss is None else loss), -i)
 
     return max(range(len(candidates)), key=rank)
+
+
+def copy_run(source: Path, target: Path) -> None:
+    """Copy the run folder `source` to `target` (hard links where the file system allows, so model weights take no
+    more space), through a temporary folder renamed at the end: an interrupted copy leaves no `target`."""
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, partial, copy_function=link)
+    partial.rename(target)
 
 
 def _check_finished(result, what: str) -> None:

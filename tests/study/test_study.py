@@ -18,6 +18,7 @@ from infini_llama.study import StudyError, run_study, study_config
 from infini_llama.study import results as study_results
 from infini_llama.study import runner as study_runner
 from infini_llama.study import stages as study_stages
+from infini_llama.study.arms import pretraining_source
 
 TEXT = "\n".join(f"Sentence number {i} tells of the sea, the ship and the whale." for i in range(1500))
 
@@ -442,3 +443,60 @@ def test_a_parallel_study_runs_an_lr_grids_fine_tunings_at_once_in_the_arms_orde
             order = [stage for s, a, stage in starts if (s, a) == (seed, arm)]
             assert order[0] == "pretrain" and order[-1] == "select", order
     assert max(i for i, s in enumerate(starts) if s[0] == "seed-0") < max(i for i, s in enumerate(starts))
+
+
+def test_arms_that_differ_only_in_fine_tuning_share_one_pretraining(micro, tmp_path, monkeypatch):
+    cfg = micro(sweeps={"finetune.lr": [1e-3, 3e-3]}, eval_haystacks=("repeat",), eval_rope_scaling=None)
+    arms = study_runner.expand_arms(cfg)
+    sources = {arm.name: getattr(pretraining_source(arms, arm), "name", None) for arm in arms}
+    assert sources == {
+        "infini-finetune.lr=0.001": None, "infini-finetune.lr=0.003": "infini-finetune.lr=0.001",
+        "full-finetune.lr=0.001": None, "full-finetune.lr=0.003": "full-finetune.lr=0.001",
+    }  # fmt: skip
+    real_train = study_stages.train
+    pretrained = []
+
+    def counting_train(tcfg, **kwargs):
+        if tcfg.out.endswith("/pretrain"):
+            pretrained.append(tcfg.out.split("/")[-2])
+        return real_train(tcfg, **kwargs)
+
+    monkeypatch.setattr(study_stages, "train", counting_train)
+    out = tmp_path / "study"
+    run_study(cfg, out, device="cpu", progress=False, jobs=1)
+    assert pretrained == ["infini-finetune.lr=0.001", "full-finetune.lr=0.001"], "one pretraining per attention"
+    for name, source in sources.items():
+        done = json.loads((out / name / "pretrain.done").read_text())
+        assert done.get("shared_from") == source
+        if source is not None:
+            weights = [(out / arm / "pretrain" / "final" / "model.safetensors").read_bytes() for arm in (name, source)]
+            assert weights[0] == weights[1]
+            assert done["val_loss"] == json.loads((out / source / "pretrain.done").read_text())["val_loss"]
+    # Each fine-tuned from the shared model (its own copy) at its own LR.
+    for name, lr in (("infini-finetune.lr=0.001", 1e-3), ("infini-finetune.lr=0.003", 3e-3)):
+        run = json.loads((out / name / f"finetune-lr={lr:g}" / "run.json").read_text())["train"]
+        assert run["lr"] == lr and run["init_from"] == str(out / name / "pretrain" / "final")
+
+
+def test_a_parallel_study_starts_an_arm_that_copies_a_pretraining_once_it_is_done(micro, tmp_path, monkeypatch):
+    cfg = micro(sweeps={"finetune.lr": [1e-3, 3e-3]}, eval_haystacks=("repeat",), eval_rope_scaling=None)
+    tasks = [(cfg, arm, tmp_path) for arm in study_runner.expand_arms(cfg)]
+    log = []
+
+    def fake_run_arm(cfg, arm, out, device, progress, threads, stages):
+        log.append(("start", arm.name, stages[0]))
+        time.sleep(0.05)
+        log.append(("end", arm.name, stages[0]))
+
+    monkeypatch.setattr(study_runner, "_run_arm", fake_run_arm)
+    with ThreadPoolExecutor(4) as pool:
+        study_runner._run_parallel(pool, tasks, 4, "cpu", 1)
+    for sharer, source in (("infini-finetune.lr=0.003", "infini-finetune.lr=0.001"),
+                           ("full-finetune.lr=0.003", "full-finetune.lr=0.001")):  # fmt: skip
+        assert log.index(("start", sharer, "pretrain")) > log.index(("end", source, "pretrain"))
+    # The two sources pretrain at once; every arm's stages all ran.
+    assert log[:2] == [
+        ("start", "infini-finetune.lr=0.001", "pretrain"),
+        ("start", "full-finetune.lr=0.001", "pretrain"),
+    ]
+    assert sum(kind == "start" for kind, _, _ in log) == 4 * 2

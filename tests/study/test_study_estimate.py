@@ -59,6 +59,15 @@ def test_every_stage_is_estimated_from_a_short_probe(tmp_path):
     json.dumps(record)  # written as estimate.json
 
 
+def test_an_arm_that_copies_an_earlier_arms_pretraining_is_not_estimated_to_train_it(tmp_path):
+    cfg = micro_study(sweeps={"finetune.lr": [1e-3, 2e-3]})
+    tasks = [(cfg, arm, tmp_path) for arm in expand_arms(cfg)]
+    estimates, _ = estimate_study(tasks, jobs=1, device="cpu", threads=1)
+    pretraining = {task.label: task.stages[0].seconds for task in estimates}
+    assert pretraining["infini-finetune.lr=0.001"] > 0 and pretraining["full-finetune.lr=0.001"] > 0
+    assert pretraining["infini-finetune.lr=0.002"] == 0 and pretraining["full-finetune.lr=0.002"] == 0
+
+
 def test_fine_tuning_on_the_answers_is_probed_on_its_own_path(tmp_path, monkeypatch):
     # With loss="answer" the trainer runs the output layer at the answers only: a step of its own speed.
     probed = []
