@@ -53,7 +53,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--sweep", action="append", default=[], metavar="KEY=V1,V2",
         help="run one arm per value, e.g. gate_activation=sigmoid,hard_sigmoid, memory_update=linear,delta, "
         "segment_len=64,128,256, gate_trainable=true,false (false: the gate frozen at gate_init), "
-        "pretrain.gate_lr=0.01,none, pretrain.lr=1e-3,2e-3, finetune.lr=..., seed=0,1; "
+        "pretrain.gate_lr=0.01,none, pretrain.lr=1e-3,2e-3, finetune.lr=..., passkey.curriculum_steps=0,1000, "
+        "seed=0,1; "
         "training values name their stage; values the baseline does not have multiply the Infini arm only",
     )  # fmt: skip
     parser.add_argument(

@@ -5,7 +5,8 @@ together, each ablation on its own: `gate_init=2`, `pretrain.gate_lr=none+finetu
 Sweep keys name what they change: a model field (`segment_len`, `memory_update`, ...), `seed` (everything that is
 seeded: pretraining, fine-tuning data and its key exclusion, the evaluation grid), or a training value of one
 stage, `pretrain.<field>` or `finetune.<field>` (`pretrain.lr`, `finetune.gate_lr`, ...): a bare `lr` would say
-neither, and a value given to one stage must not silently change the other. A sweep over a value the baseline does
+neither, and a value given to one stage must not silently change the other; or an option of the passkey
+fine-tuning data (`passkey.curriculum_steps`, `passkey.loss`). A sweep over a value the baseline does
 not have (`segment_len`, `memory_update`, `gate_activation`, `pretrain.gate_lr`, ...) multiplies the Infini arm
 and leaves one baseline; any other sweep is given to both arms. The local control (Infini-attention's local
 attention with no memory and no gate) follows the baseline, but shares the Infini arm's segments: a `segment_len`
@@ -15,7 +16,7 @@ sweep multiplies it too, every other Infini-only sweep leaves one control.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from infini_llama.models.presets import CONFIG_FIELDS
@@ -41,6 +42,7 @@ class Arm:
     model: dict[str, Any]
     pretrain: dict[str, Any]
     finetune: dict[str, Any]
+    passkey: dict[str, Any] = field(default_factory=dict)  # passkey fine-tuning data options
 
     def shared_key(self, keep: frozenset[str] = frozenset()) -> tuple:
         """What this arm shares with its counterpart of another attention: every choice but the Infini-only ones
@@ -49,7 +51,7 @@ class Arm:
         def shared(values: dict[str, Any]) -> tuple:
             return tuple(sorted((k, v) for k, v in values.items() if k not in INFINI_ONLY - keep))
 
-        return self.seed, shared(self.model), shared(self.pretrain), shared(self.finetune)
+        return self.seed, shared(self.model), shared(self.pretrain), shared(self.finetune), shared(self.passkey)
 
 
 def _sweep_field(key: str) -> str:
@@ -76,8 +78,10 @@ def expand_arms(cfg: StudyConfig) -> list[Arm]:
             suffix = "".join(f"-{k}={_show(v)}" for k, v in chosen.items())
             stage = {s: {k.partition(".")[2]: v for k, v in chosen.items() if k.startswith(s + ".")} for s in STAGES}
             model = {k: v for k, v in chosen.items() if k in CONFIG_FIELDS}
+            passkey = {k.partition(".")[2]: v for k, v in chosen.items() if k.startswith("passkey.")}
             seed = chosen.get("seed", cfg.seed)
-            arms.append(Arm(f"{attention}{suffix}", attention, seed, model, stage["pretrain"], stage["finetune"]))
+            arms.append(Arm(f"{attention}{suffix}", attention, seed, model, stage["pretrain"], stage["finetune"],
+                            passkey))  # fmt: skip
     return arms
 
 

@@ -179,7 +179,7 @@ def probe_arm(cfg: StudyConfig, arm: Arm, device: torch.device) -> ArmRates:
         # One shape per sequence length, the smaller batch: at these sizes a step's time is close to proportional
         # to its sequences (within about 10% from 8 to 16), and the probe stays short.
         sequences = {stage: tcfg.batch_size * tcfg.accumulation(1) for stage, tcfg in steps.items()}
-        answers_only = {"pretrain": False, "finetune": cfg.passkey.get("loss") == "answer"}
+        answers_only = {"pretrain": False, "finetune": {**cfg.passkey, **arm.passkey}.get("loss") == "answer"}
         shapes = {stage: (tcfg.seq_len, resolve_compile(tcfg.compile, device), tcfg.precision, answers_only[stage])
                   for stage, tcfg in steps.items()}  # fmt: skip
         measured: dict[tuple, tuple[float, int]] = {}

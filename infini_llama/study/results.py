@@ -75,6 +75,7 @@ def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
                 "pretrain": recipe_summary(train_recipe(cfg, arm, "pretrain")),
                 "finetune": recipe_summary(train_recipe(cfg, arm, "finetune")),
                 "finetune_lrs": list(candidate_lrs(cfg, arm)),
+                "passkey_data": json.loads(json.dumps({**cfg.passkey, **arm.passkey})),
             },
             "pretrain": _marker(root / "pretrain.done"),
             "finetune": [_marker(root / f"{finetune_dir(root, lr).name}.done") for lr in candidate_lrs(cfg, arm)],

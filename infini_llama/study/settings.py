@@ -93,10 +93,11 @@ def check_setting(key: str, value: Any) -> tuple[str, str | None, Any]:
 
 def typed_sweep_value(key: str, value: Any) -> Any:
     """A `--sweep` / `--ablate` value as the type its key takes (keys are checked by `study.sweeps`: a model field,
-    `seed`, or `pretrain.` / `finetune.` and a training field), or a ValueError naming the key, type and value."""
+    `seed`, `pretrain.` / `finetune.` and a training field, or `passkey.` and a data option), or a ValueError naming
+    the key, type and value."""
     if key == "seed":
         return _coerce(key, value, int)
-    if "." in key and key.partition(".")[0] not in STAGES:
+    if "." in key and key.partition(".")[0] not in (*STAGES, "passkey"):
         return value  # not a sweep key: study.sweeps names it
     if "." not in key and key not in MODEL_FIELDS:
         return value

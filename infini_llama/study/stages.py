@@ -97,7 +97,7 @@ def passkey_source(cfg: StudyConfig, arm: Arm, tokenizer, tcfg: TrainConfig) -> 
     return PasskeyBatchSource(
         tokenizer, tcfg.seq_len, *initial_split(tcfg, world_size), seed=arm.seed, rank=rank,
         world_size=world_size, exclude_eval_seed=arm.seed, exclude_eval_samples=cfg.eval_samples * len(cfg.eval_depths),
-        **cfg.passkey,
+        **{**cfg.passkey, **arm.passkey},
     )  # fmt: skip
 
 

@@ -1,7 +1,8 @@
 """Sweep and ablation keys of a study, checked, and how the command line spells their values.
 
-Sweep keys name what they change: a model field (`segment_len`, `memory_update`, ...), `seed`, or a training value
-of one stage, `pretrain.<field>` or `finetune.<field>` (see `study.arms`, which turns them into arms).
+Sweep keys name what they change: a model field (`segment_len`, `memory_update`, ...), `seed`, a training value
+of one stage, `pretrain.<field>` or `finetune.<field>`, or an option of the passkey fine-tuning data,
+`passkey.<option>` (see `study.arms`, which turns them into arms).
 """
 
 from __future__ import annotations
@@ -15,8 +16,14 @@ from infini_llama.train.config import TrainConfig
 
 STAGES = ("pretrain", "finetune")
 TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - {"model", "out", "preset", "seed"}
+# Options of the passkey fine-tuning data that arms may differ in; the key digits, needle depths and haystacks are
+# not among them: the evaluation grids, which every arm shares, are built from them.
+PASSKEY_SWEEPS = frozenset({"curriculum_steps", "loss", "pack_min_len"})
 SWEEP_KEYS = (
-    (CONFIG_FIELDS - {"attention"}) | {"seed"} | {f"{stage}.{name}" for stage in STAGES for name in TRAIN_FIELDS}
+    (CONFIG_FIELDS - {"attention"})
+    | {"seed"}
+    | {f"{stage}.{name}" for stage in STAGES for name in TRAIN_FIELDS}
+    | {f"passkey.{name}" for name in PASSKEY_SWEEPS}
 )
 
 

@@ -11,9 +11,9 @@ import pytest
 from infini_llama.cli import build_parser
 from infini_llama.study import expand_arms, study_config
 from infini_llama.study import stages as study_stages
-from infini_llama.study.arms import counterparts
+from infini_llama.study.arms import counterparts, pretraining_source
 from infini_llama.study.report import describe_study
-from infini_llama.study.settings import study_settings
+from infini_llama.study.settings import study_settings, typed_sweep_value
 from infini_llama.study.sweeps import parse_ablation, parse_sweep
 
 
@@ -53,6 +53,31 @@ def test_a_training_sweep_names_its_stage_and_changes_only_that_stage():
     assert study_stages.train_recipe(cfg, expand_arms(cfg)[0], "pretrain").lr == 2e-3
     with pytest.raises(ValueError, match="do not also sweep finetune.lr"):
         study_config("tiny", finetune_lr_grid=(1e-3, 2e-3), sweeps=sweeps("finetune.lr=5e-4"))
+
+
+def test_a_passkey_data_sweep_changes_both_arms_fine_tuning_data_and_shares_their_pretraining(monkeypatch):
+    cfg = study_config("tiny", sweeps=sweeps("passkey.curriculum_steps=0,500"))
+    arms = expand_arms(cfg)
+    assert [(a.name, a.passkey) for a in arms] == [
+        ("infini-passkey.curriculum_steps=0", {"curriculum_steps": 0}),
+        ("infini-passkey.curriculum_steps=500", {"curriculum_steps": 500}),
+        ("full-passkey.curriculum_steps=0", {"curriculum_steps": 0}),
+        ("full-passkey.curriculum_steps=500", {"curriculum_steps": 500}),
+    ]
+    assert [(i.name, b.name) for i, b in counterparts(arms)] == [(arms[0].name, arms[2].name),
+                                                                  (arms[1].name, arms[3].name)]  # fmt: skip
+    assert pretraining_source(arms, arms[1]) == arms[0] and pretraining_source(arms, arms[3]) == arms[2]
+    seen = {}
+    monkeypatch.setattr(study_stages, "PasskeyBatchSource", lambda *args, **kw: seen.setdefault(len(seen), kw))
+    for arm in arms[:2]:
+        study_stages.passkey_source(cfg, arm, None, study_stages.train_recipe(cfg, arm, "finetune"))
+    assert [kw["curriculum_steps"] for kw in seen.values()] == [0, 500]
+    assert all(kw["loss"] == "answer" and kw["key_digits"] == 5 for kw in seen.values()), "the rest from the preset"
+    with pytest.raises(ValueError, match="unknown sweep key 'passkey.key_digits'"):
+        study_config("tiny", sweeps=sweeps("passkey.key_digits=4,5"))
+    assert typed_sweep_value("passkey.curriculum_steps", 250.0) == 250
+    with pytest.raises(ValueError, match="passkey.curriculum_steps"):
+        typed_sweep_value("passkey.curriculum_steps", "many")
 
 
 def test_lr_grid_keeps_the_budget_and_the_schedule_shape():
