@@ -223,8 +223,8 @@ def comparisons(cfg: StudyConfig, arms: list[Arm], out: Path) -> list[dict]:
     for infini, other in counterparts(arms):
         for task in passkey_tasks(cfg, other):
             for haystack in cfg.eval_haystacks:
-                ours = _samples(out / infini.name / "eval" / f"passkey-{haystack}")
-                theirs = _samples(out / other.name / "eval" / f"{task}-{haystack}")
+                ours = grid_samples(out / infini.name / "eval" / f"passkey-{haystack}")
+                theirs = grid_samples(out / other.name / "eval" / f"{task}-{haystack}")
                 if ours is None or theirs is None:
                     continue
                 label = passkey_label(other, task, cfg)
@@ -256,7 +256,7 @@ def best_rope(compared: list[dict]) -> list[dict]:
     return [min(group, key=lambda c: c["difference"]) for group in groups.values() if len(group) > 1]
 
 
-def _samples(folder: Path) -> dict | None:
+def grid_samples(folder: Path) -> dict | None:
     """{(length, depth, sample): exact} of a complete passkey grid, or None."""
     summary = _summary(folder)
     if summary is None or summary.get("status") != "complete":
