@@ -22,8 +22,13 @@ for seed in range(5):
             rows[name] = grid_samples(where / folder.format(h=haystack))
         for length in sorted({key[0] for key in ours}):
             cells = sorted(key for key in ours if key[0] == length)
-            entry = {"seed": seed, "haystack": haystack, "length": length,
-                     "infini": sum(ours[c] for c in cells) / len(cells), "rows": {}}
+            entry = {
+                "seed": seed,
+                "haystack": haystack,
+                "length": length,
+                "infini": sum(ours[c] for c in cells) / len(cells),
+                "rows": {},
+            }
             for name, theirs in rows.items():
                 entry["rows"][name] = {
                     "exact": sum(theirs[c] for c in cells) / len(cells),
