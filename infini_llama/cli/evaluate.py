@@ -101,6 +101,16 @@ def parse_layers(text: str) -> list[int]:
     return layers
 
 
+def _rope_factor(text: str) -> float | str:
+    """A RoPE scaling factor: a number > 0, or "length" (YaRN stretched by each prompt's length)."""
+    if text.strip().lower() == "length":
+        return "length"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'length', got {text!r}") from None
+
+
 def parse_names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -189,7 +199,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=ROPE_SCALINGS,
         help="full-attention models: RoPE scaled as transformers defines it (dynamic NTK or YaRN), no training",
     )
-    passkey.add_argument("--rope-factor", type=float, default=1.0, help="the scaling's factor (default 1)")
+    passkey.add_argument(
+        "--rope-factor", type=_rope_factor, default=1.0,
+        help="the scaling's factor (default 1); for yarn, 'length': the prompt's length / the training length",
+    )  # fmt: skip
     passkey.add_argument(
         "--train-len", type=int, help="length the model was trained at (default: from its training run's run.json)"
     )

@@ -19,21 +19,25 @@ from infini_llama.layers.rope import ROPE_SCALINGS, check_rope_scaling
 ROPE_SCALING_NAMES = {"dynamic": "dynamic NTK", "yarn": "YaRN"}
 
 
-def rope_scaling(rope_type: str, train_len: int, factor: float = 1.0, **options) -> dict:
+def rope_scaling(rope_type: str, train_len: int, factor: float | str = 1.0, **options) -> dict:
     """The scaling `rope_type` ("dynamic" or "yarn") for a model trained at `train_len` tokens.
 
     Dynamic NTK with factor 1 scales the RoPE base so that its longest wavelength stretches exactly by the ratio of
     the current length to the training length (no scaling up to it); YaRN interpolates by `factor` whatever the
-    length."""
+    length, or, with `factor="length"`, by that same ratio (the factor each prompt's length calls for)."""
     if rope_type not in ROPE_SCALINGS:
         raise ValueError(f"rope scaling must be one of {ROPE_SCALINGS}, got {rope_type!r}")
+    if factor == "length":
+        factor, options = 1.0, {**options, "per_length": True}
     scaling = {"rope_type": rope_type, "factor": float(factor), "original_max_position_embeddings": int(train_len)}
     return check_rope_scaling({**scaling, **options})
 
 
 def rope_scaling_label(scaling: dict) -> str:
-    """How reports name a scaled row: "RoPE dynamic NTK", "RoPE YaRN ×8"."""
+    """How reports name a scaled row: "RoPE dynamic NTK", "RoPE YaRN ×8", "RoPE YaRN ×length"."""
     name = ROPE_SCALING_NAMES[scaling["rope_type"]]
+    if scaling.get("per_length"):
+        return f"RoPE {name} ×length"
     factor = scaling.get("factor", 1.0)
     return f"RoPE {name}" + (f" ×{factor:g}" if factor != 1.0 else "")
 

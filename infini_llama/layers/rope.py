@@ -15,12 +15,13 @@ import functools
 import torch
 
 # The scalings supported: dynamic NTK (the base grows with the sequence once it passes the original length) and
-# YaRN (static; interpolates the low frequencies by `factor` and scales the attention logits).
+# YaRN (interpolates the low frequencies by `factor` and scales the attention logits; static, or with `per_length`
+# its factor follows the sequence as dynamic NTK's base does: the longest position of a call / the original length).
 ROPE_SCALINGS = ("dynamic", "yarn")
 
 
 def check_rope_scaling(scaling: dict | None) -> dict | None:
-    """`scaling` validated: None, or {"rope_type": "dynamic" | "yarn", "factor": > 0,
+    """`scaling` validated: None, or {"rope_type": "dynamic" | "yarn", "factor": > 0, "per_length": (yarn only),
     "original_max_position_embeddings": the training length, ...} (further keys as transformers defines them,
     e.g. YaRN's beta_fast)."""
     if scaling is None:
@@ -36,7 +37,15 @@ def check_rope_scaling(scaling: dict | None) -> dict | None:
             "rope_scaling needs original_max_position_embeddings, the length the model was trained at (an integer "
             f">= 1), got {original!r}"
         )
+    per_length = scaling.get("per_length", False)
+    if not isinstance(per_length, bool) or (per_length and scaling["rope_type"] != "yarn"):
+        raise ValueError(f"rope_scaling per_length is true or false, and only for yarn, got {scaling!r}")
     return dict(scaling)
+
+
+def follows_length(scaling: dict) -> bool:
+    """Whether `scaling` follows the length of each call (dynamic NTK, YaRN with `per_length`)."""
+    return scaling["rope_type"] == "dynamic" or bool(scaling.get("per_length"))
 
 
 def rope_tables(
@@ -47,16 +56,20 @@ def rope_tables(
     max(positions) + 1, as in transformers' forward."""
     with torch.autocast(device_type=positions.device.type, enabled=False):
         attention_scaling = 1.0
-        seq_len = int(positions.max()) + 1 if scaling is not None and scaling["rope_type"] == "dynamic" else 0
+        seq_len = int(positions.max()) + 1 if scaling is not None and follows_length(scaling) else 0
         if scaling is None or seq_len and seq_len <= scaling["original_max_position_embeddings"]:
-            # Plain RoPE; dynamic scaling is plain RoPE up to the original length (transformers keeps its
-            # original frequencies there).
+            # Plain RoPE; scaling that follows the length is plain RoPE up to the original length (transformers
+            # keeps its original frequencies there).
             inv_freq = 1.0 / (
                 theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.int64).float() / head_dim)
             )
         else:
+            params = dict(scaling)
+            if params.pop("per_length", False):  # YaRN stretched by this call's length over the original one
+                params["factor"] = seq_len / params["original_max_position_embeddings"]
+            dynamic_len = seq_len if params["rope_type"] == "dynamic" else 0
             inv_freq, attention_scaling = _scaled_frequencies(
-                head_dim, theta, tuple(sorted(scaling.items())), seq_len, str(positions.device)
+                head_dim, theta, tuple(sorted(params.items())), dynamic_len, str(positions.device)
             )
         table = _cos_sin if positions.device.type == "cpu" else _cos_sin_inline
         cos, sin = table(positions, inv_freq.float())

@@ -14,6 +14,7 @@ from typing import Any
 
 from infini_llama.eval.passkey import GRID_SPLITS
 from infini_llama.eval.prompts import HAYSTACKS
+from infini_llama.eval.rope_scaling import rope_scaling
 from infini_llama.layers.rope import ROPE_SCALINGS
 from infini_llama.models.presets import PRESETS
 from infini_llama.study.sweeps import check_sweeps
@@ -117,6 +118,9 @@ class StudyConfig:
                 f"eval_rope_scaling must be None, a dict with rope_type in {ROPE_SCALINGS} (and a factor), or a list "
                 f"of distinct such dicts (one row each), got {scaling!r}"
             )
+        for row in rows:  # each as the baseline will be evaluated with it (any training length will do here)
+            options = dict(row)
+            rope_scaling(options.pop("rope_type"), 1, **options)
         check_sweeps(self)
 
     @property

@@ -130,7 +130,8 @@ def coerce_study_field(name: str, value: Any) -> Any:
 
 def _rope_rows(value: Any) -> list[dict[str, Any]]:
     """Several RoPE-scaled rows: a list of {rope_type, factor} mappings (a config file), or `TYPE[:FACTOR]` items
-    separated by commas (`--set eval_rope_scaling=dynamic,yarn:16`)."""
+    separated by commas (`--set eval_rope_scaling=dynamic,yarn:16`; `yarn:length`: YaRN stretched by each prompt's
+    length over the training length)."""
     rows = []
     for item in value if isinstance(value, (list, tuple)) else [value]:
         if isinstance(item, Mapping):
@@ -138,7 +139,9 @@ def _rope_rows(value: Any) -> list[dict[str, Any]]:
             continue
         rope_type, colon, factor = str(item).partition(":")
         row: dict[str, Any] = {"rope_type": rope_type.strip()}
-        if colon:
+        if colon and factor.strip().lower() == "length":  # YaRN stretched by each prompt's length
+            row["per_length"] = True
+        elif colon:
             row["factor"] = _coerce("eval_rope_scaling", factor.strip(), float)
         rows.append(row)
     return rows

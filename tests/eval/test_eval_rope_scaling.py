@@ -76,6 +76,30 @@ def test_scaled_model_equals_transformers_llama_with_the_same_scaling(rope_type,
     assert relative_error(got, plain) > 1e-3, "beyond the training length the scaling changes the logits"
 
 
+@pytest.mark.parametrize("T", [TRAIN_LEN, 2 * TRAIN_LEN, 3 * TRAIN_LEN + 5])
+@torch.no_grad()
+def test_yarn_by_the_length_is_yarn_with_the_factor_of_the_length(T):
+    # A prompt read in one call: YaRN stretched by its length over the training length, transformers' YaRN with that
+    # factor; within the training length, plain RoPE.
+    model, x = full_model(), tokens(T)
+    with rope_scaled(model, rope_scaling("yarn", train_len=TRAIN_LEN, factor="length")):
+        got = model(x).logits
+    if T <= TRAIN_LEN:
+        assert torch.equal(got, model(x).logits)
+        return
+    factor = T / TRAIN_LEN
+    params = {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": TRAIN_LEN}
+    expected = hf_llama(model, params, round(TRAIN_LEN * factor))(x).logits
+    assert relative_error(got, expected) < 1e-10
+
+
+def test_yarn_by_the_length_is_named_and_checked():
+    scaling = rope_scaling("yarn", train_len=TRAIN_LEN, factor="length")
+    assert scaling["per_length"] is True and rope_scaling_label(scaling) == "RoPE YaRN ×length"
+    with pytest.raises(ValueError, match="only for yarn"):
+        rope_scaling("dynamic", train_len=TRAIN_LEN, per_length=True)
+
+
 @torch.no_grad()
 def test_static_scaling_streams_chunk_by_chunk_like_one_forward():
     model, x = full_model(), tokens(50)

@@ -182,6 +182,16 @@ def test_several_rope_scaled_rows_each_get_a_grid_and_a_label():
         study_settings(["eval_rope_scaling=yarn:big"])
     with pytest.raises(ValueError, match="set it whole"):
         study_config("mini", **study_settings(["eval_rope_scaling.factor=8"]))
+    # YaRN stretched by each prompt's length: one row for every length.
+    by_length = study_config("tiny", **study_settings(["eval_rope_scaling=dynamic,yarn:length"]))
+    rows = study_stages.rope_rows(by_length, full)
+    assert rows["passkey-rope2"]["per_length"] is True
+    assert study_stages.passkey_label(full, "passkey-rope2", by_length) == "full (RoPE YaRN ×length)"
+    with pytest.raises(ValueError, match="only for yarn"):
+        study_config("tiny", eval_rope_scaling=[{"rope_type": "dynamic", "per_length": True}])
+    args = build_parser(["eval"]).parse_args(["eval", "passkey", "--checkpoint", "c", "--out", "o",
+                                              "--rope-scaling", "yarn", "--rope-factor", "length"])  # fmt: skip
+    assert args.rope_factor == "length"
 
 
 def test_bad_study_arguments():
