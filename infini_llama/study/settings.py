@@ -25,6 +25,8 @@ OWN_OPTIONS = {"preset": "--preset", "seeds": "--seeds", "sweeps": "--sweep", "a
 STUDY_FIELDS: dict[str, Any] = {
     name: hint for name, hint in typing.get_type_hints(StudyConfig).items() if name not in OWN_OPTIONS
 }
+# The defaults of fields that are empty unless set: `none` sets them empty again (a preset's LR grid switched off).
+EMPTY_DEFAULTS = {f.name: f.default for f in dataclasses.fields(StudyConfig) if f.default == ()}
 SECTIONS = (*STAGES, "model", "passkey", "eval_rope_scaling")
 # Sections set only key by key; eval_rope_scaling may also be set whole (`eval_rope_scaling=none`: no RoPE row).
 KEYED_ONLY = (*STAGES, "model", "passkey")
@@ -109,6 +111,10 @@ def coerce_study_field(name: str, value: Any) -> Any:
     hint = STUDY_FIELDS[name]
     args = typing.get_args(hint)
     if typing.get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]
+        if value is None or value == "" or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if EMPTY_DEFAULTS.get(name) == ():  # a field that may be empty (`finetune_lr_grid=none`: no grid)
+                return ()
+            raise ValueError(f"{name} cannot be empty")
         items = value if isinstance(value, (list, tuple)) else [value]
         try:
             return tuple(_coerce(name, item, args[0]) for item in items)

@@ -194,6 +194,15 @@ def test_several_rope_scaled_rows_each_get_a_grid_and_a_label():
     assert args.rope_factor == "length"
 
 
+def test_a_presets_lr_grid_can_be_switched_off_to_sweep_the_lr():
+    overrides = study_settings(["finetune_lr_grid=none"])
+    assert overrides == {"finetune_lr_grid": ()} == study_settings(["finetune_lr_grid="])
+    cfg = study_config("mini", **overrides, sweeps=sweeps("finetune.lr=1e-4,3e-4"))
+    assert [study_stages.candidate_lrs(cfg, arm) for arm in expand_arms(cfg)] == [(1e-4,), (3e-4,)] * 2
+    with pytest.raises(ValueError, match="eval_multiples cannot be empty"):
+        study_settings(["eval_multiples=none"])
+
+
 def test_bad_study_arguments():
     with pytest.raises(ValueError, match="unknown preset"):
         study_config("huge")
