@@ -157,7 +157,7 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
         source_root = root.parent / source.name if source is not None else None
         if source_root is not None and (source_root / "pretrain.done").is_file() and not pretrain_dir.exists():
             # The same pretraining as an earlier arm's, which has finished it: its run, not another one.
-            copy_run(source_root / "pretrain", pretrain_dir)
+            _copy_run(source_root / "pretrain", pretrain_dir)
             done = json.loads((source_root / "pretrain.done").read_text())
             return {**{k: done.get(k) for k in ("val_loss", "tokens_per_s", "steps")}, "shared_from": source.name}
         model = {**cfg.model, **arm.model, "attention": arm.attention}
@@ -269,7 +269,7 @@ def best_candidate(candidates: list[dict]) -> int:
     return max(range(len(candidates)), key=rank)
 
 
-def copy_run(source: Path, target: Path) -> None:
+def _copy_run(source: Path, target: Path) -> None:
     """Copy the run folder `source` to `target` (hard links where the file system allows, so model weights take no
     more space), through a temporary folder renamed at the end: an interrupted copy leaves no `target`."""
     partial = target.with_name(target.name + ".partial")
