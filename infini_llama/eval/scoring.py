@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -76,6 +77,20 @@ def mean_and_stderr(values: Sequence[float]) -> dict:
 # the grid: its 5 depths × 16 samples at one length are 16 keys, not 80 independent draws, and misses cluster by key.
 # Every interval and every "ahead / level / behind" counts the keys (clusters), not the samples.
 BOOTSTRAP_RESAMPLES = 4000
+
+
+# Kinds of key. A key whose digits each have one successor (12345, 44444, 12121) can be written back digit by digit
+# from which digit follows which; in one where a digit is followed by two different digits (90080: 0 is followed by 0
+# and by 8) the digit just written does not say which comes next, and the order must come from position.
+KEY_KINDS = ("one successor per digit", "a digit with two successors")
+
+
+def key_kind(key: str) -> str:
+    """Which of `KEY_KINDS` the key is."""
+    successors: dict[str, set[str]] = {}
+    for digit, following in itertools.pairwise(key):
+        successors.setdefault(digit, set()).add(following)
+    return KEY_KINDS[any(len(s) > 1 for s in successors.values())]
 
 
 def key_totals(hits: Sequence[bool], clusters: Sequence) -> list[list[int]]:

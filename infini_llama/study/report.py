@@ -10,6 +10,7 @@ from infini_llama.eval.diagnostics import SATURATION, bucket_order
 from infini_llama.eval.markdown import table
 from infini_llama.eval.prompts import HAYSTACK_LABELS
 from infini_llama.eval.report_passkey import UPDATES_BY_LENGTH, updates_by_length_table
+from infini_llama.eval.scoring import KEY_KINDS
 from infini_llama.study.config import StudyConfig
 from infini_llama.study.results import passkey_rows, sequences_per_step, spread
 from infini_llama.train import recipe
@@ -114,6 +115,11 @@ def write_seed_report(cfg: StudyConfig, out: Path, results: dict, command: str |
     lines += _leads_table(results["leads"])
     lines += _comparisons_table(cfg, results.get("comparisons", []))
     lines += _best_rope_table(cfg, results.get("best_rope", []))
+    by_row = {
+        label: {h: g.get("by_length_and_key_kind", []) for h, g in grids.items()}
+        for label, _, _, grids in passkey_rows(entries)
+    }
+    lines += _key_kinds(cfg, by_row, pooled=False)
     lines += _gates_table(entries)
     lines += _layers_off_table(entries)
     training = []
@@ -432,6 +438,7 @@ def write_across_report(cfg: StudyConfig, out: Path, summary: dict, command: str
     lines += _verdicts_by_seed(cfg, summary)
     lines += _best_rope_by_seed(cfg, summary)
     lines += _updates_pooled(cfg, summary.get("memory_updates_pooled", {}))
+    lines += _key_kinds(cfg, summary.get("key_kinds_pooled", {}), pooled=True)
     lines += _gates_by_seed(summary)
     lines += _layers_off_by_seed(summary)
     lines += ["## Fine-tuning LR chosen per seed", ""]
@@ -477,6 +484,33 @@ def _updates_pooled(cfg: StudyConfig, pooled: dict) -> list[str]:
             [[name] + [_pct(row[b]) if b in row else "–" for b in labels] for name, row in by_bucket.items()],
         )
         lines += [""] + _updates_by_length({label: g["by_length_and_memory_updates"] for label, g in rows.items()})
+    return lines
+
+
+def _key_kinds(cfg: StudyConfig, by_row: dict[str, dict[str, list[dict]]], pooled: bool) -> list[str]:
+    """Exact match of every row by length and kind of key (`scoring.KEY_KINDS`), on each haystack."""
+    lines = []
+    for haystack in cfg.eval_haystacks:
+        rows = {label: grids[haystack] for label, grids in by_row.items() if grids.get(haystack)}
+        if not rows:
+            continue
+        lengths = sorted({r["length"] for g in rows.values() for r in g})
+        samples = "over every seed's samples " if pooled else ""
+        lines += [f"## Accuracy by kind of key{', seeds pooled' if pooled else ''}: {HAYSTACK_LABELS[haystack]}", ""]
+        lines += [
+            "Keys of the second kind have a digit followed by two different digits (90080: 0 by 0 and by 8), so the "
+            f"digit just written does not say which comes next: the order must come from position. Exact match "
+            f"{samples}[95%, at the level of the key], the number of keys of each kind in parentheses.",
+            "",
+        ]
+        body = []
+        for label, grid in rows.items():
+            cells = {(r["length"], r["key_kind"]): r["exact"] for r in grid}
+            for kind in KEY_KINDS:
+                found = [cells.get((n, kind)) for n in lengths]
+                keys = max((c["clusters"] for c in found if c), default=0)
+                body.append([label, f"{kind} ({keys})"] + [_pct(c) if c else "–" for c in found])
+        lines += table(["row", "keys"] + [f"{n:,}" for n in lengths], body) + [""]
     return lines
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from infini_llama.eval.diagnostics import bucket_order, saturated_gates
 from infini_llama.eval.records import SAMPLES
 from infini_llama.eval.rope_scaling import rope_scaling_label
-from infini_llama.eval.scoring import clustered_proportion, paired_difference
+from infini_llama.eval.scoring import KEY_KINDS, clustered_proportion, key_kind, key_totals, paired_difference
 from infini_llama.study.arms import Arm, counterparts
 from infini_llama.study.config import StudyConfig
 from infini_llama.study.stages import (
@@ -105,6 +105,7 @@ def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
                             {"length": r["length"], "depth": r["depth"], "exact": _rate(r["exact"])}
                             for r in results["cells"]
                         ],
+                        "by_length_and_key_kind": by_key_kind(root / "eval" / f"{task}-{haystack}"),
                     }
             entry["passkey"][task] = {"label": passkey_label(arm, task, cfg), "haystacks": grids}
         for task in ("perplexity", "gates"):
@@ -256,13 +257,33 @@ def best_rope(compared: list[dict]) -> list[dict]:
     return [min(group, key=lambda c: c["difference"]) for group in groups.values() if len(group) > 1]
 
 
+def _samples(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / SAMPLES).read_text().splitlines() if line.strip()]
+
+
+def by_key_kind(folder: Path) -> list[dict]:
+    """Exact accuracy of a complete passkey grid by length and kind of key (`scoring.KEY_KINDS`), its interval at
+    the level of the key; `key_totals` keeps each key's [hits, samples] for pooling over seeds."""
+    groups: dict[tuple[int, str], list[dict]] = {}
+    for r in _samples(folder):
+        groups.setdefault((r["length"], key_kind(r["key"])), []).append(r)
+    return [
+        {"length": length, "key_kind": kind, "exact": {**clustered_proportion(totals), "key_totals": totals}}
+        for length, kind in sorted(groups, key=lambda k: (k[0], KEY_KINDS.index(k[1])))
+        if (
+            totals := key_totals(
+                [r["exact"] for r in groups[length, kind]], [r["sample"] for r in groups[length, kind]]
+            )
+        )
+    ]
+
+
 def grid_samples(folder: Path) -> dict | None:
     """{(length, depth, sample): exact} of a complete passkey grid, or None."""
     summary = _summary(folder)
     if summary is None or summary.get("status") != "complete":
         return None
-    rows = (json.loads(line) for line in (folder / SAMPLES).read_text().splitlines() if line.strip())
-    return {(r["length"], r["depth"], r["sample"]): bool(r["exact"]) for r in rows}
+    return {(r["length"], r["depth"], r["sample"]): bool(r["exact"]) for r in _samples(folder)}
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -342,6 +363,7 @@ def across_seeds(cfg: StudyConfig, per_seed: dict[int, dict]) -> dict:
         "study": _plain(cfg),
         "seeds": list(cfg.seeds),
         "memory_updates_pooled": memory_updates_pooled(per_seed),
+        "key_kinds_pooled": key_kinds_pooled(per_seed),
         "environments": _distinct(env for results in per_seed.values() for env in results["environments"]),
         "rows": rows,
         "leads": {seed: results["leads"] for seed, results in per_seed.items()},
@@ -403,6 +425,28 @@ def memory_updates_pooled(per_seed: dict[int, dict]) -> dict:
                 ],
             }
     return pooled
+
+
+def key_kinds_pooled(per_seed: dict[int, dict]) -> dict:
+    """For every passkey row on every haystack: exact accuracy by (length, kind of key), every seed's samples pooled
+    into one proportion, its interval at the level of the key (each seed's keys are clusters of their own)."""
+    pooled: dict[str, dict] = {}
+    for results in per_seed.values():
+        for label, _, _, grids in passkey_rows(results["arms"]):
+            for haystack, grid in grids.items():
+                counts = pooled.setdefault(label, {}).setdefault(haystack, {})
+                for r in grid.get("by_length_and_key_kind", []):
+                    _add(counts, (r["length"], r["key_kind"]), r["exact"])
+    return {
+        label: {
+            haystack: [
+                {"length": n, "key_kind": kind, "exact": clustered_proportion(counts[n, kind])}
+                for n, kind in sorted(counts, key=lambda k: (k[0], KEY_KINDS.index(k[1])))
+            ]
+            for haystack, counts in by_haystack.items()
+        }
+        for label, by_haystack in pooled.items()
+    }
 
 
 def _add(counts: dict, key, exact: dict) -> None:

@@ -73,6 +73,16 @@ def test_key_level_intervals_count_keys_not_samples():
     assert (cell["ci_low"], cell["ci_high"]) == pytest.approx(wilson_interval(12, 16))
 
 
+def test_key_kind_tells_whether_a_digit_has_two_successors():
+    from infini_llama.eval.scoring import KEY_KINDS, key_kind
+
+    one, two = KEY_KINDS
+    for key in ("12345", "44444", "12121", "90817", "0"):
+        assert key_kind(key) == one, key
+    for key in ("90080", "44494", "93370", "12132"):
+        assert key_kind(key) == two, key
+
+
 def test_paired_difference_resamples_keys():
     from infini_llama.eval.scoring import paired_difference
 

@@ -181,6 +181,19 @@ def test_several_seeds_run_whole_studies_and_report_their_spread(micro, tmp_path
         )
     assert "full" not in summary["memory_updates_pooled"], "no memory, no update count"
     assert "## Accuracy by memory updates, seeds pooled: held-out text" in text and "| updates \\ length |" in text
+    # Accuracy by kind of key, pooled likewise, for every row: each seed's samples counted once, every key in it.
+    from infini_llama.eval.scoring import key_kind
+
+    samples = [json.loads(line) for s in (0, 1)
+               for line in (out / f"seed-{s}" / "full" / "eval" / "passkey-book" / "samples.jsonl").open()]  # fmt: skip
+    kinds = summary["key_kinds_pooled"]["full"]["book"]
+    for r in kinds:
+        group = [x for x in samples if x["length"] == r["length"] and key_kind(x["key"]) == r["key_kind"]]
+        assert (r["exact"]["n"], r["exact"]["successes"]) == (len(group), sum(x["exact"] for x in group))
+        assert r["exact"]["clusters"] == len({(x["seed"], x["sample"]) for x in group})
+    assert sum(r["exact"]["n"] for r in kinds) == len(samples)
+    assert "## Accuracy by kind of key, seeds pooled: held-out text" in text
+    assert "## Accuracy by kind of key: held-out text" in (out / "seed-0" / "REPORT.md").read_text()
     assert run_study(cfg, out, device="cpu", progress=False, jobs=1) == report, "a finished study resumes instantly"
     with pytest.raises(StudyError, match="different config"):
         run_study(micro(seeds=(0, 1, 2)), out, device="cpu", progress=False)
