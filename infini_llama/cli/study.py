@@ -17,7 +17,8 @@ it once per seed in OUT/seed-<s>/, and a report across seeds. Run the same comma
 was stopped. Every --set / --config value is checked before anything is written."""
 EPILOG = f"""presets (the model each trains; `train --preset tiny` is another, larger model):
 {preset_lines(STUDY_PRESET_MODELS)}
-  tiny runs on 2 CPU cores in about 9 minutes per seed; mini wants one GPU, paper-short two, paper-300m hours of GPUs.
+  tiny runs on 2 CPU cores in about 9 minutes per seed; mini wants one GPU (18 minutes for 3 seeds on an H200),
+  paper-h200 one H200, paper-short two, paper-300m hours of GPUs.
 
 examples:
   infini-llama study --preset tiny --out runs/study                      # run again to continue a stopped study
@@ -99,8 +100,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--arms", type=parse_names, default=None, metavar="ARM1,ARM2,...",
-        help="run only these arms (of every seed), e.g. --arms infini on one machine and --arms full on another; "
-        "the report is written once every arm has finished (see --report-only)",
+        help="run only these arms (of every seed), e.g. --arms infini on one machine and --arms full on another "
+        "(names or shell patterns: --arms 'infini*' takes every Infini arm of a sweep); the report is written once "
+        "every arm has finished (see --report-only)",
     )  # fmt: skip
     parser.add_argument(
         "--report-only", action="store_true",

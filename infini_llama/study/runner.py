@@ -16,6 +16,7 @@ cell), so a study killed anywhere continues where it stopped when run again with
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import io
 import json
 import multiprocessing
@@ -180,14 +181,15 @@ def _run_parallel(pool: ProcessPoolExecutor, tasks: list, jobs: int, device: str
 
 
 def _chosen_tasks(tasks: list, names: Sequence[str] | None) -> list:
-    """The tasks of the arms named (all of them for None); an unknown name is refused with the study's names."""
+    """The tasks of the arms named, each name an arm's or a shell-style pattern (`infini*`: every Infini arm of a
+    sweep); all of them for None. A name that matches no arm is refused with the study's names."""
     if names is None:
         return tasks
     known = list(dict.fromkeys(arm.name for _, arm, _ in tasks))
-    unknown = [name for name in names if name not in known]
+    unknown = [name for name in names if not any(fnmatch.fnmatchcase(arm, name) for arm in known)]
     if unknown or not names:
         raise StudyError(f"--arms: unknown arm(s) {unknown or list(names)}; this study's arms are {', '.join(known)}")
-    return [task for task in tasks if task[1].name in names]
+    return [task for task in tasks if any(fnmatch.fnmatchcase(task[1].name, name) for name in names)]
 
 
 def _unfinished(tasks: list, device: str) -> list[str]:

@@ -261,6 +261,23 @@ def test_arms_run_on_two_machines_are_reported_together_without_their_weights(mi
         run_study(cfg, tmp_path / "empty", device="cpu", progress=False, report_only=True)
 
 
+def test_arms_are_chosen_by_name_or_pattern():
+    from types import SimpleNamespace
+
+    names = [
+        "infini-finetune.lr=0.0001",
+        "infini-finetune.lr=0.0003",
+        "full-finetune.lr=0.0001",
+        "full-finetune.lr=0.0003",
+    ]
+    tasks = [(None, SimpleNamespace(name=name), None) for name in names]
+    chosen = lambda arms: [t[1].name for t in study_runner._chosen_tasks(tasks, arms)]  # noqa: E731
+    assert chosen(["infini*"]) == names[:2] and chosen(["full-finetune.lr=0.0003"]) == names[3:]
+    assert chosen(["*lr=0.0001", "full*"]) == [names[0], names[2], names[3]] and chosen(None) == names
+    with pytest.raises(StudyError, match=r"unknown arm\(s\) \['local\*'\]; this study's arms are infini-finetune"):
+        chosen(["infini*", "local*"])
+
+
 def test_folder_of_another_study_is_refused(micro, tmp_path):
     out = tmp_path / "study"
     out.mkdir()
