@@ -6,7 +6,7 @@ Each is defined where it is used (noted beside it); `tests/test_cli.py` checks t
 from __future__ import annotations
 
 TRAIN_PRESETS = ("mini", "paper-300m", "tiny")  # train.config.RECIPES (the model presets of models.presets)
-STUDY_PRESETS = ("mini", "paper-300m", "paper-short", "tiny")  # study.config.STUDY_PRESETS
+STUDY_PRESETS = ("mini", "paper-300m", "paper-h200", "paper-short", "tiny")  # study.config.STUDY_PRESETS
 ATTENTIONS = ("infini", "full", "local")  # models.config.ATTENTIONS
 PRECISIONS = ("auto", "bf16", "fp32")  # train.config.PRECISIONS
 DTYPES = ("bfloat16", "float16", "float32", "float64")  # eval.checkpoint.DTYPES
@@ -32,6 +32,7 @@ STUDY_PRESET_MODELS = {
     "mini": "8 layers, width 512, vocabulary 8,192, segment 64",
     "paper-300m": "12 layers, width 1,024, vocabulary 49,152, segment 1,024",
     "paper-short": "12 layers, width 1,024, vocabulary 49,152, segment 1,024",
+    "paper-h200": "12 layers, width 1,024, vocabulary 49,152, segment 1,024",
 }
 
 

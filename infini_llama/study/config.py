@@ -234,6 +234,26 @@ STUDY_PRESETS["paper-short"] = {
     "perplexity_windows": 4,
 }  # fmt: skip
 
+# The 300M study on one H200, both arms side by side in one lease (about 30 minutes held): its 302M model and segment
+# 1,024, pretraining as `paper-short` (300 steps of 4 x 8,192), then passkey fine-tuning at 4,096 tokens for 1,000
+# steps of 16 (65.5M tokens per arm, half the study's 131M) with the recipe that freed the `mini` Infini arm: a
+# curriculum over needle distance (the first 300 steps), the loss on the answer, the gates started open (beta = 2) with
+# a gate LR of 0.1; one LR for both arms, no grid; evaluation from 1,024 to 16,384 tokens with the baseline's dynamic
+# NTK and YaRN-by-length rows, and no one-layer memory-off grids. Planned from measured rates (about 250K tokens/s of
+# the 302M model on one H200; `paper-short`'s grids): about 5 minutes of pretraining, 9 of fine-tuning and 6 of
+# evaluation for the two arms. Its LR, gate and curriculum settings are the starting point of a screen on
+# validation grids (docs/gpus.md), not yet run.
+STUDY_PRESETS["paper-h200"] = {
+    **STUDY_PRESETS["paper-short"],
+    "model": dict(gate_init=2.0),
+    "finetune": {**STUDY_PRESETS["paper-300m"]["finetune"], "global_batch": 16, "steps": 1000, "lr": 1.5e-4,
+                 "min_lr": 1.5e-5, "warmup_steps": 50, "gate_lr": 0.1, "eval_every": 250, "save_every": 250},
+    "finetune_lr_grid": (),
+    "passkey": dict(key_digits=4, loss="answer", depths=FINE_DEPTHS, curriculum_steps=300),
+    "eval_rope_scaling": [dict(rope_type="dynamic", factor=1.0), dict(rope_type="yarn", per_length=True)],
+    "layer_off_multiple": None,
+}  # fmt: skip
+
 
 def study_config(preset: str, *, sweeps: dict[str, list[Any]] | None = None, **overrides: Any) -> StudyConfig:
     """The study preset `preset` with fields replaced by `overrides` (dict fields are merged)."""

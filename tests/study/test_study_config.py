@@ -349,7 +349,9 @@ def test_a_study_started_before_a_field_existed_continues(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "preset,pretrain,finetune", [("mini", 16, 16), ("paper-300m", 4, 64), ("paper-short", 4, 64)], ids=str
+    "preset,pretrain,finetune",
+    [("mini", 16, 16), ("paper-300m", 4, 64), ("paper-short", 4, 64), ("paper-h200", 4, 16)],
+    ids=str,
 )
 def test_gpu_presets_keep_their_global_batch_in_as_many_passes_as_memory_needs(preset, pretrain, finetune):
     cfg = study_config(preset)
@@ -374,6 +376,11 @@ def test_a_study_preset_can_build_on_a_model_preset_of_another_name():
     # Its first run taught neither arm with the study's loss on every token over 100 steps; the answer carries it.
     assert cfg.passkey["loss"] == "answer" and study_config("paper-300m").passkey["loss"] == "all"
     assert study_config("mini").model_preset == "mini"
+    one = study_config("paper-h200")  # one H200: half the study's fine-tuning tokens, one LR, the mini recipe's gates
+    assert one.model_preset == "paper-300m" and not one.finetune_lr_grid and one.layer_off_multiple is None
+    fin = study_stages.train_recipe(one, expand_arms(one)[0], "finetune")
+    assert fin.steps * fin.global_batch * fin.seq_len == 1000 * 16 * 4096 and fin.gate_lr == 0.1
+    assert study_stages.eval_lengths(one, expand_arms(one)[0]) == [1024, 2048, 4096, 8192, 16384]
     with pytest.raises(ValueError, match="unknown model preset 'nano'"):
         study_config("tiny", base="nano")
 
