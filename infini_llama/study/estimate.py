@@ -248,6 +248,21 @@ def arm_estimate(cfg: StudyConfig, arm: Arm, root: Path, rates: ArmRates, device
     return Task(arm.name, root, [costs.get(name, Stage(name, 0.0)) for name in names])
 
 
+# Arms that share one GPU interleave their kernels rather than run side by side. On one H200, `mini` arms two at a
+# time finished 1.35x sooner than one after another, four at a time 2.0x, nine arms five at a time 1.55x
+# (reports/mini-recipe/, reports/mini/). Counting every job at the speed of one arm alone, the estimate had said 468,
+# 823 and 1,073 s would take 413, 542 and 504 s; counting two per GPU, 428, 854 and 921 s. The estimate before the
+# start counts at most this many arms per GPU at the speed of one alone; once stages have run, the study's ETA scales
+# its arms by their measured times instead, which hold the sharing.
+ARMS_PER_GPU = 2
+
+
+def lanes(jobs: int, gpus: int) -> int:
+    """How many of `jobs` arms at once the estimate counts at full speed: all of them on CPU (`gpus` 0), at most
+    ARMS_PER_GPU per GPU."""
+    return jobs if gpus <= 0 else max(1, min(jobs, gpus * ARMS_PER_GPU))
+
+
 def lanes_seconds(task_seconds: list[float], jobs: int, busy: list[float] | None = None) -> float:
     """When the last of `jobs` workers finishes: tasks start in order, each on the first worker free; `busy` holds
     the time the workers still need for the tasks they run now."""
@@ -272,9 +287,10 @@ def _stage_group(name: str) -> str:
 
 
 def estimate_study(tasks: list[tuple[StudyConfig, Arm, Path]], jobs: int, device: str,
-                   threads: int) -> tuple[list[Task], dict]:  # fmt: skip
+                   threads: int, gpus: int = 0) -> tuple[list[Task], dict]:  # fmt: skip
     """Probe every distinct arm model (`threads` CPU threads each, as the workers will have) and estimate every
-    task; returns the tasks' estimates and a record of the estimate (host, probe rates, seconds)."""
+    task, `jobs` at once over `gpus` GPUs (0: on CPU); returns the tasks' estimates and a record of the estimate
+    (host, probe rates, seconds)."""
     on = probe_device(device)
     began = time.perf_counter()
     rates: dict[str, ArmRates] = {}
@@ -292,11 +308,11 @@ def estimate_study(tasks: list[tuple[StudyConfig, Arm, Path]], jobs: int, device
         task.label = f"{out.name}/{arm.name}" if out.name == f"seed-{seed_cfg.seed}" else arm.name
         estimates.append(task)
     seeds = len({out for _, _, out in tasks})
-    total = lanes_seconds([t.seconds for t in estimates], jobs) + seeds * REPORT_SECONDS
+    total = lanes_seconds([t.seconds for t in estimates], lanes(jobs, gpus)) + seeds * REPORT_SECONDS
     record = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": describe_cpu() if on.type == "cpu" else {**describe_cpu(), "gpu": torch.cuda.get_device_name(on)},
-        "device": str(on), "jobs": jobs, "threads_per_arm": threads,
+        "device": str(on), "jobs": jobs, "gpus": gpus, "lanes": lanes(jobs, gpus), "threads_per_arm": threads,
         "probe_seconds": round(time.perf_counter() - began, 2),
         "estimated_seconds": round(total, 1),
         "rates": {name: {"step_seconds": r.step_seconds, "passkey_batch_seconds": dict(r.eval_points)}
@@ -459,9 +475,11 @@ def study_eta(tasks: list[Task] | None, jobs: int, every_s: float | None = None)
         thread.join(timeout=5)
 
 
-def announce_estimate(tasks: list[tuple[StudyConfig, Arm, Path]], out: Path, jobs: int, device: str) -> list[Task]:
+def announce_estimate(tasks: list[tuple[StudyConfig, Arm, Path]], out: Path, jobs: int, device: str,
+                      gpus: int = 0) -> list[Task]:  # fmt: skip
     """Probe this host, print the study's estimated duration (the time left, for a study continued) and write it
-    to `out`/estimate.json; returns the tasks' estimates for `study_eta`, or [] when every stage is done already."""
+    to `out`/estimate.json, `jobs` arms at once over `gpus` GPUs (0: on CPU); returns the tasks' estimates for
+    `study_eta`, or [] when every stage is done already."""
     unfinished = [
         (seed_cfg, arm, seed_out) for seed_cfg, arm, seed_out in tasks
         if not all((seed_out / arm.name / f"{name}.done").is_file()
@@ -471,7 +489,7 @@ def announce_estimate(tasks: list[tuple[StudyConfig, Arm, Path]], out: Path, job
         return []
     threads = max(1, torch.get_num_threads() // jobs) if jobs > 1 else torch.get_num_threads()
     try:
-        estimates, record = estimate_study(tasks, jobs, device, threads)
+        estimates, record = estimate_study(tasks, jobs, device, threads, gpus)
     except Exception as exc:  # e.g. out of memory without the run's activation checkpointing: the study runs on
         print(f"[study] no estimate of the study's duration: the probe failed ({type(exc).__name__}: {exc})")
         return []

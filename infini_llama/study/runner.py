@@ -102,7 +102,8 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
         raise StudyError(f"jobs must be at least 1, got {jobs}")
     # At most as many as can run at once: one per arm, or per LR of a grid's fine-tunings.
     jobs = min(jobs, sum(max(map(len, stage_phases(*task, device))) for task in tasks))
-    estimates = announce_estimate(tasks, out, jobs, device) if estimate else []
+    gpus = (len(visible_gpus()) if device in ("auto", "cuda") else 1) if uses_gpu(device) else 0
+    estimates = announce_estimate(tasks, out, jobs, device, gpus) if estimate else []
     started = time.time()
     with study_eta(estimates, jobs):  # the whole study's time left, every half minute
         if jobs == 1:

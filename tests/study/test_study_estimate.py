@@ -10,7 +10,7 @@ import torch
 from infini_llama.host import cpu_summary
 from infini_llama.study import estimate, run_study, study_config
 from infini_llama.study.arms import expand_arms
-from infini_llama.study.estimate import Stage, StudyClock, Task, estimate_study, lanes_seconds, study_eta
+from infini_llama.study.estimate import Stage, StudyClock, Task, estimate_study, lanes, lanes_seconds, study_eta
 from infini_llama.study.stages import arm_stages
 
 MODEL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
@@ -91,6 +91,8 @@ def test_arms_fill_the_first_free_worker_in_order():
     assert lanes_seconds([3, 1, 2], jobs=1) == 6
     assert lanes_seconds([2], jobs=2, busy=[5, 1]) == 5  # the waiting arm starts when the second worker is free
     assert lanes_seconds([], jobs=4) == 0
+    # Arms sharing a GPU interleave: the estimate counts two per GPU at full speed, every job on CPU.
+    assert (lanes(5, gpus=0), lanes(5, gpus=1), lanes(5, gpus=2), lanes(3, gpus=4), lanes(1, gpus=1)) == (5, 2, 4, 3, 1)
 
 
 def _task(root, names=("pretrain", "finetune", "passkey")) -> Task:
