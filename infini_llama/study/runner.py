@@ -21,7 +21,9 @@ import io
 import json
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -102,8 +104,8 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
         raise StudyError(f"jobs must be at least 1, got {jobs}")
     # At most as many as can run at once: one per arm, or per LR of a grid's fine-tunings.
     jobs = min(jobs, sum(max(map(len, stage_phases(*task, device))) for task in tasks))
-    gpus = (len(visible_gpus()) if device in ("auto", "cuda") else 1) if uses_gpu(device) else 0
-    estimates = announce_estimate(tasks, out, jobs, device, gpus) if estimate else []
+    gpu_count = (len(visible_gpus()) if device in ("auto", "cuda") else 1) if uses_gpu(device) else 0
+    estimates = announce_estimate(tasks, out, jobs, device, gpu_count) if estimate else []
     started = time.time()
     with study_eta(estimates, jobs):  # the whole study's time left, every half minute
         if jobs == 1:
@@ -116,7 +118,9 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
             print(f"[study] {len(tasks)} arms, {jobs} at a time{where}, {threads} CPU thread(s) each", flush=True)
             context = multiprocessing.get_context("spawn")
             counter = context.Value("i", 0)
-            pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_pin_gpu, initargs=(counter, gpus))
+            pool = ProcessPoolExecutor(
+                jobs, mp_context=context, initializer=_init_worker, initargs=(counter, gpus, os.getpid())
+            )
             with pool:
                 _run_parallel(pool, tasks, jobs, device, threads)
     unfinished = _unfinished(every_task, device)
@@ -249,6 +253,30 @@ def default_jobs(arms: int, device: str) -> int:
         return max(1, min(arms, len(visible_gpus()) if device in ("auto", "cuda") else 1))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(arms, cores))
+
+
+def _init_worker(counter, gpus: list[str], parent: int) -> None:
+    """Pool initializer: this worker's GPU (`_pin_gpu`), and its end with the study's process (`_stop_with_parent`)."""
+    _pin_gpu(counter, gpus)
+    _stop_with_parent(parent)
+
+
+def _stop_with_parent(parent: int, every_s: float = 1.0, grace_s: float = 120.0) -> threading.Thread:
+    """Stop this worker when the process `parent` is gone (killed, or ended by SIGTERM, which only it receives):
+    SIGTERM to itself, so that a training stage finishes its step and writes a checkpoint (the study resumes from
+    it), then, should it still run after `grace_s`, an exit. Without it a worker would train its stage to the end
+    for nobody."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def _pin_gpu(counter, gpus: list[str]) -> None:

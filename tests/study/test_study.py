@@ -10,6 +10,7 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -259,6 +260,40 @@ def test_arms_run_on_two_machines_are_reported_together_without_their_weights(mi
         run_study(cfg, here, device="cpu", progress=False, report_only=True, arms=["full"])
     with pytest.raises(StudyError, match="holds no study"):
         run_study(cfg, tmp_path / "empty", device="cpu", progress=False, report_only=True)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_a_worker_stops_when_the_study_process_is_gone(tmp_path):
+    # The study's process starts a worker and dies (as under `kill`, which reaches it alone): the worker stops too,
+    # by the SIGTERM that makes a training stage checkpoint and return, instead of training on for nobody.
+    import subprocess
+    import sys
+
+    worker = (
+        "import os, sys, time; from infini_llama.study.runner import _stop_with_parent; "
+        "_stop_with_parent(int(sys.argv[2]), every_s=0.05); open(sys.argv[1], 'w').write(str(os.getpid())); "
+        "time.sleep(60); open(sys.argv[1] + '.late', 'w')"
+    )
+    study = (  # starts the worker, waits until it watches, and ends
+        f"import os, subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {worker!r}, sys.argv[1], "
+        "str(os.getpid())])\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.05)"
+    )
+    pid_file = tmp_path / "worker.pid"
+    subprocess.run([sys.executable, "-c", study, str(pid_file)], check=True, timeout=120)
+    time.sleep(0.5)  # the pid written whole
+    pid = int(pid_file.read_text())
+
+    def alive() -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+
+    deadline = time.time() + 30
+    while alive():
+        assert time.time() < deadline, "the worker outlived the study's process"
+        time.sleep(0.05)
+    assert not Path(f"{pid_file}.late").exists()
 
 
 def test_arms_are_chosen_by_name_or_pattern():
