@@ -104,7 +104,8 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
         raise StudyError(f"jobs must be at least 1, got {jobs}")
     # At most as many as can run at once: one per arm, or per LR of a grid's fine-tunings.
     jobs = min(jobs, sum(max(map(len, stage_phases(*task, device))) for task in tasks))
-    gpu_count = (len(visible_gpus()) if device in ("auto", "cuda") else 1) if uses_gpu(device) else 0
+    gpus = visible_gpus() if device in ("auto", "cuda") and uses_gpu(device) else []  # not for "cuda:1"
+    gpu_count = len(gpus) or int(uses_gpu(device))
     estimates = announce_estimate(tasks, out, jobs, device, gpu_count) if estimate else []
     started = time.time()
     with study_eta(estimates, jobs):  # the whole study's time left, every half minute
@@ -113,7 +114,6 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
                 _run_arm(seed_cfg, arm, seed_out, device, progress)
         else:
             threads = max(1, torch.get_num_threads() // jobs)
-            gpus = visible_gpus() if device in ("auto", "cuda") and uses_gpu(device) else []  # not for "cuda:1"
             where = f" over {len(gpus)} GPUs" if len(gpus) > 1 else ""
             print(f"[study] {len(tasks)} arms, {jobs} at a time{where}, {threads} CPU thread(s) each", flush=True)
             context = multiprocessing.get_context("spawn")
