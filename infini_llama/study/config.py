@@ -183,6 +183,8 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
     # length to 94-100% in every seed. Both arms fine-tune at 5e-4, the LR both chose in seeds 1 and 2 from grids of
     # 1.25e-4 / 2.5e-4 / 5e-4 (the Infini arm scored 39-41% at 1.25e-4, 88-98% at 2.5e-4, 94-100% at 5e-4 and
     # 97% at 1e-3 on the selection prompts; the baseline 100% at every LR), so one fine-tuning per arm, not three.
+    # The logistic sigmoid in place of the hard one (started at beta = 2 or 0) kept every gate off 0 and 1 but did
+    # not close the Infini arm's gap on keys in which a digit has two successors (reports/mini-sigmoid/).
     "mini": dict(
         model=dict(segment_len=64, gate_init=2.0),
         pretrain=dict(seq_len=1024, global_batch=16, batch_size=None, steps=1000, eval_every=250, save_every=500),

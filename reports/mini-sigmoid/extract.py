@@ -1,0 +1,68 @@
+"""The gate screen's numbers, per seed and arm, from a study folder brought back without weights.
+
+Per (seed, arm): exact accuracy by length on the validation grids (memory on and off), by length and kind of key,
+the gates at the start and end of fine-tuning (and how many sit exactly at 0 or 1, where the hard sigmoid has no
+gradient), the fine-tuning answer loss per 100 steps, and the stage times. Usage: python extract.py STUDY > results.json
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from infini_llama.study.results import by_key_kind
+
+
+def rounded(value):
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def grid(folder: Path) -> dict:
+    results = json.loads((folder / "summary.json").read_text())["results"]
+    return {
+        "by_length": [{"length": r["length"], "exact": rounded(r["exact"]["rate"])} for r in results["by_length"]],
+        "by_length_and_key_kind": [
+            {"length": r["length"], "key_kind": r["key_kind"],
+             **{k: rounded(v) for k, v in r["exact"].items() if k != "key_totals"}}
+            for r in by_key_kind(folder)
+        ],
+    }  # fmt: skip
+
+
+def at_bounds(gates: list[list[float]]) -> int:
+    return sum(g in (0.0, 1.0) for layer in gates for g in layer)
+
+
+def arm_entry(arm: Path) -> dict:
+    (finetune,) = sorted(p for p in arm.glob("finetune-lr=*") if p.is_dir())
+    records = [json.loads(line) for line in (finetune / "metrics.jsonl").read_text().splitlines() if line]
+    vals = [r for r in records if r["kind"] == "val"]
+    train = {r["step"]: r["loss"] for r in records if r["kind"] == "train"}  # a resumed run repeats steps
+    per_100 = []
+    for end in range(100, max(train, default=0) + 1, 100):
+        losses = [loss for step, loss in train.items() if end - 100 < step <= end]
+        per_100.append({"steps": f"{end - 99}-{end}", "answer_loss": rounded(sum(losses) / len(losses))})
+    gates_end = json.loads((arm / "eval" / "gates" / "summary.json").read_text())["results"]["gates"]
+    gates_start = vals[0]["gates"]
+    pretrain = json.loads((arm / "pretrain.done").read_text())
+    done = json.loads((arm / f"{finetune.name}.done").read_text())
+    return {
+        "grids": {name: grid(arm / "eval" / f"passkey-{name}") for name in ("repeat", "memory-off-repeat")},
+        "gates_after_pretraining": [[round(g, 3) for g in layer] for layer in gates_start],
+        "gates_after_finetuning": [[round(g, 3) for g in layer] for layer in gates_end],
+        "gates_at_0_or_1": {"after_pretraining": at_bounds(gates_start), "after_finetuning": at_bounds(gates_end),
+                            "of": sum(len(layer) for layer in gates_end)},
+        "finetune_val_loss": [{"step": r["step"], "loss": rounded(r["loss"])} for r in vals],
+        "finetune_answer_loss_per_100_steps": per_100,
+        "seconds": {"pretrain": round(pretrain["seconds"]), "finetune": round(done["seconds"])},
+        "pretrain_val_loss": rounded(pretrain.get("val_loss")),
+    }  # fmt: skip
+
+
+study = Path(sys.argv[1])
+out = {}
+for seed_dir in sorted(study.glob("seed-*")):
+    out[seed_dir.name] = {
+        arm.name: arm_entry(arm) for arm in sorted(seed_dir.iterdir()) if (arm / "gates.done").exists()
+    }
+json.dump(out, sys.stdout, indent=1)
+print()
