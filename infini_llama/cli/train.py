@@ -51,6 +51,7 @@ VALUE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--dataset", "dataset", str, "HF dataset name or local dataset folder (instead of --data)"),
     ("--dataset-config", "dataset_config", str, "HF dataset configuration name"),
     ("--text-field", "text_field", str, "JSONL field / dataset column holding the text"),
+    ("--repeat-fraction", "repeat_fraction", float, "share of training windows whose second half repeats the first"),
     ("--tokenizer", "tokenizer", str, "tokenizer folder or HF name (default: built-in BPE)"),
     ("--cache-dir", "cache_dir", str, "cache of tokenizers and tokenized data"),
     ("--init-from", "init_from", str, "start from the weights of this HF model folder"),

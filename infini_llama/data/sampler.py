@@ -91,15 +91,19 @@ class WindowSampler:
 
         Each window is ``tokens[o : o + seq_len + 1]``.
         """
-        if step < 0 or batch_size < 1:
-            raise ValueError(f"need step >= 0 and batch_size >= 1, got step={step}, batch_size={batch_size}")
-        g = (step * self.world_size + self.rank) * batch_size + np.arange(batch_size, dtype=np.int64)
+        g = self.sample_ids(step, batch_size)
         out = np.empty(batch_size, dtype=np.int64)
         for epoch in np.unique(g // self.num_windows):
             sel = g // self.num_windows == epoch
             perm, shift = self._epoch(int(epoch))
             out[sel] = shift + perm[g[sel] % self.num_windows] * self.seq_len
         return out
+
+    def sample_ids(self, step: int, batch_size: int) -> np.ndarray:
+        """The global sample numbers ``g`` (``int64``, shape ``(batch_size,)``) of this rank's windows at ``step``."""
+        if step < 0 or batch_size < 1:
+            raise ValueError(f"need step >= 0 and batch_size >= 1, got step={step}, batch_size={batch_size}")
+        return (step * self.world_size + self.rank) * batch_size + np.arange(batch_size, dtype=np.int64)
 
     def epoch_of(self, step: int, batch_size: int) -> float:
         """How many passes over the windows this rank's first sample at ``step`` is into."""

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from infini_llama.data import TokenData, WindowSampler, get_batch, validation_offsets
@@ -52,6 +53,11 @@ class TokenWindowSource:
     windows of one optimizer step are the same set however they are split over processes and accumulation
     steps (batch_size × grad_accum × world_size fixed). Validation: the first `eval_windows` consecutive
     windows of the validation split (a multiple of world_size of them, shared out over the processes).
+
+    `repeat_fraction` of the training windows (chosen by their global sample number, so the same whichever
+    the split) hold their first half twice: the second half is a copy of the first, which only a model that
+    looks back and copies predicts (the induction heads that retrieval needs form early on such text).
+    Validation windows are never repeated.
     """
 
     def __init__(
@@ -65,8 +71,12 @@ class TokenWindowSource:
         rank: int = 0,
         world_size: int = 1,
         eval_windows: int = 32,
+        repeat_fraction: float = 0.0,
     ) -> None:
+        if not 0.0 <= repeat_fraction <= 1.0:
+            raise ValueError(f"repeat_fraction must be in [0, 1], got {repeat_fraction!r}")
         self.data, self.seq_len, self.batch_size, self.grad_accum = data, seq_len, batch_size, grad_accum
+        self.repeat_fraction = float(repeat_fraction)
         self.sampler = WindowSampler(
             data.num_train_tokens,
             seq_len,
@@ -88,8 +98,13 @@ class TokenWindowSource:
         return split_source(self, batch_size, grad_accum)
 
     def batch(self, step: int, micro_step: int) -> Batch:
-        offsets = self.sampler.offsets(step * self.grad_accum + micro_step, self.batch_size)
+        block = step * self.grad_accum + micro_step
+        offsets = self.sampler.offsets(block, self.batch_size)
         input_ids, _ = get_batch(self.data.train, offsets, self.seq_len)
+        if self.repeat_fraction:
+            rows = torch.from_numpy(repeated(self.sampler.sample_ids(block, self.batch_size), self.repeat_fraction))
+            half = (self.seq_len + 1) // 2
+            input_ids[rows, half:] = input_ids[rows, : self.seq_len - half]
         return input_ids, input_ids.clone()
 
     def validation_batches(self) -> Iterator[Batch]:
@@ -108,12 +123,24 @@ class TokenWindowSource:
         """What fixes the batches of every step: the stream, the sampler and the sequences per step (not
         how they are split over processes and accumulation steps, which may change on resume)."""
         sampler = {k: v for k, v in self.sampler.state_dict().items() if k != "world_size"}
-        return {
+        state = {
             **sampler,
             "sequences_per_step": self.batch_size * self.grad_accum * self.world_size,
             "tokens": self.data.sources_fingerprint,
             "tokenizer": self.data.tokenizer_fingerprint,
         }
+        if self.repeat_fraction:  # absent when 0, as in checkpoints written before the option existed
+            state["repeat_fraction"] = self.repeat_fraction
+        return state
+
+
+GOLDEN = (5**0.5 - 1) / 2
+
+
+def repeated(sample_ids: np.ndarray, fraction: float) -> np.ndarray:
+    """Which samples are repeated windows: those whose {g · golden ratio} falls below `fraction`, an evenly
+    spread share of `fraction` of any run of consecutive global sample numbers g."""
+    return np.mod(sample_ids * GOLDEN, 1.0) < fraction
 
 
 def split_source(source, batch_size: int, grad_accum: int):

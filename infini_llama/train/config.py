@@ -51,6 +51,7 @@ class TrainConfig:
     dataset: str | None = None  # HF dataset name or local dataset folder
     dataset_config: str | None = None
     text_field: str = "text"
+    repeat_fraction: float = 0.0  # share of the training windows of text whose second half copies the first
     tokenizer: str | None = None  # None: the built-in BPE trained on the embedded corpus
     cache_dir: str | None = None  # tokenizer and token caches; None: $INFINI_LLAMA_CACHE or ~/.cache
     # batch geometry and length of the run
@@ -152,6 +153,12 @@ class TrainConfig:
         for name in ("weight_decay", "grad_clip"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if (
+            isinstance(self.repeat_fraction, bool)
+            or not isinstance(self.repeat_fraction, (int, float))
+            or not (0 <= self.repeat_fraction <= 1)
+        ):
+            raise ValueError(f"repeat_fraction must be a number in [0, 1], got {self.repeat_fraction!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.dist not in DIST_MODES:

@@ -115,7 +115,7 @@ def _plan(cfg, info, batches, tokenizer) -> RunPlan:
             )
         batches = TokenWindowSource(
             data, cfg.seq_len, cfg.batch_size, grad_accum, seed=cfg.seed, rank=info.rank,
-            world_size=info.world_size, eval_windows=cfg.eval_windows,
+            world_size=info.world_size, eval_windows=cfg.eval_windows, repeat_fraction=cfg.repeat_fraction,
         )  # fmt: skip
     if mode == "resume":
         check_resume(run_dir, checkpoint, cfg, model_config, batches, info.world_size)

@@ -3,6 +3,7 @@ and the default batch source's contract."""
 
 import json
 
+import pytest
 import torch
 
 from infini_llama.data import load_tokenizer, prepare_tokens
@@ -25,8 +26,10 @@ def test_default_corpus_and_builtin_tokenizer(micro_cfg, tmp_path):
 
 
 def test_model_vocabulary_follows_the_tokenizer_unless_fixed(micro_cfg):
-    result = train(micro_cfg(steps=1, eval_every=0))  # the 300-token test tokenizer, vocab_size not set
-    assert json.loads((result.run_dir / "run.json").read_text())["model"]["vocab_size"] == 300
+    result = train(micro_cfg(steps=1, eval_every=0, repeat_fraction=0.5))  # the 300-token test tokenizer
+    run = json.loads((result.run_dir / "run.json").read_text())
+    assert run["model"]["vocab_size"] == 300  # vocab_size not set
+    assert run["data"]["repeat_fraction"] == 0.5  # the trainer's windows are the ones the config asks for
 
 
 def test_window_source_is_a_pure_function_of_step_and_rank(micro_cfg):
@@ -54,3 +57,30 @@ def test_window_source_is_a_pure_function_of_step_and_rank(micro_cfg):
     ]
     assert [len(batches[0][0]) for batches in shares] == [1, 1]
     assert not torch.equal(shares[0][0][0], shares[1][0][0])
+
+
+def test_repeated_windows_copy_their_first_half_whichever_the_split(micro_cfg):
+    """`repeat_fraction`: that share of the training windows (by global sample number) hold their first half
+    twice; the rest, and every validation window, are the plain windows of the corpus."""
+    cfg = micro_cfg()
+    data = prepare_tokens(load_tokenizer(cfg.tokenizer), data=cfg.data, cache_dir=cfg.cache_dir)
+    plain = TokenWindowSource(data, seq_len=33, batch_size=8, grad_accum=1)
+    mixed = TokenWindowSource(data, seq_len=33, batch_size=8, grad_accum=1, repeat_fraction=0.25)
+    copies = 0
+    for step in range(50):
+        a, b = plain.batch(step, 0)[0], mixed.batch(step, 0)[0]
+        same = (a == b).all(dim=1)
+        copied = (b[:, 17:] == b[:, :16]).all(dim=1)  # half = 17 of 33: the last 16 tokens repeat the first 16
+        assert (same | copied).all() and torch.equal(a[:, :17], b[:, :17])
+        copies += int((~same).sum())
+    assert 0.2 < copies / 400 < 0.3
+    accum = torch.cat([TokenWindowSource(data, 33, 4, 2, repeat_fraction=0.25).batch(7, m)[0] for m in range(2)])
+    assert torch.equal(accum, mixed.batch(7, 0)[0])
+    pairs = zip(plain.validation_batches(), mixed.validation_batches(), strict=True)
+    assert all(torch.equal(x, y) for (x, _), (y, _) in pairs)
+    assert "repeat_fraction" not in plain.state_dict() and mixed.state_dict()["repeat_fraction"] == 0.25
+    with pytest.raises(ValueError, match="repeat_fraction"):
+        TokenWindowSource(data, 33, 8, 1, repeat_fraction=1.5)
+    for bad in (-0.1, 2, True):
+        with pytest.raises(ValueError, match="repeat_fraction"):
+            micro_cfg(repeat_fraction=bad).validate()
