@@ -1,8 +1,9 @@
 """The gate screen's numbers, per seed and arm, from a study folder brought back without weights.
 
 Per (seed, arm): exact accuracy by length on the validation grids (memory on and off), by length and kind of key,
-the gates at the start and end of fine-tuning (and how many sit exactly at 0 or 1, where the hard sigmoid has no
-gradient), the fine-tuning answer loss per 100 steps, and the stage times. Usage: python extract.py STUDY > results.json
+each key missed at 0.5x-2x (how often, and the commonest wrong answer), the gates at the start and end of
+fine-tuning (and how many sit exactly at 0 or 1, where the hard sigmoid has no gradient), the fine-tuning answer
+loss per 100 steps, and the stage times. Usage: python extract.py STUDY > results.json
 """
 
 import json
@@ -28,6 +29,23 @@ def grid(folder: Path) -> dict:
     }  # fmt: skip
 
 
+def missed_keys(folder: Path, longest: int) -> list[dict]:
+    """Each key missed at least once at lengths up to `longest`: its prompts there, how many were wrong, and the
+    commonest wrong answer."""
+    rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines() if line]
+    keys: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["length"] <= longest:
+            keys.setdefault(row["key"], []).append(row)
+    out = []
+    for key, prompts in keys.items():
+        wrong = [r["prediction"].strip() for r in prompts if not r["exact"]]
+        if wrong:
+            commonest = min(set(wrong), key=lambda answer: (-wrong.count(answer), answer))  # ties: the lowest
+            out.append({"key": key, "prompts": len(prompts), "wrong": len(wrong), "commonest_answer": commonest})
+    return sorted(out, key=lambda k: -k["wrong"])
+
+
 def at_bounds(gates: list[list[float]]) -> int:
     return sum(g in (0.0, 1.0) for layer in gates for g in layer)
 
@@ -47,6 +65,7 @@ def arm_entry(arm: Path) -> dict:
     done = json.loads((arm / f"{finetune.name}.done").read_text())
     return {
         "grids": {name: grid(arm / "eval" / f"passkey-{name}") for name in ("repeat", "memory-off-repeat")},
+        "keys_missed_to_2x": missed_keys(arm / "eval" / "passkey-repeat", 2 * TRAINING_LENGTH),
         "gates_after_pretraining": [[round(g, 3) for g in layer] for layer in gates_start],
         "gates_after_finetuning": [[round(g, 3) for g in layer] for layer in gates_end],
         "gates_at_0_or_1": {"after_pretraining": at_bounds(gates_start), "after_finetuning": at_bounds(gates_end),
@@ -58,6 +77,7 @@ def arm_entry(arm: Path) -> dict:
     }  # fmt: skip
 
 
+TRAINING_LENGTH = 1024
 study = Path(sys.argv[1])
 out = {}
 for seed_dir in sorted(study.glob("seed-*")):
