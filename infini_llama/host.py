@@ -24,6 +24,26 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def busy_warning(threads: int, load: float | None = None, cores: int | None = None) -> str | None:
+    """A warning when the CPU is already busy before a run that will use `threads` threads of it: the load average
+    over the last minute (`load`; None: read it, where the OS gives one) above half the usable cores. Another run's
+    threads then share the cores, and both slow down by more than their share (each PyTorch process takes every
+    core by default). None when the CPU is idle enough or the load is unknown."""
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return None
+    cores = usable_cores() if cores is None else cores
+    if load <= cores / 2:
+        return None
+    return (
+        f"this host is busy before the start (load {load:.1f} on {cores} cores) and this run will use {threads} CPU "
+        f"thread(s): both will run slower than alone, and the estimate will be off. Running two studies side by "
+        f"side? Give each a share of the cores (e.g. OMP_NUM_THREADS={max(1, cores // 2)})"
+    )
+
+
 def describe_cpu(cpuinfo: str = CPUINFO) -> dict[str, Any]:
     """The CPU as JSON data: model name, vendor, family / model / stepping (None where unknown), the cores this
     process may use and the machine's logical CPUs, and whether AVX2, AVX-512 (its foundation, avx512f) and AMX

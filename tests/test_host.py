@@ -1,10 +1,12 @@
 """The CPU description written into run.json, every evaluation's summary.json and the study's results: from
 /proc/cpuinfo where there is one, and never an error where there is not."""
 
+import os
+
 import torch
 
 from infini_llama.eval.records import environment as eval_environment
-from infini_llama.host import cpu_summary, describe_cpu
+from infini_llama.host import busy_warning, cpu_summary, describe_cpu
 from infini_llama.train.rundir import environment as run_environment
 
 ZEN3 = """processor\t: 0
@@ -56,3 +58,17 @@ def test_runs_and_evaluations_record_the_cpu():
     assert run_environment(torch.device("cpu"), 1)["cpu"] == cpu
     env = eval_environment()
     assert env["cpu"] == cpu and env["device_name"] == cpu_summary(cpu)
+
+
+def test_a_busy_host_is_warned_of_before_a_run_and_an_idle_one_is_not(monkeypatch):
+    assert busy_warning(2, load=0.9, cores=2) is None  # half the cores or less: idle enough
+    warning = busy_warning(1, load=2.1, cores=2)
+    assert "load 2.1 on 2 cores" in warning and "1 CPU thread(s)" in warning and "OMP_NUM_THREADS=1" in warning
+    monkeypatch.setattr(os, "getloadavg", lambda: (7.0, 0.0, 0.0))
+    assert "load 7.0 on 4 cores" in busy_warning(4, cores=4)
+
+    def unknown():
+        raise OSError("no load average here")
+
+    monkeypatch.setattr(os, "getloadavg", unknown)
+    assert busy_warning(4) is None

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from infini_llama.eval import build_report
+from infini_llama.host import busy_warning
 from infini_llama.study.arms import Arm, expand_arms, pretraining_source
 from infini_llama.study.config import StudyConfig
 from infini_llama.study.estimate import announce_estimate, study_eta
@@ -106,6 +107,8 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
     jobs = min(jobs, sum(max(map(len, stage_phases(*task, device))) for task in tasks))
     gpus = visible_gpus() if device in ("auto", "cuda") and uses_gpu(device) else []  # not for "cuda:1"
     gpu_count = len(gpus) or int(uses_gpu(device))
+    if not gpu_count and (busy := busy_warning(torch.get_num_threads())):
+        print(f"[study] warning: {busy}", flush=True)
     estimates = announce_estimate(tasks, out, jobs, device, gpu_count) if estimate else []
     started = time.time()
     with study_eta(estimates, jobs):  # the whole study's time left, every half minute

@@ -227,15 +227,17 @@ def test_workers_keep_one_gpu_each(monkeypatch):
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "7"  # one GPU: left as it is
 
 
-def test_arms_run_on_two_machines_are_reported_together_without_their_weights(micro, tmp_path, capsys):
+def test_arms_run_on_two_machines_are_reported_together_without_their_weights(micro, tmp_path, capsys, monkeypatch):
     # Two seeds, each machine running one arm of both; only small files come back (no weights, no checkpoints).
     cfg = micro(seeds=(0, 1), eval_haystacks=("repeat",))
     here, there, whole = tmp_path / "here", tmp_path / "there", tmp_path / "whole"
     with pytest.raises(StudyError, match="unknown arm.*'memory'.*this study's arms are infini, full"):
         run_study(cfg, here, device="cpu", progress=False, arms=["infini", "memory"])
     assert not here.exists(), "nothing is written for a refused --arms"
+    monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))  # another run on the cores already
     assert run_study(cfg, here, device="cpu", progress=False, jobs=1, estimate=False, arms=["infini"]) is None
     out = capsys.readouterr().out
+    assert "[study] warning: this host is busy before the start (load 64.0 on" in out
     assert re.search(r"the report waits for: seed-0/full has (\d+) of \1 stages left .*; seed-1/full has", out), out
     assert (here / "seed-1" / "infini" / "layers-off.done").exists() and not (here / "seed-0" / "full").exists()
     assert not (here / "REPORT.md").exists()
