@@ -208,5 +208,7 @@ def check_study(cfg: StudyConfig) -> None:
                 tcfg = train_recipe(cfg, arm, stage, model=model)
                 tcfg.validate()
                 config_from_preset(tcfg.preset, **tcfg.model)
+                if stage == "finetune" and tcfg.repeat_fraction:
+                    raise ValueError("repeat_fraction repeats windows of text: set it for pretraining only")
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"{stage} of arm {arm.name}: {exc}") from None

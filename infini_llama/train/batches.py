@@ -56,8 +56,8 @@ class TokenWindowSource:
 
     `repeat_fraction` of the training windows (chosen by their global sample number, so the same whichever
     the split) hold their first half twice: the second half is a copy of the first, which only a model that
-    looks back and copies predicts (the induction heads that retrieval needs form early on such text).
-    Validation windows are never repeated.
+    looks back and copies predicts, as passkey retrieval asks (how much a small model learns of it in a short
+    pretraining: reports/tiny-recipe-short/). Validation windows are never repeated.
     """
 
     def __init__(

@@ -81,6 +81,11 @@ def _plan(cfg, info, batches, tokenizer) -> RunPlan:
         cfg.accumulation(info.world_size)  # an impossible split fails before any file or model is touched
     if cfg.wandb and importlib.util.find_spec("wandb") is None:
         raise ConfigError("--wandb needs the wandb package: pip install wandb (or drop --wandb)")
+    if batches is not None and cfg.repeat_fraction:
+        raise ConfigError(
+            f"repeat_fraction repeats windows of text, but this run's batches come from {type(batches).__name__}: "
+            "set it for pretraining on text only"
+        )
     base = _pretrained_config(cfg.init_from) if cfg.init_from else None
     if tokenizer is None:
         with main_process_first(info):

@@ -412,6 +412,9 @@ def test_a_study_of_several_seeds_is_checked_seed_by_seed():
     check_study(study_config("tiny", seeds=(0, 1, 2)))
     with pytest.raises(ValueError, match="finetune of arm"):
         check_study(study_config("tiny", seeds=(0, 1), finetune={"steps": 0}))
+    check_study(study_config("tiny", pretrain={"repeat_fraction": 0.25}))  # windows of text: pretraining
+    with pytest.raises(ValueError, match="finetune of arm .*repeat_fraction .* pretraining only"):
+        check_study(study_config("tiny", finetune={"repeat_fraction": 0.25}))  # passkey prompts: refused up front
 
 
 def test_a_seed_whose_grid_is_incomplete_is_named_not_silently_dropped():

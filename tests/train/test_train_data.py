@@ -8,6 +8,7 @@ import torch
 
 from infini_llama.data import load_tokenizer, prepare_tokens
 from infini_llama.train import BatchSource, TokenWindowSource, train
+from infini_llama.train.setup import ConfigError
 
 
 def test_default_corpus_and_builtin_tokenizer(micro_cfg, tmp_path):
@@ -84,3 +85,5 @@ def test_repeated_windows_copy_their_first_half_whichever_the_split(micro_cfg):
     for bad in (-0.1, 2, True):
         with pytest.raises(ValueError, match="repeat_fraction"):
             micro_cfg(repeat_fraction=bad).validate()
+    with pytest.raises(ConfigError, match="repeat_fraction repeats windows of text.*TokenWindowSource"):
+        train(micro_cfg(repeat_fraction=0.5), batches=plain)  # a run's own batches: the option would do nothing
