@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from typing import Any
 
 CPUINFO = "/proc/cpuinfo"
+PROC_STAT = "/proc/stat"
 
 
 def usable_cores() -> int:
@@ -24,22 +26,57 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def busy_warning(threads: int, load: float | None = None, cores: int | None = None) -> str | None:
-    """A warning when the CPU is already busy before a run that will use `threads` threads of it: the load average
-    over the last minute (`load`; None: read it, where the OS gives one) above half the usable cores. Another run's
-    threads then share the cores, and both slow down by more than their share (each PyTorch process takes every
-    core by default). None when the CPU is idle enough or the load is unknown."""
-    if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):
-            return None
+def usable_cpu_ids() -> set[int] | None:
+    """The numbers of the CPUs this process may run on; None where the OS does not say."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+def cpu_times(stat: str = PROC_STAT, cpus: set[int] | None = None) -> tuple[int, int] | None:
+    """(idle, total) CPU time so far of the CPUs `cpus` (None: every CPU), in clock ticks, from /proc/stat; None
+    where it cannot be read."""
+    try:
+        with open(stat) as f:
+            lines = [line.split() for line in f if line.startswith("cpu") and line[3:4].isdigit()]
+    except OSError:
+        return None
+    idle = total = 0
+    for fields in lines:
+        if cpus is not None and int(fields[0][3:]) not in cpus:
+            continue
+        ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal (guest is in user)
+        idle += ticks[3] + ticks[4]
+        total += sum(ticks)
+    return (idle, total) if total else None
+
+
+def busy_cores(interval_s: float = 0.5, stat: str = PROC_STAT) -> float | None:
+    """How many of the CPUs this process may use other processes kept busy over the next `interval_s` (this one
+    sleeps); None where the CPU times cannot be read."""
+    cpus = usable_cpu_ids()
+    before = cpu_times(stat, cpus)
+    time.sleep(interval_s)
+    after = cpu_times(stat, cpus)
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    idle, total = after[0] - before[0], after[1] - before[1]
+    return (1 - idle / total) * (len(cpus) if cpus else os.cpu_count() or 1)
+
+
+def busy_warning(threads: int, busy: float | None = None, cores: int | None = None) -> str | None:
+    """A warning when the CPU is already busy before a run that will use `threads` threads of it: other processes
+    keep more than half the usable cores busy (`busy`: CPUs in use, None: measured now by `busy_cores`). The run's
+    threads then share the cores with theirs, and both slow down by more than their share (each PyTorch process
+    takes every core by default). None when the CPU is idle enough or its use cannot be measured."""
+    busy = busy_cores() if busy is None else busy
     cores = usable_cores() if cores is None else cores
-    if load <= cores / 2:
+    if busy is None or busy <= cores / 2:
         return None
     return (
-        f"this host is busy before the start (load {load:.1f} on {cores} cores) and this run will use {threads} CPU "
-        f"thread(s): both will run slower than alone, and the estimate will be off. Running two studies side by "
+        f"this host's CPUs are busy before the start ({busy:.1f} of {cores} in use) and this run will use {threads} "
+        f"CPU thread(s): both will run slower than alone, and the estimate will be off. Running two studies side by "
         f"side? Give each a share of the cores (e.g. OMP_NUM_THREADS={max(1, cores // 2)})"
     )
 

@@ -1,12 +1,12 @@
 """The CPU description written into run.json, every evaluation's summary.json and the study's results: from
 /proc/cpuinfo where there is one, and never an error where there is not."""
 
-import os
-
 import torch
 
+from infini_llama import host
 from infini_llama.eval.records import environment as eval_environment
-from infini_llama.host import busy_warning, cpu_summary, describe_cpu
+from infini_llama.host import busy_cores as real_busy_cores  # bound before conftest replaces it
+from infini_llama.host import busy_warning, cpu_summary, cpu_times, describe_cpu
 from infini_llama.train.rundir import environment as run_environment
 
 ZEN3 = """processor\t: 0
@@ -60,15 +60,23 @@ def test_runs_and_evaluations_record_the_cpu():
     assert env["cpu"] == cpu and env["device_name"] == cpu_summary(cpu)
 
 
-def test_a_busy_host_is_warned_of_before_a_run_and_an_idle_one_is_not(monkeypatch):
-    assert busy_warning(2, load=0.9, cores=2) is None  # half the cores or less: idle enough
-    warning = busy_warning(1, load=2.1, cores=2)
-    assert "load 2.1 on 2 cores" in warning and "1 CPU thread(s)" in warning and "OMP_NUM_THREADS=1" in warning
-    monkeypatch.setattr(os, "getloadavg", lambda: (7.0, 0.0, 0.0))
-    assert "load 7.0 on 4 cores" in busy_warning(4, cores=4)
-
-    def unknown():
-        raise OSError("no load average here")
-
-    monkeypatch.setattr(os, "getloadavg", unknown)
+def test_a_busy_host_is_warned_of_before_a_run_and_an_idle_one_is_not(tmp_path, monkeypatch):
+    assert busy_warning(2, busy=0.9, cores=2) is None  # half the cores or less: idle enough
+    warning = busy_warning(1, busy=1.6, cores=2)
+    assert "(1.6 of 2 in use)" in warning and "1 CPU thread(s)" in warning and "OMP_NUM_THREADS=1" in warning
+    # CPU times from /proc/stat: user nice system idle iowait irq softirq steal, per CPU; idle counts iowait.
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  30 0 10 50 10 0 0 0 0 0\ncpu0 10 0 5 40 5 0 0 0 0 0\ncpu1 20 0 5 10 5 0 0 0 0 0\nintr 1\n")
+    assert cpu_times(str(stat)) == (60, 100) and cpu_times(str(stat), cpus={1}) == (15, 40)
+    assert cpu_times(str(tmp_path / "missing")) is None
+    # Over the interval the two usable CPUs ran 300 ticks, 150 of them idle: one CPU's worth busy.
+    samples = iter([(100, 200), (250, 500)])
+    monkeypatch.setattr(host, "cpu_times", lambda *args: next(samples))
+    monkeypatch.setattr(host, "usable_cpu_ids", lambda: {0, 1})
+    assert real_busy_cores(interval_s=0) == 1.0
+    monkeypatch.setattr(host, "cpu_times", lambda *args: None)
+    assert real_busy_cores(interval_s=0) is None
+    monkeypatch.setattr(host, "busy_cores", lambda: 7.0)  # what busy_warning measures when not given a number
+    assert "(7.0 of 4 in use)" in busy_warning(4, cores=4)
+    monkeypatch.setattr(host, "busy_cores", lambda: None)
     assert busy_warning(4) is None

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from infini_llama import host
 from infini_llama.study import StudyError, run_study, study_config
 from infini_llama.study import results as study_results
 from infini_llama.study import runner as study_runner
@@ -234,10 +235,10 @@ def test_arms_run_on_two_machines_are_reported_together_without_their_weights(mi
     with pytest.raises(StudyError, match="unknown arm.*'memory'.*this study's arms are infini, full"):
         run_study(cfg, here, device="cpu", progress=False, arms=["infini", "memory"])
     assert not here.exists(), "nothing is written for a refused --arms"
-    monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))  # another run on the cores already
+    monkeypatch.setattr(host, "busy_cores", lambda: 64.0)  # another run on the cores already
     assert run_study(cfg, here, device="cpu", progress=False, jobs=1, estimate=False, arms=["infini"]) is None
     out = capsys.readouterr().out
-    assert "[study] warning: this host is busy before the start (load 64.0 on" in out
+    assert "[study] warning: this host's CPUs are busy before the start (64.0 of" in out
     assert re.search(r"the report waits for: seed-0/full has (\d+) of \1 stages left .*; seed-1/full has", out), out
     assert (here / "seed-1" / "infini" / "layers-off.done").exists() and not (here / "seed-0" / "full").exists()
     assert not (here / "REPORT.md").exists()
