@@ -3,6 +3,7 @@ EPYC, 2 cores") differ by 2x in this project's training speed, by generation (fa
 extensions PyTorch's CPU kernels can use (AVX2, AVX-512, AMX).
 
 `describe_cpu()` reads /proc/cpuinfo where there is one, else what the `platform` module knows; it never raises.
+`busy_warning()` says, before a run, whether other processes already keep its CPUs busy (from /proc/stat).
 """
 
 from __future__ import annotations
@@ -17,13 +18,9 @@ PROC_STAT = "/proc/stat"
 
 
 def usable_cores() -> int:
-    """The CPUs this process may run on (its affinity), else every CPU of the machine."""
-    if hasattr(os, "sched_getaffinity"):
-        try:
-            return len(os.sched_getaffinity(0))
-        except OSError:
-            pass
-    return os.cpu_count() or 1
+    """How many CPUs this process may run on (its affinity), else every CPU of the machine."""
+    ids = usable_cpu_ids()
+    return len(ids) if ids else os.cpu_count() or 1
 
 
 def usable_cpu_ids() -> set[int] | None:
@@ -62,7 +59,7 @@ def busy_cores(interval_s: float = 0.5, stat: str = PROC_STAT) -> float | None:
     if before is None or after is None or after[1] <= before[1]:
         return None
     idle, total = after[0] - before[0], after[1] - before[1]
-    return (1 - idle / total) * (len(cpus) if cpus else os.cpu_count() or 1)
+    return (1 - idle / total) * (len(cpus) if cpus else usable_cores())
 
 
 def busy_warning(threads: int, busy: float | None = None, cores: int | None = None) -> str | None:
