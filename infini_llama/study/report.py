@@ -120,6 +120,7 @@ def write_seed_report(cfg: StudyConfig, out: Path, results: dict, command: str |
         for label, _, _, grids in passkey_rows(entries)
     }
     lines += _key_kinds(cfg, by_row, pooled=False)
+    lines += _missed_keys(cfg, entries)
     lines += _gates_table(entries)
     lines += _layers_off_table(entries)
     training = []
@@ -511,6 +512,44 @@ def _key_kinds(cfg: StudyConfig, by_row: dict[str, dict[str, list[dict]]], poole
                 keys = max((c["clusters"] for c in found if c), default=0)
                 body.append([label, f"{kind} ({keys})"] + [_pct(c) if c else "–" for c in found])
         lines += table(["row", "keys"] + [f"{n:,}" for n in lengths], body) + [""]
+    return lines
+
+
+MISSED_SHOWN = 5  # keys per row in the report (results.json keeps them all)
+
+
+def _missed_keys(cfg: StudyConfig, entries: dict) -> list[str]:
+    """The keys each row misses most up to the training length, with their commonest wrong answer, per haystack."""
+    lines = []
+    for haystack in cfg.eval_haystacks:
+        body = []
+        for label, _, _, grids in passkey_rows(entries):
+            keys = (grids.get(haystack) or {}).get("keys_missed")
+            if keys is None:
+                continue
+            missed = keys["missed"]
+            if len(missed) == keys["keys"] and all(m["wrong"] == m["prompts"] for m in missed):
+                shown = "every key at every prompt"
+            else:
+                shown = (
+                    ", ".join(
+                        f"{m['key']} {m['wrong']}/{m['prompts']} (→ {m['commonest_answer'] or 'nothing'})"
+                        for m in missed[:MISSED_SHOWN]
+                    )
+                    or "none"
+                )
+                shown += f", and {len(missed) - MISSED_SHOWN} more" if len(missed) > MISSED_SHOWN else ""
+            body.append([label, f"{len(missed)} of {keys['keys']}", shown])
+        if not body:
+            continue
+        lines += [f"## Keys missed up to the training length: {HAYSTACK_LABELS[haystack]}", ""]
+        lines += [
+            "Each key missed at least once at or below the training length: wrong prompts of its prompts there, and "
+            f"its commonest wrong answer (the {MISSED_SHOWN} most missed per row; all in results.json). Misses that "
+            "sit on a few keys, wrong at every depth, are the model's blind spots, not noise over prompts.",
+            "",
+        ]
+        lines += table(["row", "keys missed", "most missed"], body) + [""]
     return lines
 
 

@@ -106,6 +106,7 @@ def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
                             for r in results["cells"]
                         ],
                         "by_length_and_key_kind": by_key_kind(root / "eval" / f"{task}-{haystack}"),
+                        "keys_missed": missed_keys(root / "eval" / f"{task}-{haystack}", training_length(cfg, arm)),
                     }
             entry["passkey"][task] = {"label": passkey_label(arm, task, cfg), "haystacks": grids}
         for task in ("perplexity", "gates"):
@@ -276,6 +277,23 @@ def by_key_kind(folder: Path) -> list[dict]:
             )
         )
     ]
+
+
+def missed_keys(folder: Path, longest: int) -> dict:
+    """The keys of a passkey grid at lengths up to `longest` (the training length): how many there are, and each one
+    missed at least once there with its prompts, how many were wrong and its commonest wrong answer (ties: the first
+    in sort order), most often missed first. A model's misses at its own length tend to sit on a few keys."""
+    prompts: dict[str, list[dict]] = {}
+    for r in _samples(folder):
+        if r["length"] <= longest:
+            prompts.setdefault(r["key"], []).append(r)
+    missed = []
+    for key, rows in prompts.items():
+        wrong = [r["prediction"].strip() for r in rows if not r["exact"]]
+        if wrong:
+            answer = min(set(wrong), key=lambda a: (-wrong.count(a), a))
+            missed.append({"key": key, "prompts": len(rows), "wrong": len(wrong), "commonest_answer": answer})
+    return {"keys": len(prompts), "missed": sorted(missed, key=lambda m: (-m["wrong"], m["key"]))}
 
 
 def grid_samples(folder: Path) -> dict | None:

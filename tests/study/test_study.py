@@ -196,6 +196,16 @@ def test_several_seeds_run_whole_studies_and_report_their_spread(micro, tmp_path
     assert sum(r["exact"]["n"] for r in kinds) == len(samples)
     assert "## Accuracy by kind of key, seeds pooled: held-out text" in text
     assert "## Accuracy by kind of key: held-out text" in (out / "seed-0" / "REPORT.md").read_text()
+    # The keys missed up to the training length, per seed and row, from the same samples.
+    seed0 = [json.loads(line) for line in (out / "seed-0" / "full" / "eval" / "passkey-book" / "samples.jsonl").open()]
+    length = summary["per_seed"]["0"]["arms"]["full"]["training_length"]
+    keys = summary["per_seed"]["0"]["arms"]["full"]["passkey"]["passkey"]["haystacks"]["book"]["keys_missed"]
+    assert keys["keys"] == len({x["key"] for x in seed0 if x["length"] <= length})
+    assert {m["key"]: m["wrong"] for m in keys["missed"]} == {
+        k: n for k in {x["key"] for x in seed0}
+        if (n := sum(not x["exact"] for x in seed0 if x["key"] == k and x["length"] <= length))
+    }  # fmt: skip
+    assert "## Keys missed up to the training length: held-out text" in (out / "seed-0" / "REPORT.md").read_text()
     assert run_study(cfg, out, device="cpu", progress=False, jobs=1) == report, "a finished study resumes instantly"
     with pytest.raises(StudyError, match="different config"):
         run_study(micro(seeds=(0, 1, 2)), out, device="cpu", progress=False)
@@ -417,6 +427,28 @@ def test_control_arm_and_frozen_gate_arms_run_and_are_reported(micro, tmp_path):
     assert "## Gates per layer across seeds" in across
     for when in ("after pretraining", "after fine-tuning"):
         assert f"| infini-gate_trainable=False | {when} | 0.50 ± 0.00 | 0.50 ± 0.00 |" in across
+
+
+def test_missed_keys_are_counted_per_key_up_to_the_training_length(tmp_path):
+    rows = [  # key 11211 wrong twice at 8 tokens, once more at 16 (not counted); 12345 wrong once; 55555 never
+        {"length": 8, "key": "11211", "exact": False, "prediction": " 11121"},
+        {"length": 8, "key": "11211", "exact": False, "prediction": " 11121"},
+        {"length": 8, "key": "12345", "exact": False, "prediction": " 12354"},
+        {"length": 8, "key": "12345", "exact": True, "prediction": " 12345"},
+        {"length": 8, "key": "55555", "exact": True, "prediction": " 55555"},
+        {"length": 16, "key": "11211", "exact": False, "prediction": ""},
+    ]
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert study_results.missed_keys(tmp_path, 8) == {
+        "keys": 3,
+        "missed": [
+            {"key": "11211", "prompts": 2, "wrong": 2, "commonest_answer": "11121"},
+            {"key": "12345", "prompts": 2, "wrong": 1, "commonest_answer": "12354"},
+        ],
+    }
+    assert study_results.missed_keys(tmp_path, 16)["missed"][0] == {
+        "key": "11211", "prompts": 3, "wrong": 3, "commonest_answer": "11121"
+    }  # fmt: skip
 
 
 def test_the_lr_chosen_is_the_most_often_right_then_the_surest_then_the_first():
