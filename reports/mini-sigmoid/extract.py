@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from infini_llama.study.results import by_key_kind
+from infini_llama.study.results import by_key_kind, missed_keys
 
 
 def rounded(value):
@@ -27,23 +27,6 @@ def grid(folder: Path) -> dict:
             for r in by_key_kind(folder)
         ],
     }  # fmt: skip
-
-
-def missed_keys(folder: Path, longest: int) -> list[dict]:
-    """Each key missed at least once at lengths up to `longest`: its prompts there, how many were wrong, and the
-    commonest wrong answer."""
-    rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines() if line]
-    keys: dict[str, list[dict]] = {}
-    for row in rows:
-        if row["length"] <= longest:
-            keys.setdefault(row["key"], []).append(row)
-    out = []
-    for key, prompts in keys.items():
-        wrong = [r["prediction"].strip() for r in prompts if not r["exact"]]
-        if wrong:
-            commonest = min(set(wrong), key=lambda answer: (-wrong.count(answer), answer))  # ties: the lowest
-            out.append({"key": key, "prompts": len(prompts), "wrong": len(wrong), "commonest_answer": commonest})
-    return sorted(out, key=lambda k: -k["wrong"])
 
 
 def at_bounds(gates: list[list[float]]) -> int:
@@ -65,7 +48,7 @@ def arm_entry(arm: Path) -> dict:
     done = json.loads((arm / f"{finetune.name}.done").read_text())
     return {
         "grids": {name: grid(arm / "eval" / f"passkey-{name}") for name in ("repeat", "memory-off-repeat")},
-        "keys_missed_to_2x": missed_keys(arm / "eval" / "passkey-repeat", 2 * TRAINING_LENGTH),
+        "keys_missed_to_2x": missed_keys(arm / "eval" / "passkey-repeat", 2 * TRAINING_LENGTH)["missed"],
         "gates_after_pretraining": [[round(g, 3) for g in layer] for layer in gates_start],
         "gates_after_finetuning": [[round(g, 3) for g in layer] for layer in gates_end],
         "gates_at_0_or_1": {"after_pretraining": at_bounds(gates_start), "after_finetuning": at_bounds(gates_end),
