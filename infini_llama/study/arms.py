@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from infini_llama.models.presets import CONFIG_FIELDS
@@ -76,6 +77,8 @@ def expand_arms(cfg: StudyConfig) -> list[Arm]:
             changed = {k: v for k, v in variant.items() if _applies(k, attention)}
             chosen = {**dict(zip(keys, values, strict=True)), **changed}
             suffix = "".join(f"-{k}={_show(v)}" for k, v in chosen.items())
+            if any(arm.name == f"{attention}{suffix}" for arm in arms):
+                continue  # an ablation whose changes to this attention are another arm's (memory_rope+lr: lr's)
             stage = {s: {k.partition(".")[2]: v for k, v in chosen.items() if k.startswith(s + ".")} for s in STAGES}
             model = {k: v for k, v in chosen.items() if k in CONFIG_FIELDS}
             passkey = {k.partition(".")[2]: v for k, v in chosen.items() if k.startswith("passkey.")}
@@ -110,6 +113,19 @@ def pretraining_source(arms: list[Arm], arm: Arm) -> Arm | None:
                                                                             arm.pretrain):  # fmt: skip
             return other
     return None
+
+
+def pretraining_copies(tasks: list[tuple[StudyConfig, Arm, Path]]) -> dict[int, int]:
+    """{task: the task whose pretraining it copies} over a study's `(config, arm, seed folder)` tasks: each arm whose
+    `pretraining_source` is among the tasks run (the same seed folder). An arm whose source is not run (left out
+    with `--arms`) trains its own."""
+    index = {(out, arm.name): t for t, (_, arm, out) in enumerate(tasks)}
+    copies = {}
+    for t, (cfg, arm, out) in enumerate(tasks):
+        source = pretraining_source(expand_arms(cfg), arm)
+        if source is not None and (out, source.name) in index:
+            copies[t] = index[(out, source.name)]
+    return copies
 
 
 def _show(value: Any) -> str:

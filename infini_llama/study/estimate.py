@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from infini_llama.host import cpu_summary, describe_cpu
 from infini_llama.models import InfiniLlamaForCausalLM, config_from_preset
-from infini_llama.study.arms import Arm, expand_arms, pretraining_source
+from infini_llama.study.arms import Arm, pretraining_copies
 from infini_llama.study.config import StudyConfig
 from infini_llama.study.results import sequences_per_step
 from infini_llama.study.stages import (
@@ -215,14 +215,16 @@ def _training_stage(name: str, tcfg: TrainConfig, step_seconds: float, attention
     return Stage(name, seconds, tcfg.steps, step_seconds, tokens, run_dir)
 
 
-def arm_estimate(cfg: StudyConfig, arm: Arm, root: Path, rates: ArmRates, device: torch.device) -> Task:
-    """Every stage of `arm` (in `arm_stages` order) with its estimated seconds."""
+def arm_estimate(cfg: StudyConfig, arm: Arm, root: Path, rates: ArmRates, device: torch.device,
+                 copies_pretraining: bool = False) -> Task:  # fmt: skip
+    """Every stage of `arm` (in `arm_stages` order) with its estimated seconds; none for its pretraining if it copies
+    another arm's (`arms.pretraining_copies`)."""
     batches = lambda samples: math.ceil(samples / cfg.eval_batch_size)  # noqa: E731
     per_length = batches(cfg.eval_samples * len(cfg.eval_depths))
     grid = sum(per_length * rates.eval_batch(n) for n in eval_lengths(cfg, arm))
     costs: dict[str, Stage] = {}
     pretrain = train_recipe(cfg, arm, "pretrain")
-    if pretraining_source(expand_arms(cfg), arm) is None:
+    if not copies_pretraining:
         costs["pretrain"] = _training_stage("pretrain", pretrain, rates.step_seconds["pretrain"], arm.attention,
                                             device, root / "pretrain")  # fmt: skip
     else:  # a copy of an earlier arm's pretraining
@@ -302,9 +304,9 @@ def estimate_study(tasks: list[tuple[StudyConfig, Arm, Path]], jobs: int, device
                 rates[arm.name] = probe_arm(seed_cfg, arm, on)
     finally:
         torch.set_num_threads(before)
-    estimates = []
-    for seed_cfg, arm, out in tasks:
-        task = arm_estimate(seed_cfg, arm, out / arm.name, rates[arm.name], on)
+    estimates, copies = [], pretraining_copies(tasks)
+    for t, (seed_cfg, arm, out) in enumerate(tasks):
+        task = arm_estimate(seed_cfg, arm, out / arm.name, rates[arm.name], on, copies_pretraining=t in copies)
         task.label = f"{out.name}/{arm.name}" if out.name == f"seed-{seed_cfg.seed}" else arm.name
         estimates.append(task)
     seeds = len({out for _, _, out in tasks})

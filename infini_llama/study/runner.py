@@ -33,7 +33,7 @@ import torch
 
 from infini_llama.eval import build_report
 from infini_llama.host import busy_warning
-from infini_llama.study.arms import Arm, expand_arms, pretraining_source
+from infini_llama.study.arms import Arm, expand_arms, pretraining_copies
 from infini_llama.study.config import StudyConfig
 from infini_llama.study.estimate import announce_estimate, study_eta
 from infini_llama.study.report import write_across_report, write_seed_report
@@ -152,15 +152,10 @@ def _run_parallel(pool: ProcessPoolExecutor, tasks: list, jobs: int, device: str
     """Every task's phases (`stage_phases`) through `pool`, at most `jobs` units at a time. A free worker takes a
     ready unit of the earliest task, so the arms go through their stages in the order of `tasks` as before, and
     an LR grid's fine-tunings fill the workers no earlier arm needs. An arm whose pretraining is an earlier arm's
-    of the same seed folder (`pretraining_source`) starts once that arm's pretraining is done, and copies it."""
+    of the same seed folder (`pretraining_copies`) starts once that arm's pretraining is done, and copies it."""
     phases = [stage_phases(cfg, arm, out, device) for cfg, arm, out in tasks]
     current, left = [0] * len(tasks), [len(p[0]) for p in phases]
-    index = {(out, arm.name): t for t, (_, arm, out) in enumerate(tasks)}
-    waits = {}  # task -> the task whose pretraining it copies
-    for t, (cfg, arm, out) in enumerate(tasks):
-        source = pretraining_source(expand_arms(cfg), arm)
-        if source is not None and (out, source.name) in index:
-            waits[t] = index[(out, source.name)]
+    waits = pretraining_copies(tasks)  # task -> the task whose pretraining it copies
     ready = [(t, unit) for t, p in enumerate(phases) for unit in p[0] if t not in waits]
     running: dict = {}
     while ready or running:

@@ -20,7 +20,8 @@ from infini_llama.study import StudyError, run_study, study_config
 from infini_llama.study import results as study_results
 from infini_llama.study import runner as study_runner
 from infini_llama.study import stages as study_stages
-from infini_llama.study.arms import pretraining_source
+from infini_llama.study.arms import pretraining_copies, pretraining_source
+from infini_llama.study.estimate import estimate_study
 
 TEXT = "\n".join(f"Sentence number {i} tells of the sea, the ship and the whale." for i in range(1500))
 
@@ -576,6 +577,20 @@ def test_arms_that_differ_only_in_fine_tuning_share_one_pretraining(micro, tmp_p
     for name, lr in (("infini-finetune.lr=0.001", 1e-3), ("infini-finetune.lr=0.003", 3e-3)):
         run = json.loads((out / name / f"finetune-lr={lr:g}" / "run.json").read_text())["train"]
         assert run["lr"] == lr and run["init_from"] == str(out / name / "pretrain" / "final")
+
+
+def test_an_arm_whose_source_of_pretraining_is_left_out_trains_and_is_estimated_on_its_own(micro, tmp_path):
+    cfg = micro(sweeps={"finetune.lr": [1e-3, 3e-3]}, eval_haystacks=("repeat",), eval_rope_scaling=None)
+    tasks = [(cfg, arm, tmp_path) for arm in study_runner.expand_arms(cfg)]
+    names = [arm.name for _, arm, _ in tasks]
+    assert pretraining_copies(tasks) == {1: 0, 3: 2}
+    chosen = study_runner._chosen_tasks(tasks, ["*lr=0.003"])
+    assert [arm.name for _, arm, _ in chosen] == [names[1], names[3]] and pretraining_copies(chosen) == {}
+    estimates, _ = estimate_study(tasks, jobs=1, device="cpu", threads=1)
+    alone, _ = estimate_study(chosen, jobs=1, device="cpu", threads=1)
+    pretraining = lambda task: next(s.seconds for s in task.stages if s.name == "pretrain")  # noqa: E731
+    assert [pretraining(task) > 0 for task in estimates] == [True, False, True, False]
+    assert all(pretraining(task) > 0 for task in alone)
 
 
 def test_a_parallel_study_starts_an_arm_that_copies_a_pretraining_once_it_is_done(micro, tmp_path, monkeypatch):

@@ -317,6 +317,15 @@ def test_ablations_add_one_arm_each_and_share_the_arms_they_do_not_change():
         "infini-finetune.lr=0.001", "infini-finetune.lr=0.002", "infini-finetune.lr=0.001-gate_init=2",
         "infini-finetune.lr=0.002-gate_init=2", "full-finetune.lr=0.001", "full-finetune.lr=0.002",
     ]  # fmt: skip
+    # An ablation that changes an Infini-only value and a shared one gives the baseline only the shared one, once.
+    mixed = study_config("tiny", ablations=[parse_ablation("finetune.steps=30"),
+                                            parse_ablation("memory_rope=true+finetune.steps=30")])  # fmt: skip
+    assert [a.name for a in expand_arms(mixed)] == [
+        "infini", "infini-finetune.steps=30", "infini-memory_rope=True-finetune.steps=30", "full",
+        "full-finetune.steps=30",
+    ]  # fmt: skip
+    pairs = {(i.name, o.name) for i, o in counterparts(expand_arms(mixed))}
+    assert ("infini-memory_rope=True-finetune.steps=30", "full-finetune.steps=30") in pairs
     for bad, match in (
         ([{"lr": 1e-3}], "say which stage"),
         ([{}], "at least one value"),
