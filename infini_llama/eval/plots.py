@@ -82,6 +82,7 @@ def lines(
     ylabel: str,
     ylim: tuple[float, float] | None = (0.0, 100.0),
     xlog: bool = False,
+    ylog: bool = False,
     vline: float | None = None,
     vline_label: str | None = None,
     categorical_x: Sequence[str] | None = None,
@@ -95,6 +96,8 @@ def lines(
         ax.set_xscale("log", base=2)
         ticks = sorted({x for xs, _ in series.values() for x in xs})
         ax.set_xticks(ticks, [str(int(t)) for t in ticks])
+    if ylog:
+        ax.set_yscale("log")
     if categorical_x is not None:
         ax.set_xticks(range(len(categorical_x)), categorical_x)
     if vline is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from infini_llama.data.corpus import HELD_OUT_BOOK
+from infini_llama.eval import plots
 from infini_llama.eval.diagnostics import SATURATION, bucket_order
 from infini_llama.eval.markdown import table
 from infini_llama.eval.prompts import HAYSTACK_LABELS
@@ -131,12 +132,59 @@ def write_seed_report(cfg: StudyConfig, out: Path, results: dict, command: str |
         )
     lines += ["## Training", ""]
     lines += table(["arm", "pretrain val loss", "pretrain tok/s", "fine-tune val loss (chosen LR)"], training)
+    lines += _finetune_losses(entries, out)
     lines += ["", "## Details", "", "Tables and figures of every evaluation, from `report/report.md`:", ""]
     detail = (out / "report" / "report.md").read_text().splitlines()
     lines += [_relink(line) for line in detail[1:]]
     path = out / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+CURVE_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
+
+
+def _finetune_losses(entries: dict, out: Path) -> list[str]:
+    """Each fine-tuning run's training loss (the answer loss where the loss is on the answer) at a few points of its
+    steps, its last validation loss, and the curves in finetune_loss.png: where a run sits on its plateau and when
+    it leaves it."""
+    runs = {}
+    for name, entry in entries.items():
+        several = len(entry.get("finetune_curves", [])) > 1
+        for curve in entry.get("finetune_curves", []):
+            if curve.get("train"):
+                runs[f"{name}, LR {curve['lr']:g}" if several else name] = (curve, entry)
+    if not runs:
+        return []
+    rows = []
+    for label, (curve, entry) in runs.items():
+        steps = entry["recipe"]["finetune"]["steps"]
+        at = [next((loss for end, loss in curve["train"] if end >= f * steps), None) for f in CURVE_FRACTIONS]
+        val = curve["val"][-1][1] if curve["val"] else None
+        curriculum = entry["recipe"]["passkey_data"].get("curriculum_steps") or 0
+        rows.append([label, *(_num(a) for a in at), _num(val), str(curriculum)])
+    curricula = {entry["recipe"]["passkey_data"].get("curriculum_steps") or 0 for _, entry in runs.values()}
+    longest = max(entry["recipe"]["finetune"]["steps"] for _, entry in runs.values())
+    shared = curricula.pop() if len(curricula) == 1 else 0  # one line marks the curriculum's end if all share it
+    shared = shared if shared < longest else 0
+    plots.lines(
+        {label: tuple(zip(*curve["train"], strict=True)) for label, (curve, _) in runs.items()},
+        out / "finetune_loss.png", title="Fine-tuning loss", xlabel="step", ylabel="training loss (window mean)",
+        ylim=None, ylog=True, vline=shared or None, vline_label="end of the curriculum" if shared else None,
+    )  # fmt: skip
+    header = ["run", *(f"loss at {f:.0%} of steps" for f in CURVE_FRACTIONS), "last val loss", "curriculum steps"]
+    return [
+        "",
+        "## Fine-tuning loss",
+        "",
+        "The training loss (with `loss=answer`, the loss on the answer's tokens) averaged over the window of steps "
+        "that ends at each point, and the last validation loss. A run on its plateau stays near the loss of "
+        "guessing each digit; the curves: [`finetune_loss.png`](finetune_loss.png).",
+        "",
+        *table(header, rows),
+        "",
+        "![fine-tuning loss](finetune_loss.png)",
+    ]
 
 
 def _chosen(entry: dict) -> dict:

@@ -33,7 +33,7 @@ from infini_llama.study.stages import (
     train_recipe,
     training_length,
 )
-from infini_llama.train import TrainConfig
+from infini_llama.train import TrainConfig, read_metrics
 
 
 def sequences_per_step(tcfg: TrainConfig) -> int:
@@ -47,6 +47,31 @@ def recipe_summary(tcfg: TrainConfig) -> dict[str, Any]:
         "steps": tcfg.steps, "sequences_per_step": sequences_per_step(tcfg), "seq_len": tcfg.seq_len, "lr": tcfg.lr,
         "min_lr": tcfg.min_lr, "gate_lr": tcfg.gate_lr,
     }  # fmt: skip
+
+
+CURVE_POINTS = 30  # windows of a fine-tuning loss curve
+
+
+def finetune_curve(run_dir: Path, steps: int, points: int = CURVE_POINTS) -> dict | None:
+    """A fine-tuning run's loss curve from its metrics.jsonl: the logged training losses (the loss of every
+    `log_every`-th step) averaged over `points` windows of equal steps, as [last step, mean]; and every validation
+    loss as [step, loss]. With the loss on the answer, this is the answer loss: its plateau (guessing each digit) and
+    when, whether, a run leaves it is what a recipe screen reads. None before the run has logged."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    train = [(r["step"], r["loss"]) for r in read_metrics(path, "train")]
+    if not train:
+        return None
+    width = -(-steps // points)
+    windows: dict[int, list[float]] = {}
+    for step, loss in train:
+        windows.setdefault((step - 1) // width, []).append(loss)
+    return {
+        "window_steps": width,
+        "train": [[min(steps, (w + 1) * width), round(statistics.fmean(v), 5)] for w, v in sorted(windows.items())],
+        "val": [[r["step"], round(r["loss"], 5)] for r in read_metrics(path, "val")],
+    }
 
 
 def _marker(path: Path) -> dict | None:
@@ -79,6 +104,10 @@ def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
             },
             "pretrain": _marker(root / "pretrain.done"),
             "finetune": [_marker(root / f"{finetune_dir(root, lr).name}.done") for lr in candidate_lrs(cfg, arm)],
+            "finetune_curves": [
+                {"lr": lr, **(finetune_curve(finetune_dir(root, lr), train_recipe(cfg, arm, "finetune").steps) or {})}
+                for lr in candidate_lrs(cfg, arm)
+            ],
             "selection": _marker(root / "select.done"),
             "passkey": {},
         }

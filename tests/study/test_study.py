@@ -22,6 +22,7 @@ from infini_llama.study import runner as study_runner
 from infini_llama.study import stages as study_stages
 from infini_llama.study.arms import pretraining_copies, pretraining_source
 from infini_llama.study.estimate import estimate_study
+from infini_llama.train import read_metrics
 
 TEXT = "\n".join(f"Sentence number {i} tells of the sea, the ship and the whale." for i in range(1500))
 
@@ -116,6 +117,16 @@ def test_study_runs_end_to_end_and_resumes(micro, tmp_path, monkeypatch):
     }  # fmt: skip
     assert results["arms"]["full"]["passkey"]["passkey-rope2"]["label"] == "full (RoPE YaRN ×2)"
     assert "full (RoPE YaRN ×2)" in (out / "REPORT.md").read_text()
+    # Each fine-tuning run's loss curve, from its own metrics: every LR of the grid, windows of one step here.
+    for arm in ("infini", "full"):
+        curves = results["arms"][arm]["finetune_curves"]
+        assert [c["lr"] for c in curves] == [1e-3, 3e-3]
+        for curve in curves:
+            logged = read_metrics(out / arm / f"finetune-lr={curve['lr']:g}" / "metrics.jsonl", "train")
+            assert curve["window_steps"] == 1
+            assert curve["train"] == [[r["step"], round(r["loss"], 5)] for r in logged] and len(logged) == 3
+    text = (out / "REPORT.md").read_text()
+    assert "## Fine-tuning loss" in text and "| infini, LR 0.003 |" in text and (out / "finetune_loss.png").is_file()
     # Against the best RoPE-scaled row: at each (haystack, length) the row with Infini's smallest lead.
     best = results["best_rope"]
     assert sorted((b["haystack"], b["multiple"]) for b in best) == [(h, m) for h in ("book", "repeat") for m in (1, 2)]
@@ -265,6 +276,9 @@ def test_arms_run_on_two_machines_are_reported_together_without_their_weights(mi
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     report = run_study(cfg, here, device="cpu", progress=False, report_only=True)
     assert report == here / "REPORT.md" and report.is_file()
+    for seed in (0, 1):  # the fine-tuning curves come from the metrics brought back
+        assert "## Fine-tuning loss" in (here / f"seed-{seed}" / "REPORT.md").read_text()
+        assert (here / f"seed-{seed}" / "finetune_loss.png").is_file()
 
     # The same study run whole in one folder gives the same numbers.
     run_study(cfg, whole, device="cpu", progress=False, jobs=1, estimate=False)
@@ -428,6 +442,18 @@ def test_control_arm_and_frozen_gate_arms_run_and_are_reported(micro, tmp_path):
     assert "## Gates per layer across seeds" in across
     for when in ("after pretraining", "after fine-tuning"):
         assert f"| infini-gate_trainable=False | {when} | 0.50 ± 0.00 | 0.50 ± 0.00 |" in across
+
+
+def test_a_fine_tuning_curve_averages_the_logged_losses_over_windows_of_equal_steps(tmp_path):
+    logged = [{"kind": "train", "step": s, "loss": s / 100} for s in range(10, 101, 10)]
+    logged.append({"kind": "train", "step": 40, "loss": 0.7})  # a resumed run logs step 40 again: the later counts
+    logged += [{"kind": "val", "step": 0, "loss": 2.0}, {"kind": "val", "step": 100, "loss": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in logged))
+    curve = study_results.finetune_curve(tmp_path, steps=100, points=4)
+    assert curve["window_steps"] == 25
+    assert curve["train"] == [[25, 0.15], [50, 0.5], [75, 0.65], [100, 0.9]]
+    assert curve["val"] == [[0, 2.0], [100, 0.5]]
+    assert study_results.finetune_curve(tmp_path / "none", steps=100) is None
 
 
 def test_missed_keys_are_counted_per_key_up_to_the_training_length(tmp_path):
