@@ -113,6 +113,34 @@ def lines(
     save(figure, path)
 
 
+def panels(
+    series: dict[str, Series],
+    path: str | os.PathLike,
+    *,
+    xlabel: str,
+    ylabel: str,
+    ylog: bool = False,
+    vline: float | None = None,
+) -> None:
+    """One panel per entry of `series` (its title), side by side with a shared y axis, a line per label in each."""
+    figure = _figure(width=3.6 * len(series), height=3.4)
+    axes = figure.subplots(1, len(series), sharey=True, squeeze=False)[0]
+    for ax, (title, lines_) in zip(axes, series.items(), strict=True):
+        for label, (xs, ys) in lines_.items():
+            ax.plot(xs, ys, label=label)
+        if vline is not None:
+            ax.axvline(vline, color="grey", linestyle="--", linewidth=0.8)
+        if ylog:
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(ylabel)
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    save(figure, path)
+
+
 def histogram(values: Sequence[float], path: str | os.PathLike, *, title: str, xlabel: str, bins: int = 20) -> None:
     figure = _figure(5.0, 3.5)
     ax = figure.add_subplot()

@@ -144,33 +144,49 @@ def write_seed_report(cfg: StudyConfig, out: Path, results: dict, command: str |
 CURVE_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
 
 
-def _finetune_losses(entries: dict, out: Path) -> list[str]:
-    """Each fine-tuning run's training loss (the answer loss where the loss is on the answer) at a few points of its
-    steps, its last validation loss, and the curves in finetune_loss.png: where a run sits on its plateau and when
-    it leaves it."""
+def _finetune_runs(entries: dict) -> dict[str, tuple[dict, dict]]:
+    """{label: (loss curve, arm entry)} of every fine-tuning run with a logged curve ("arm, LR x" with an LR grid)."""
     runs = {}
     for name, entry in entries.items():
         several = len(entry.get("finetune_curves", [])) > 1
         for curve in entry.get("finetune_curves", []):
             if curve.get("train"):
                 runs[f"{name}, LR {curve['lr']:g}" if several else name] = (curve, entry)
+    return runs
+
+
+def _loss_at(curve: dict, fraction: float, steps: int) -> float | None:
+    """The window mean of the first window that ends at or after `fraction` of `steps`."""
+    return next((loss for end, loss in curve["train"] if end >= fraction * steps), None)
+
+
+def _curriculum_end(runs: dict[str, tuple[dict, dict]]) -> float | None:
+    """The step where the curriculum over needle distance ends, if every run has the same one inside its steps."""
+    ends = {entry["recipe"]["passkey_data"].get("curriculum_steps") or 0 for _, entry in runs.values()}
+    longest = max(entry["recipe"]["finetune"]["steps"] for _, entry in runs.values())
+    end = ends.pop() if len(ends) == 1 else 0
+    return end if 0 < end < longest else None
+
+
+def _finetune_losses(entries: dict, out: Path) -> list[str]:
+    """Each fine-tuning run's training loss (the answer loss where the loss is on the answer) at a few points of its
+    steps, its last validation loss, and the curves in finetune_loss.png: where a run sits on its plateau and when
+    it leaves it."""
+    runs = _finetune_runs(entries)
     if not runs:
         return []
     rows = []
     for label, (curve, entry) in runs.items():
         steps = entry["recipe"]["finetune"]["steps"]
-        at = [next((loss for end, loss in curve["train"] if end >= f * steps), None) for f in CURVE_FRACTIONS]
+        at = [_loss_at(curve, f, steps) for f in CURVE_FRACTIONS]
         val = curve["val"][-1][1] if curve["val"] else None
         curriculum = entry["recipe"]["passkey_data"].get("curriculum_steps") or 0
         rows.append([label, *(_num(a) for a in at), _num(val), str(curriculum)])
-    curricula = {entry["recipe"]["passkey_data"].get("curriculum_steps") or 0 for _, entry in runs.values()}
-    longest = max(entry["recipe"]["finetune"]["steps"] for _, entry in runs.values())
-    shared = curricula.pop() if len(curricula) == 1 else 0  # one line marks the curriculum's end if all share it
-    shared = shared if shared < longest else 0
+    end = _curriculum_end(runs)
     plots.lines(
         {label: tuple(zip(*curve["train"], strict=True)) for label, (curve, _) in runs.items()},
         out / "finetune_loss.png", title="Fine-tuning loss", xlabel="step", ylabel="training loss (window mean)",
-        ylim=None, ylog=True, vline=shared or None, vline_label="end of the curriculum" if shared else None,
+        ylim=None, ylog=True, vline=end, vline_label="end of the curriculum" if end else None,
     )  # fmt: skip
     header = ["run", *(f"loss at {f:.0%} of steps" for f in CURVE_FRACTIONS), "last val loss", "curriculum steps"]
     return [
@@ -490,6 +506,7 @@ def write_across_report(cfg: StudyConfig, out: Path, summary: dict, command: str
     lines += _key_kinds(cfg, summary.get("key_kinds_pooled", {}), pooled=True)
     lines += _gates_by_seed(summary)
     lines += _layers_off_by_seed(summary)
+    lines += _finetune_losses_by_seed(summary, out)
     lines += ["## Fine-tuning LR chosen per seed", ""]
     chosen = [[name] + [_lr(by_seed.get(s)) for s in seeds] for name, by_seed in summary["chosen_lr"].items()]
     lines += table(["arm"] + [f"seed {s}" for s in seeds], chosen)
@@ -507,6 +524,41 @@ def write_across_report(cfg: StudyConfig, out: Path, summary: dict, command: str
     path = out / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _finetune_losses_by_seed(summary: dict, out: Path) -> list[str]:
+    """Each fine-tuning run's training loss at half and at all of its steps, seed by seed, and finetune_loss.png: a
+    panel per run, a line per seed."""
+    by_seed = {seed: _finetune_runs(results["arms"]) for seed, results in summary["per_seed"].items()}
+    labels = list(dict.fromkeys(label for runs in by_seed.values() for label in runs))
+    if not labels:
+        return []
+    rows = []
+    for label in labels:
+        cells = []
+        for runs in by_seed.values():
+            curve, entry = runs.get(label, (None, None))
+            steps = entry["recipe"]["finetune"]["steps"] if entry else 0
+            cells.append(f"{_num(_loss_at(curve, 0.5, steps))} → {_num(_loss_at(curve, 1.0, steps))}" if curve else "–")
+        rows.append([label, *cells])
+    panels = {
+        label: {f"seed {seed}": tuple(zip(*runs[label][0]["train"], strict=True))
+                for seed, runs in by_seed.items() if label in runs}
+        for label in labels
+    }  # fmt: skip
+    plots.panels(panels, out / "finetune_loss.png", xlabel="step", ylabel="training loss (window mean)", ylog=True,
+                 vline=_curriculum_end({k: v for runs in by_seed.values() for k, v in runs.items()}))  # fmt: skip
+    return [
+        "## Fine-tuning loss per seed",
+        "",
+        "Each fine-tuning run's training loss (the answer loss, with `loss=answer`) at half of its steps → at the "
+        "end (window means); the curves, a panel per run, a line per seed: [`finetune_loss.png`](finetune_loss.png).",
+        "",
+        *table(["run", *(f"seed {s}" for s in by_seed)], rows),
+        "",
+        "![fine-tuning loss per seed](finetune_loss.png)",
+        "",
+    ]
 
 
 def _updates_pooled(cfg: StudyConfig, pooled: dict) -> list[str]:

@@ -184,6 +184,11 @@ def test_several_seeds_run_whole_studies_and_report_their_spread(micro, tmp_path
     text = report.read_text()
     assert "## Passkey accuracy across seeds: held-out text" in text and "[seed 1](seed-1/REPORT.md)" in text
     assert "| infini | 1 |" in text and "## Fine-tuning LR chosen per seed" in text
+    # Each run's fine-tuning loss at half and all of its steps, per seed, from the seeds' curves; a panel per run.
+    assert "## Fine-tuning loss per seed" in text and (out / "finetune_loss.png").is_file()
+    curves = [summary["per_seed"][s]["arms"]["full"]["finetune_curves"][0]["train"] for s in ("0", "1")]
+    half_and_end = [f"{curve[1][1]:.3f} → {curve[2][1]:.3f}" for curve in curves]  # steps 2 and 3 of 3
+    assert f"| full | {half_and_end[0]} | {half_and_end[1]} |" in text
     # Accuracy by memory updates, every seed's samples pooled: the counts are the seeds' counts added up.
     pooled = summary["memory_updates_pooled"]["infini"]["haystacks"]["book"]
     for key in ("by_memory_updates", "by_length_and_memory_updates"):
