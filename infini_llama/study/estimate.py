@@ -42,6 +42,7 @@ from infini_llama.study.stages import (
     finetune_recipe,
     layer_off_length,
     passkey_tasks,
+    stage_group,
     train_recipe,
     training_length,
 )
@@ -284,10 +285,6 @@ def duration(seconds: float) -> str:
     return f"{seconds} s"
 
 
-def _stage_group(name: str) -> str:
-    return "pretraining" if name == "pretrain" else "fine-tuning" if name.startswith("finetune-") else "evaluation"
-
-
 def estimate_study(tasks: list[tuple[StudyConfig, Arm, Path]], jobs: int, device: str,
                    threads: int, gpus: int = 0) -> tuple[list[Task], dict]:  # fmt: skip
     """Probe every distinct arm model (`threads` CPU threads each, as the workers will have) and estimate every
@@ -337,7 +334,7 @@ def estimate_lines(estimates: list[Task], record: dict) -> list[str]:
     for name, task in reversed(arms.items()):
         groups: dict[str, float] = {}
         for stage in task.stages:
-            groups[_stage_group(stage.name)] = groups.get(_stage_group(stage.name), 0.0) + stage.seconds
+            groups[stage_group(stage.name)] = groups.get(stage_group(stage.name), 0.0) + stage.seconds
         parts = ", ".join(f"{group} {duration(seconds)}" for group, seconds in groups.items())
         lines.append(f"[study]   {name}{each}: {parts}")
     return lines

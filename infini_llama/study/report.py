@@ -13,7 +13,9 @@ from infini_llama.eval.prompts import HAYSTACK_LABELS
 from infini_llama.eval.report_passkey import UPDATES_BY_LENGTH, updates_by_length_table
 from infini_llama.eval.scoring import KEY_KINDS
 from infini_llama.study.config import StudyConfig
+from infini_llama.study.estimate import duration
 from infini_llama.study.results import passkey_rows, sequences_per_step, spread
+from infini_llama.study.stages import STAGE_GROUPS, stage_group
 from infini_llama.train import recipe
 from infini_llama.train.passkey import FINETUNE_HAYSTACKS
 
@@ -133,6 +135,7 @@ def write_seed_report(cfg: StudyConfig, out: Path, results: dict, command: str |
     lines += ["## Training", ""]
     lines += table(["arm", "pretrain val loss", "pretrain tok/s", "fine-tune val loss (chosen LR)"], training)
     lines += _finetune_losses(entries, out)
+    lines += _stage_times(entries)
     lines += ["", "## Details", "", "Tables and figures of every evaluation, from `report/report.md`:", ""]
     detail = (out / "report" / "report.md").read_text().splitlines()
     lines += [_relink(line) for line in detail[1:]]
@@ -142,6 +145,34 @@ def write_seed_report(cfg: StudyConfig, out: Path, results: dict, command: str |
 
 
 CURVE_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
+
+
+def _grouped_seconds(entry: dict) -> dict[str, float]:
+    """An arm's finished stages' wall seconds by STAGE_GROUPS, and their total."""
+    groups = dict.fromkeys(STAGE_GROUPS, 0.0)
+    for name, seconds in entry.get("stage_seconds", {}).items():
+        groups[stage_group(name)] += seconds
+    return {**groups, "total": sum(groups.values())}
+
+
+def _stage_times(entries: dict) -> list[str]:
+    """Each arm's wall time per group of stages (arms that ran side by side shared the host or GPU)."""
+    rows = []
+    for name, entry in entries.items():
+        groups = _grouped_seconds(entry)
+        copied = (entry.get("pretrain") or {}).get("shared_from")
+        cells = [duration(groups[g]) + (f" (copied from {copied})" if g == "pretraining" and copied else "")
+                 for g in STAGE_GROUPS]  # fmt: skip
+        rows.append([name, *cells, duration(groups["total"])])
+    return [
+        "",
+        "## Stage times",
+        "",
+        "Wall time of each arm's finished stages (evaluation: the LR selection and everything after it). Arms that ran "
+        "at once shared the host or GPU, so a stage took what it took beside them, not what it takes alone.",
+        "",
+        *table(["arm", *STAGE_GROUPS, "total"], rows),
+    ]
 
 
 def _finetune_runs(entries: dict) -> dict[str, tuple[dict, dict]]:
@@ -507,6 +538,7 @@ def write_across_report(cfg: StudyConfig, out: Path, summary: dict, command: str
     lines += _gates_by_seed(summary)
     lines += _layers_off_by_seed(summary)
     lines += _finetune_losses_by_seed(summary, out)
+    lines += _stage_times_by_seed(summary)
     lines += ["## Fine-tuning LR chosen per seed", ""]
     chosen = [[name] + [_lr(by_seed.get(s)) for s in seeds] for name, by_seed in summary["chosen_lr"].items()]
     lines += table(["arm"] + [f"seed {s}" for s in seeds], chosen)
@@ -524,6 +556,28 @@ def write_across_report(cfg: StudyConfig, out: Path, summary: dict, command: str
     path = out / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _stage_times_by_seed(summary: dict) -> list[str]:
+    """Each arm's wall time per seed: pretraining / fine-tuning / evaluation."""
+    per_seed = summary["per_seed"]
+    names = list(dict.fromkeys(name for results in per_seed.values() for name in results["arms"]))
+    rows = []
+    for name in names:
+        cells = []
+        for results in per_seed.values():
+            entry = results["arms"].get(name)
+            groups = _grouped_seconds(entry) if entry else None
+            cells.append(" / ".join(duration(groups[g]) for g in STAGE_GROUPS) if groups else "–")
+        rows.append([name, *cells])
+    return [
+        "## Stage times per seed",
+        "",
+        "Wall time of each arm's pretraining / fine-tuning / evaluation (arms run at once shared the host or GPU).",
+        "",
+        *table(["arm", *(f"seed {s}" for s in per_seed)], rows),
+        "",
+    ]
 
 
 def _finetune_losses_by_seed(summary: dict, out: Path) -> list[str]:

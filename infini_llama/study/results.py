@@ -22,6 +22,7 @@ from infini_llama.eval.scoring import KEY_KINDS, clustered_proportion, key_kind,
 from infini_llama.study.arms import Arm, counterparts
 from infini_llama.study.config import StudyConfig
 from infini_llama.study.stages import (
+    arm_stages,
     candidate_lrs,
     eval_lengths,
     finetune_dir,
@@ -74,6 +75,18 @@ def finetune_curve(run_dir: Path, steps: int, points: int = CURVE_POINTS) -> dic
     }
 
 
+def stage_seconds(cfg: StudyConfig, arm: Arm, root: Path) -> dict[str, float]:
+    """Wall seconds of each finished stage of `arm`, in the order they run (from the `<stage>.done` markers; a
+    pretraining copied from another arm counts the copy). Arms run side by side share the host or GPU: each
+    stage's time is what it took so, not what it takes alone."""
+    seconds = {}
+    for name, _ in arm_stages(cfg, arm, root, "cpu", progress=False):
+        marker = _marker(root / f"{name}.done")
+        if marker is not None and "seconds" in marker:
+            seconds[name] = round(marker["seconds"], 1)
+    return seconds
+
+
 def _marker(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -109,6 +122,7 @@ def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
                 for lr in candidate_lrs(cfg, arm)
             ],
             "selection": _marker(root / "select.done"),
+            "stage_seconds": stage_seconds(cfg, arm, root),
             "passkey": {},
         }
         for task in passkey_tasks(cfg, arm):

@@ -78,6 +78,13 @@ def finetune_recipe(cfg: StudyConfig, arm: Arm, lr: float, **extra: Any) -> Trai
 
 
 FINETUNE_PREFIX = "finetune-lr="  # the fine-tuning stages (and their folders): one per LR
+STAGE_GROUPS = ("pretraining", "fine-tuning", "evaluation")
+
+
+def stage_group(name: str) -> str:
+    """Which of STAGE_GROUPS a stage is in: pretraining, fine-tuning (one stage per LR), or evaluation (the LR
+    selection and everything after it)."""
+    return "pretraining" if name == "pretrain" else "fine-tuning" if name.startswith(FINETUNE_PREFIX) else "evaluation"
 
 
 def finetune_dir(root: Path, lr: float) -> Path:

@@ -127,6 +127,13 @@ def test_study_runs_end_to_end_and_resumes(micro, tmp_path, monkeypatch):
             assert curve["train"] == [[r["step"], round(r["loss"], 5)] for r in logged] and len(logged) == 3
     text = (out / "REPORT.md").read_text()
     assert "## Fine-tuning loss" in text and "| infini, LR 0.003 |" in text and (out / "finetune_loss.png").is_file()
+    # Each stage's wall time, from its marker, in the order the stages run; grouped in the report.
+    for arm in ("infini", "full"):
+        seconds = results["arms"][arm]["stage_seconds"]
+        assert list(seconds)[:4] == ["pretrain", "finetune-lr=0.001", "finetune-lr=0.003", "select"]
+        for stage, value in seconds.items():
+            assert value == round(json.loads((out / arm / f"{stage}.done").read_text())["seconds"], 1)
+    assert "## Stage times" in text and "| arm | pretraining | fine-tuning | evaluation | total |" in text
     # Against the best RoPE-scaled row: at each (haystack, length) the row with Infini's smallest lead.
     best = results["best_rope"]
     assert sorted((b["haystack"], b["multiple"]) for b in best) == [(h, m) for h in ("book", "repeat") for m in (1, 2)]
@@ -186,6 +193,7 @@ def test_several_seeds_run_whole_studies_and_report_their_spread(micro, tmp_path
     assert "| infini | 1 |" in text and "## Fine-tuning LR chosen per seed" in text
     # Each run's fine-tuning loss at half and all of its steps, per seed, from the seeds' curves; a panel per run.
     assert "## Fine-tuning loss per seed" in text and (out / "finetune_loss.png").is_file()
+    assert "## Stage times per seed" in text
     curves = [summary["per_seed"][s]["arms"]["full"]["finetune_curves"][0]["train"] for s in ("0", "1")]
     half_and_end = [f"{curve[1][1]:.3f} → {curve[2][1]:.3f}" for curve in curves]  # steps 2 and 3 of 3
     assert f"| full | {half_and_end[0]} | {half_and_end[1]} |" in text
@@ -597,6 +605,7 @@ def test_arms_that_differ_only_in_fine_tuning_share_one_pretraining(micro, tmp_p
     out = tmp_path / "study"
     run_study(cfg, out, device="cpu", progress=False, jobs=1)
     assert pretrained == ["infini-finetune.lr=0.001", "full-finetune.lr=0.001"], "one pretraining per attention"
+    assert "(copied from infini-finetune.lr=0.001) |" in (out / "REPORT.md").read_text()
     for name, source in sources.items():
         done = json.loads((out / name / "pretrain.done").read_text())
         assert done.get("shared_from") == source
