@@ -769,8 +769,8 @@ def _verdicts_by_seed(cfg: StudyConfig, summary: dict) -> list[str]:
 
 
 def _best_rope_by_seed(cfg: StudyConfig, summary: dict) -> list[str]:
-    """Per Infini arm, haystack and length: each seed's difference from the best RoPE-scaled row, its verdict and
-    the row, and how many seeds are ahead, level and behind."""
+    """Per Infini arm, haystack and length: each seed's difference from the best RoPE-scaled row, its interval, its
+    verdict and the row, and how many seeds are ahead, level and behind."""
     seeds = summary["seeds"]
     keyed: dict[tuple, dict] = {}
     for seed in seeds:
@@ -780,15 +780,14 @@ def _best_rope_by_seed(cfg: StudyConfig, summary: dict) -> list[str]:
         return []
     rows = []
     for (infini, haystack, multiple), by_seed in keyed.items():
-        cells = ["–" if s not in by_seed else
-                 f"{100 * by_seed[s]['difference']:+.0f} {by_seed[s]['verdict']}{_row_name(by_seed[s])}"
-                 for s in seeds]  # fmt: skip
+        cells = [_difference(by_seed.get(s)) + _row_name(by_seed.get(s)) for s in seeds]
         count = [sum(c["verdict"] == v for c in by_seed.values()) for v in ("ahead", "level", "behind")]
         rows.append([infini, HAYSTACK_LABELS[haystack], f"{multiple:g}×", *cells, " / ".join(map(str, count))])
     lines = [
         "## Infini against the best RoPE-scaled row, length by length, per seed",
         "",
-        f"{BEST_ROPE}, and the verdict {KEY_LEVEL}. Choosing the row after the fact favours the baseline.",
+        f"{BEST_ROPE}, with its 95% interval {KEY_LEVEL} and the verdict. Choosing the row after the fact favours the "
+        "baseline.",
         "",
     ]
     header = ["Infini arm", "haystack", "length", *[f"seed {s}" for s in seeds], "ahead / level / behind"]

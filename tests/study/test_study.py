@@ -520,6 +520,27 @@ def test_the_best_rope_row_is_the_one_infini_leads_least_and_needs_two_rows():
     assert [(b["multiple"], b["task"]) for b in best] == [(2.0, "passkey-rope2"), (4.0, "passkey-rope")]
 
 
+def test_the_report_across_seeds_gives_each_seeds_interval_against_the_best_rope_row():
+    from infini_llama.study.report import _best_rope_by_seed
+
+    def best(multiple, difference, low, high, verdict, scaling="RoPE YaRN ×16"):
+        return {"infini": "infini", "haystack": "repeat", "multiple": multiple, "scaling": scaling,
+                "difference": difference, "ci_low": low, "ci_high": high, "verdict": verdict}  # fmt: skip
+
+    summary = {
+        "seeds": ["0", "1"],
+        "per_seed": {
+            "0": {"best_rope": [best(1.0, -0.11, -0.22, -0.02, "behind"), best(2.0, 0.0, 0.0, 0.0, "level")]},
+            "1": {"best_rope": [best(1.0, -0.06, -0.16, 0.0, "level", "RoPE dynamic NTK")]},  # no 2x grid
+        },
+    }
+    text = "\n".join(_best_rope_by_seed(study_config("tiny"), summary))
+    assert "with its 95% interval by a bootstrap over keys" in text
+    seeds = "| -11 [-22, -2] behind (RoPE YaRN ×16) | -6 [-16, +0] level (RoPE dynamic NTK) |"
+    assert f"| infini | classic filler | 1× {seeds} 0 / 1 / 1 |" in text
+    assert "| infini | classic filler | 2× | +0 [+0, +0] level (RoPE YaRN ×16) | – | 0 / 1 / 0 |" in text
+
+
 def test_an_lr_chosen_at_the_grids_edge_is_marked():
     from infini_llama.study.report import _arm_table
 
