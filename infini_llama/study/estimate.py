@@ -253,10 +253,11 @@ def arm_estimate(cfg: StudyConfig, arm: Arm, root: Path, rates: ArmRates, device
 
 # Arms that share one GPU interleave their kernels rather than run side by side. On one H200, `mini` arms two at a
 # time finished 1.35x sooner than one after another, four at a time 2.0x, nine arms five at a time 1.55x
-# (reports/mini-recipe/, reports/mini/). Counting every job at the speed of one arm alone, the estimate had said 468,
-# 823 and 1,073 s would take 413, 542 and 504 s; counting two per GPU, 428, 854 and 921 s. The estimate before the
-# start counts at most this many arms per GPU at the speed of one alone; once stages have run, the study's ETA scales
-# its arms by their measured times instead, which hold the sharing.
+# (reports/mini-recipe/, reports/mini-1500/). Counting every job at the speed of one arm alone, the estimate had
+# said 468, 823 and 1,073 s would take 413, 542 and 504 s; counting two per GPU, 428, 854 and 921 s. Counting two
+# per GPU, it said 1,548 s for nine arms at once, which took 1,350 (reports/mini/). The estimate before the start
+# counts at most this many arms per GPU at the speed of one alone; once stages have run, the study's ETA scales its
+# arms by their measured times instead, which hold the sharing.
 ARMS_PER_GPU = 2
 
 
