@@ -133,11 +133,17 @@ def encode_continuation(tokenizer: PreTrainedTokenizerBase, text: str) -> list[i
     """Ids of `text` as it reads right after the end of a sentence (falls back to encoding it alone). Cached per
     (tokenizer, text), the tokenizer by identity (a tokenizer object is not changed once built): fine-tuning builds
     tens of prompts per step from the same sentences, questions and answers. Callers never mutate the list."""
-    anchor = encode(tokenizer, _JOIN_ANCHOR)
+    anchor = _anchor_ids(tokenizer)
     joined = encode(tokenizer, _JOIN_ANCHOR + text)
     if joined[: len(anchor)] == anchor:
         return joined[len(anchor) :]
     return encode(tokenizer, text)
+
+
+@functools.lru_cache(maxsize=8)
+def _anchor_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The ids of _JOIN_ANCHOR alone, once per tokenizer (as `encode_continuation`'s cache, by identity)."""
+    return encode(tokenizer, _JOIN_ANCHOR)
 
 
 def bos_ids(tokenizer: PreTrainedTokenizerBase, bos: bool | None) -> list[int]:

@@ -209,3 +209,15 @@ def test_prompt_encoding_equals_the_tokenizers_own(bpe_tok, metaspace_tok):
             assert decode(tok, ids) == tok.decode(ids, clean_up_tokenization_spaces=False)
         with_specials = [tok.bos_token_id or tok.eos_token_id, *tok.encode("A b", add_special_tokens=False)]
         assert decode(tok, with_specials) == tok.decode(with_specials, clean_up_tokenization_spaces=False)
+
+
+def test_a_continuation_is_the_text_as_encoded_after_a_sentence_end_for_each_tokenizer(request):
+    from infini_llama.eval.prompts import encode, encode_continuation
+
+    toks = [request.getfixturevalue(name) for name in TOKENIZERS]
+    for text in (*FILLER_BLOCK, " The key is 90080.", "word"):
+        for tok in toks:  # interleaved: each tokenizer's anchor is its own
+            anchor = encode(tok, ".")
+            joined = encode(tok, "." + text)
+            expected = joined[len(anchor) :] if joined[: len(anchor)] == anchor else encode(tok, text)
+            assert encode_continuation(tok, text) == expected
