@@ -93,6 +93,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "and the whole study's time left printed as it runs",
     )  # fmt: skip
     parser.add_argument(
+        "--estimate-only", action="store_true",
+        help="print the study's estimated duration on this host (the probe; the time left of a study continued) and "
+        "stop, training nothing: whether it fits a GPU lease; --out is claimed as by a run, so the same command "
+        "without this flag starts it",
+    )  # fmt: skip
+    parser.add_argument(
         "--jobs", type=int, default=None,
         help="arms trained at once, each in its own process with a share of the CPU threads; an LR grid's "
         "fine-tunings also run at once, each as one job (default: one per CPU core up to the number of arms on CPU, "

@@ -42,6 +42,7 @@ def main(args: argparse.Namespace) -> int:
             estimate=not (args.no_estimate or args.report_only),
             arms=args.arms,
             report_only=args.report_only,
+            estimate_only=args.estimate_only,
         )
     except (StudyError, ValueError, TypeError, FileNotFoundError) as exc:
         if debugging():

@@ -60,7 +60,7 @@ def seed_studies(cfg: StudyConfig, out: Path) -> list[tuple[StudyConfig, Path]]:
 def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, device: str = "auto",
               progress: bool = True, jobs: int | None = None, command: str | None = None,
               estimate: bool = True, arms: Sequence[str] | None = None,
-              report_only: bool = False) -> Path | None:  # fmt: skip
+              report_only: bool = False, estimate_only: bool = False) -> Path | None:  # fmt: skip
     """Run (or continue) the study `cfg` in the folder `out`; returns the path of REPORT.md.
 
     Every (seed, arm) is a task; `jobs` tasks run at once, each in its own process with an equal share of the CPU
@@ -76,8 +76,13 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
     split over machines or GPU leases, each running some arms into a folder of its own; their arm folders copied into
     one study folder (stage markers, evaluations and metrics; no model weights are needed once every stage is done)
     are reported with `report_only`, which trains and evaluates nothing and refuses a study with an arm unfinished.
-    The reports are written when every arm of every seed has finished; otherwise None is returned."""
+    `estimate_only` prints (and writes) the estimate of the chosen arms' stages left and stops there, training
+    nothing: whether a run fits a GPU lease, before the lease is spent on it. The reports are written when every arm
+    of every seed has finished; otherwise None is returned."""
     out = Path(out)
+    if estimate_only and (report_only or not estimate):
+        raise StudyError("--estimate-only prints the estimate and trains nothing: drop "
+                         + ("--report-only" if report_only else "--no-estimate"))  # fmt: skip
     studies = seed_studies(cfg, out)
     every_task = [(seed_cfg, arm, seed_out) for seed_cfg, seed_out in studies for arm in expand_arms(seed_cfg)]
     tasks = _chosen_tasks(every_task, arms)
@@ -110,6 +115,10 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
     if not gpu_count and (busy := busy_warning(torch.get_num_threads())):
         print(f"[study] warning: {busy}", flush=True)
     estimates = announce_estimate(tasks, out, jobs, device, gpu_count) if estimate else []
+    if estimate_only:
+        if not estimates:
+            print("[study] nothing to estimate: every stage of these arms is done", flush=True)
+        return None
     started = time.time()
     with study_eta(estimates, jobs):  # the whole study's time left, every half minute
         if jobs == 1:

@@ -148,6 +148,12 @@ def test_a_study_prints_its_estimate_first_and_the_whole_study_eta_as_it_runs(tm
     cfg = micro_study(pretrain=dict(data=[str(corpus)], seq_len=128, **steps), finetune=dict(seq_len=128, **steps),
                       eval_haystacks=("repeat",), layer_off_multiple=None)  # fmt: skip
     monkeypatch.setattr(estimate, "ETA_EVERY_S", 0.5)
+    # Estimate only: the same lines and estimate.json, and nothing trained; the same folder then runs the study.
+    assert run_study(cfg, tmp_path / "study", device="cpu", progress=False, jobs=1, estimate_only=True) is None
+    first = capsys.readouterr().out
+    assert first.startswith("[study] estimated time on this host (") and "whole study" not in first
+    assert (tmp_path / "study" / "estimate.json").is_file()
+    assert not list((tmp_path / "study").rglob("*.done")) and not (tmp_path / "study" / "REPORT.md").exists()
     run_study(cfg, tmp_path / "study", device="cpu", progress=False, jobs=1)
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("[study] estimated time on this host (")
@@ -162,6 +168,8 @@ def test_a_study_prints_its_estimate_first_and_the_whole_study_eta_as_it_runs(tm
     # Continued when finished: nothing left to estimate, no probe. Without the estimate: neither.
     run_study(cfg, tmp_path / "study", device="cpu", progress=False, jobs=1)
     assert "estimated time" not in capsys.readouterr().out
+    run_study(cfg, tmp_path / "study", device="cpu", progress=False, jobs=1, estimate_only=True)
+    assert capsys.readouterr().out == "[study] nothing to estimate: every stage of these arms is done\n"
     run_study(cfg, tmp_path / "other", device="cpu", progress=False, jobs=1, estimate=False)
     out = capsys.readouterr().out
     assert "estimated time" not in out and "whole study" not in out
@@ -177,6 +185,16 @@ def test_no_estimate_skips_the_probe(tmp_path, monkeypatch, flag):
     monkeypatch.setattr(runner, "run_study", lambda cfg, out, **kwargs: seen.update(kwargs))
     assert main(["study", "--preset", "tiny", "--out", str(tmp_path / "s"), "--no-progress", *flag]) == 0
     assert seen["estimate"] is (not flag)
+
+
+@pytest.mark.parametrize("flag", ["--no-estimate", "--report-only"])
+def test_estimate_only_is_refused_with_a_flag_that_skips_the_estimate(tmp_path, capsys, flag):
+    from infini_llama.cli import main
+
+    out = tmp_path / "s"
+    assert main(["study", "--preset", "tiny", "--out", str(out), "--no-progress", "--estimate-only", flag]) == 2
+    assert f"--estimate-only prints the estimate and trains nothing: drop {flag}" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_a_probe_that_fails_leaves_the_study_without_an_estimate(tmp_path, capsys, monkeypatch):
