@@ -116,7 +116,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
         print(f"[study] warning: {busy}", flush=True)
     estimates = announce_estimate(tasks, out, jobs, device, gpu_count) if estimate else []
     if estimate_only:
-        if not estimates:
+        if not estimates and not _unfinished(tasks, device):  # (a probe that failed has said so)
             print("[study] nothing to estimate: every stage of these arms is done", flush=True)
         return None
     started = time.time()

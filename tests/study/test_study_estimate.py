@@ -207,3 +207,7 @@ def test_a_probe_that_fails_leaves_the_study_without_an_estimate(tmp_path, capsy
     assert estimate.announce_estimate(tasks, tmp_path, jobs=2, device="cpu") == []
     printed = capsys.readouterr().out
     assert "no estimate of the study's duration: the probe failed (RuntimeError: out of memory)" in printed
+    # With --estimate-only, the failure is the answer: not "nothing to estimate".
+    run_study(cfg, tmp_path / "study", device="cpu", progress=False, jobs=1, estimate_only=True)
+    printed = capsys.readouterr().out
+    assert "the probe failed" in printed and "nothing to estimate" not in printed
