@@ -113,7 +113,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--report-only", action="store_true",
         help="train and evaluate nothing: report the study in --out from its arms' finished stages (arm folders "
-        "copied in from runs with --arms need no model weights); refused while an arm has stages left",
+        "copied in from runs with --arms need no model weights); refused while an arm has stages left. With --arms, "
+        "report those arms alone (a screen's arms finished so far), naming the others as left out",
     )  # fmt: skip
     parser.set_defaults(func="infini_llama.study.cli:main", command_line=None)
 

@@ -90,15 +90,16 @@ def expand_arms(cfg: StudyConfig) -> list[Arm]:
 
 def counterparts(arms: list[Arm]) -> list[tuple[Arm, Arm]]:
     """(Infini arm, other arm) pairs: each Infini arm with its baseline (differing only in attention and Infini-only
-    values), then, in a study with the control arm, with its local control (the same segments as well)."""
+    values), then, in a study with the control arm, with its local control (the same segments as well). A
+    counterpart not among `arms` (a report of some arms, `--report-only --arms`) gives no pair."""
     baselines = {arm.shared_key(): arm for arm in arms if arm.attention == "full"}
     controls = {arm.shared_key(LOCAL_SHARES): arm for arm in arms if arm.attention == "local"}
     pairs = []
     for arm in arms:
         if arm.attention == "infini":
-            pairs.append((arm, baselines[arm.shared_key()]))
-            if controls:
-                pairs.append((arm, controls[arm.shared_key(LOCAL_SHARES)]))
+            for other in (baselines.get(arm.shared_key()), controls.get(arm.shared_key(LOCAL_SHARES))):
+                if other is not None:
+                    pairs.append((arm, other))
     return pairs
 
 

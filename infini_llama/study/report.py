@@ -84,6 +84,15 @@ def _header(cfg: StudyConfig, lengths: list[int]) -> list[str]:
     return ["row"] + [f"{m:g}× ({n})" for m, n in zip(cfg.eval_multiples, lengths, strict=True)]
 
 
+def _left_out(names: list[str] | None) -> list[str]:
+    """The arms of the study a report of some arms (`--report-only --arms`) leaves out: none of its tables has them,
+    nor any comparison with them."""
+    if not names:
+        return []
+    return [f"**A report of some arms only:** it leaves out {', '.join(names)} (not run or not chosen); no table or "
+            "comparison here has them.", ""]  # fmt: skip
+
+
 def environment_lines(environments: list[dict]) -> list[str]:
     """One line per distinct environment the evaluations ran in: library versions and device."""
     lines = []
@@ -99,6 +108,7 @@ def write_seed_report(cfg: StudyConfig, out: Path, results: dict, command: str |
     lengths = next(iter(results["lengths"].values()))
     lines = [f"# Study report: Infini-attention vs full attention ({cfg.preset}), seed {cfg.seed}", ""]
     lines += [describe_study(cfg), "", *([f"Command: `{command}`", ""] if command else [])]
+    lines += _left_out(results.get("left_out"))
     lines += environment_lines(results["environments"])
     lines += _arm_table(cfg, entries)
     for haystack in cfg.eval_haystacks:
@@ -508,6 +518,7 @@ def write_across_report(cfg: StudyConfig, out: Path, summary: dict, command: str
     seeds = summary["seeds"]
     lines = [f"# Study report: Infini-attention vs full attention ({cfg.preset}), seeds {', '.join(map(str, seeds))}"]
     lines += ["", describe_study(cfg), "", *([f"Command: `{command}`", ""] if command else [])]
+    lines += _left_out(summary.get("left_out"))
     lines += environment_lines(summary["environments"])
     links = ", ".join(f"[seed {s}](seed-{s}/REPORT.md)" for s in seeds)
     lines += [f"Each seed is a whole study (pretraining, fine-tuning, LR choice, every evaluation): {links}.", ""]

@@ -75,7 +75,8 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
     `arms` (names as the study gives them: "infini", "full", ...) runs those arms only, of every seed: a study can be
     split over machines or GPU leases, each running some arms into a folder of its own; their arm folders copied into
     one study folder (stage markers, evaluations and metrics; no model weights are needed once every stage is done)
-    are reported with `report_only`, which trains and evaluates nothing and refuses a study with an arm unfinished.
+    are reported with `report_only`, which trains and evaluates nothing and refuses a study with an arm unfinished;
+    with `arms` too it reports those arms alone (a screen's arms finished so far), the reports naming the arms left out.
     `estimate_only` prints (and writes) the estimate of the chosen arms' stages left and stops there, training
     nothing: whether a run fits a GPU lease, before the lease is spent on it. The reports are written when every arm
     of every seed has finished; otherwise None is returned."""
@@ -86,11 +87,10 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
     studies = seed_studies(cfg, out)
     every_task = [(seed_cfg, arm, seed_out) for seed_cfg, seed_out in studies for arm in expand_arms(seed_cfg)]
     tasks = _chosen_tasks(every_task, arms)
-    if report_only and (overwrite or arms is not None or not (out / STUDY_FILE).is_file()):
+    if report_only and (overwrite or not (out / STUDY_FILE).is_file()):
         raise StudyError(
-            f"--report-only reports every arm of the study in {str(out)!r}"
+            f"--report-only reports the arms of the study in {str(out)!r}"
             + (", which --overwrite would delete" if overwrite else "")
-            + (": drop --arms" if arms is not None else "")
             + ("" if (out / STUDY_FILE).is_file() else f", which holds no study (no {STUDY_FILE})")
         )
     _claim_folder(out, cfg, overwrite)
@@ -98,13 +98,15 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
         for seed_cfg, seed_out in studies:
             _claim_folder(seed_out, seed_cfg, overwrite=False)
     if report_only:
-        unfinished = _unfinished(every_task, device)
+        unfinished = _unfinished(tasks, device)
         if unfinished:
             raise StudyError(
                 f"cannot report {str(out)!r}: {'; '.join(unfinished)}. Run those arms (--arms), copy their folders "
                 "into this study's folder, and report again"
+                + ("" if arms is None else "; or leave them out of --arms for a report of the others")
             )
-        return _write_reports(cfg, out, studies, command, time.time())
+        chosen = None if arms is None else {arm.name for _, arm, _ in tasks}
+        return _write_reports(cfg, out, studies, command, time.time(), chosen)
     jobs = default_jobs(len(tasks), device) if jobs is None else jobs
     if jobs < 1:
         raise StudyError(f"jobs must be at least 1, got {jobs}")
@@ -217,12 +219,15 @@ def _unfinished(tasks: list, device: str) -> list[str]:
     return missing
 
 
-def _write_reports(cfg: StudyConfig, out: Path, studies: list, command: str | None, started: float) -> Path:
-    """Every seed's report, the report across seeds (several seeds) and the summary table; returns REPORT.md."""
-    per_seed = {seed_cfg.seed: _seed_report(seed_cfg, seed_out, command) for seed_cfg, seed_out in studies}
+def _write_reports(cfg: StudyConfig, out: Path, studies: list, command: str | None, started: float,
+                   chosen: set[str] | None = None) -> Path:  # fmt: skip
+    """Every seed's report, the report across seeds (several seeds) and the summary table, of the arms in `chosen`
+    (all of them for None); returns REPORT.md."""
+    per_seed = {seed_cfg.seed: _seed_report(seed_cfg, seed_out, command, chosen) for seed_cfg, seed_out in studies}
     path = out / "REPORT.md"
     if len(studies) > 1:
         summary = across_seeds(cfg, per_seed)
+        summary["left_out"] = per_seed[cfg.seeds[0]]["left_out"]
         (out / "results.json").write_text(dumps(summary))
         write_across_report(cfg, out, summary, command)
     print(summary_table(summary if len(studies) > 1 else per_seed[cfg.seeds[0]]), flush=True)
@@ -230,12 +235,14 @@ def _write_reports(cfg: StudyConfig, out: Path, studies: list, command: str | No
     return path
 
 
-def _seed_report(cfg: StudyConfig, out: Path, command: str | None) -> dict:
-    """Write report/, results.json and REPORT.md of the single-seed study in `out`; return its numbers."""
-    arms = expand_arms(cfg)
+def _seed_report(cfg: StudyConfig, out: Path, command: str | None, chosen: set[str] | None = None) -> dict:
+    """Write report/, results.json and REPORT.md of the single-seed study in `out` (of the arms in `chosen`; all of
+    them for None); return its numbers."""
+    arms = [arm for arm in expand_arms(cfg) if chosen is None or arm.name in chosen]
     eval_dirs = [d for arm in arms for d in sorted((out / arm.name / "eval").iterdir()) if d.is_dir()]
     build_report(eval_dirs, out / "report")
     results = seed_results(cfg, arms, out)
+    results["left_out"] = [arm.name for arm in expand_arms(cfg) if chosen is not None and arm.name not in chosen]
     (out / "results.json").write_text(dumps(results))
     write_seed_report(cfg, out, results, command)
     return results

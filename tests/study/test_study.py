@@ -279,6 +279,17 @@ def test_arms_run_on_two_machines_are_reported_together_without_their_weights(mi
     assert not (here / "REPORT.md").exists()
     with pytest.raises(StudyError, match="cannot report .*seed-0/full has (\\d+) of \\1 stages left .*seed-1/full"):
         run_study(cfg, here, device="cpu", progress=False, report_only=True)
+    with pytest.raises(StudyError, match="cannot report .*seed-0/full .*or leave them out of --arms"):
+        run_study(cfg, here, device="cpu", progress=False, report_only=True, arms=["*"])
+    # The arm finished so far, reported alone: its rows, no comparison with the arm left out, which is named.
+    partial = run_study(cfg, here, device="cpu", progress=False, report_only=True, arms=["infini"])
+    assert partial == here / "REPORT.md"
+    for text in (partial.read_text(), (here / "seed-0" / "REPORT.md").read_text()):
+        assert "**A report of some arms only:** it leaves out full (not run or not chosen)" in text
+    seed_0 = json.loads((here / "seed-0" / "results.json").read_text())
+    assert list(seed_0["arms"]) == ["infini"] and seed_0["left_out"] == ["full"]
+    assert seed_0["comparisons"] == [] and seed_0["leads"] == []
+    assert json.loads((here / "results.json").read_text())["left_out"] == ["full"]
 
     run_study(cfg, there, device="cpu", progress=False, jobs=1, estimate=False, arms=["full"])
     for seed in (0, 1):
@@ -297,8 +308,8 @@ def test_arms_run_on_two_machines_are_reported_together_without_their_weights(mi
     run_study(cfg, whole, device="cpu", progress=False, jobs=1, estimate=False)
     split, together = (json.loads((folder / "results.json").read_text()) for folder in (here, whole))
     assert split["rows"] == together["rows"] and split["per_seed"].keys() == together["per_seed"].keys()
-    with pytest.raises(StudyError, match="drop --arms"):
-        run_study(cfg, here, device="cpu", progress=False, report_only=True, arms=["full"])
+    assert split["left_out"] == [] and "some arms only" not in report.read_text()
+    assert split["per_seed"]["0"]["comparisons"] and split["per_seed"]["0"]["leads"]
     with pytest.raises(StudyError, match="holds no study"):
         run_study(cfg, tmp_path / "empty", device="cpu", progress=False, report_only=True)
 
