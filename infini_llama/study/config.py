@@ -247,7 +247,9 @@ STUDY_PRESETS["paper-short"] = {
 # NTK and YaRN-by-length rows, and no one-layer memory-off grids. Planned from measured rates (about 250K tokens/s of
 # the 302M model on one H200; `paper-short`'s grids): about 5 minutes of pretraining, 9 of fine-tuning and 6 of
 # evaluation for the two arms. Its LR, gate and curriculum settings are the starting point of a screen on
-# validation grids (docs/gpus.md), not yet run.
+# validation grids (docs/gpus.md). Its first screen (reports/paper-h200-screen/): the Infini arm leaves the answer-loss
+# plateau at LR 1e-4 (0.50 by step 1,000, still falling) but no arm retrieves yet, and two 302M arms on one H200
+# gain nothing from sharing it (16 minutes for two Infini fine-tunings side by side).
 STUDY_PRESETS["paper-h200"] = {
     **STUDY_PRESETS["paper-short"],
     "model": dict(gate_init=2.0),
