@@ -360,9 +360,18 @@ class _LinePrefix(io.TextIOBase):
         self.stream.flush()
 
 
+def _study_folders(cfg: StudyConfig) -> set[str]:
+    """The folders a study keeps its arms in: one per seed (`seed-<s>`) for several seeds, else one per arm."""
+    if len(cfg.seeds) > 1:
+        return {f"seed-{seed}" for seed in cfg.seeds}
+    return {arm.name for arm in expand_arms(cfg)}
+
+
 def _claim_folder(out: Path, cfg: StudyConfig, overwrite: bool) -> None:
-    """Refuse a folder that holds something else or another study; record this study's config. `overwrite` deletes
-    only a folder holding a study (its study.json), as `train --overwrite` deletes only a run (`clear_folder`)."""
+    """Refuse a folder that holds something else or another study; record this study's config. A folder that holds
+    only folders of this study's arms (copied in from another study's run, e.g. a screen's grid widened) is claimed.
+    `overwrite` deletes only a folder holding a study (its study.json), as `train --overwrite` deletes only a run
+    (`clear_folder`)."""
     wanted = json.loads(json.dumps(dataclasses.asdict(cfg)))
     file = out / STUDY_FILE
     if file.is_file():
@@ -383,7 +392,7 @@ def _claim_folder(out: Path, cfg: StudyConfig, overwrite: bool) -> None:
             return
     elif out.exists() and not out.is_dir():
         raise StudyError(f"--out {str(out)!r} is a file; pass a folder for the study")
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(entry.name not in _study_folders(cfg) or not entry.is_dir() for entry in out.iterdir()):
         raise StudyError(
             f"{str(out)!r} is not empty and holds no study (no {STUDY_FILE}; it holds {folder_listing(out)}); "
             + ("--overwrite deletes only a study's folder; " if overwrite else "")

@@ -687,3 +687,31 @@ def test_a_parallel_study_starts_an_arm_that_copies_a_pretraining_once_it_is_don
         ("start", "full-finetune.lr=0.001", "pretrain"),
     ]
     assert sum(kind == "start" for kind, _, _ in log) == 4 * 2
+
+
+def test_a_screens_finished_arms_carry_over_into_a_wider_grid_and_are_reported_with_its_new_arms(micro, tmp_path):
+    # A screen run over leases: one LR first (the Infini arm only), then the grid widened; the finished arm's folder
+    # is copied into the wider study, which runs only its new arms and reports the arms finished so far.
+    narrow = micro(sweeps={"finetune.lr": [1e-3]}, eval_haystacks=("repeat",), eval_rope_scaling=None)
+    wide = dataclasses.replace(narrow, sweeps={"finetune.lr": [1e-3, 3e-3]})
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_study(narrow, first, device="cpu", progress=False, jobs=1, estimate=False, arms=["infini*"])
+    (second / "notes").mkdir(parents=True)
+    with pytest.raises(StudyError, match="not empty and holds no study .*notes"):
+        run_study(wide, second, device="cpu", progress=False, jobs=1, estimate=False, arms=["*lr=0.003"])
+    (second / "notes").rmdir()
+    # A folder holding only this study's arm folders is claimed by it.
+    shutil.copytree(first / "infini-finetune.lr=0.001", second / "infini-finetune.lr=0.001")
+    run_study(wide, second, device="cpu", progress=False, jobs=1, estimate=False, arms=["*lr=0.003"])
+    assert not (second / "full-finetune.lr=0.001").exists(), "the arms named only"
+    report = run_study(wide, second, device="cpu", progress=False, report_only=True, arms=["infini*", "*lr=0.003"])
+    assert "it leaves out full-finetune.lr=0.001 (not run or not chosen)" in report.read_text()
+    carried = json.loads((first / "infini-finetune.lr=0.001" / "eval" / "passkey-repeat" / "summary.json").read_text())
+    results = json.loads((second / "results.json").read_text())
+    assert list(results["arms"]) == ["infini-finetune.lr=0.001", "infini-finetune.lr=0.003", "full-finetune.lr=0.003"]
+    rows = results["arms"]["infini-finetune.lr=0.001"]["passkey"]["passkey"]["haystacks"]["repeat"]["by_length"]
+    assert [r["exact"]["successes"] for r in rows] == [r["exact"]["successes"] for r in carried["results"]["by_length"]]
+    # The new Infini arm is compared with its baseline; the carried one, whose baseline is left out, with nothing.
+    assert {(c["infini"], c["other"]) for c in results["comparisons"]} == {
+        ("infini-finetune.lr=0.003", "full-finetune.lr=0.003")
+    }
