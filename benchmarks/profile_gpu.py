@@ -22,6 +22,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from infini_llama.profiling import busy_us, kernel_events
+
 GROUPS = ("matmul", "attention", "triton fused", "eager elementwise", "optimizer", "copy", "other")
 # The first group whose patterns occur in the lower-cased kernel name wins. Order matters: a Triton GEMM template
 # is a matmul; a fused Triton kernel named after the attention op it sits beside is not the attention kernel; and
@@ -36,7 +38,6 @@ _PATTERNS = (
     ("copy", ("memcpy", "memset", "copy_kernel", "catarray", "cat_batched")),
     ("eager elementwise", ("elementwise", "reduce_kernel", "softmax", "norm", "index", "scatter", "gather")),
 )  # fmt: skip
-KERNEL_CATEGORIES = {"kernel", "gpu_memcpy", "gpu_memset"}
 
 
 def kernel_group(name: str) -> str:
@@ -48,23 +49,12 @@ def kernel_group(name: str) -> str:
     return "other"
 
 
-def busy_us(intervals: list[tuple[float, float]]) -> float:
-    """Length of the union of [start, end) intervals (kernels on several streams may overlap)."""
-    total, reach = 0.0, float("-inf")
-    for start, end in sorted(intervals):
-        if end <= reach:
-            continue
-        total += end - max(start, reach)
-        reach = end
-    return total
-
-
 def summarize(trace: dict, steps: int, wall_s: float, top: int = 12) -> dict:
     """Kernel time per step by group, busy share of `wall_s` (the profiled steps' wall time), and the kernels that
     took the most time, from a Chrome trace of `steps` steps."""
     if steps < 1 or wall_s <= 0:
         raise ValueError(f"need steps >= 1 and wall_s > 0, got {steps} and {wall_s}")
-    kernels = [e for e in trace.get("traceEvents", []) if e.get("cat") in KERNEL_CATEGORIES and "dur" in e]
+    kernels = kernel_events(trace)
     by_group: dict[str, float] = defaultdict(float)
     by_name: dict[str, float] = defaultdict(float)
     for event in kernels:

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from infini_llama.host import cpu_summary, describe_cpu
 from infini_llama.models import InfiniLlamaForCausalLM, config_from_preset
+from infini_llama.profiling import gpu_busy_share
 from infini_llama.study.arms import Arm, pretraining_copies
 from infini_llama.study.config import StudyConfig
 from infini_llama.study.results import sequences_per_step
@@ -93,12 +94,14 @@ class Task:
 
 @dataclass
 class ArmRates:
-    """What the probe measured for one arm's model: seconds per optimizer step of each training stage, and the
-    seconds of a passkey batch at two lengths (interpolated linearly between and beyond them)."""
+    """What the probe measured for one arm's model: seconds per optimizer step of each training stage, the seconds
+    of a passkey batch at two lengths (interpolated linearly between and beyond them), and on a GPU how busy a
+    training step keeps it."""
 
     step_seconds: dict[str, float]
     eval_points: tuple[tuple[int, float], tuple[int, float]]
     layers: int
+    gpu_busy: float | None = None  # the GPU's busy share of a training step, the busiest stage's (None: not measured)
 
     def eval_batch(self, length: int) -> float:
         (n0, s0), (n1, s1) = self.eval_points
@@ -120,9 +123,15 @@ def _sync(device: torch.device) -> None:
 
 
 def _training_step_seconds(
-    model, tcfg: TrainConfig, device: torch.device, generator: torch.Generator, answers_only: bool = False
-) -> float:
-    """Seconds of one optimizer step of `tcfg`'s shape (its micro-batches included), eager, at the run's precision.
+    model,
+    tcfg: TrainConfig,
+    device: torch.device,
+    generator: torch.Generator,
+    answers_only: bool = False,
+    busy: bool = False,
+) -> tuple[float, float | None]:
+    """Seconds of one optimizer step of `tcfg`'s shape (its micro-batches included), eager, at the run's precision,
+    and with `busy` on a GPU the share of a micro-batch's time the GPU is busy (`gpu_busy_share`; else None).
     `answers_only`: the loss on a passkey answer's tokens at the end of each row only, as fine-tuning with
     loss="answer" has it (the trainer then runs the output layer at those tokens only: see `summed_loss`)."""
     bf16 = resolve_precision(tcfg.precision, device) == "bf16"
@@ -131,22 +140,27 @@ def _training_step_seconds(
     labels = ids.clone()
     if answers_only:
         labels[:, :-ANSWER_TOKENS] = -100
-    times = []
-    for _ in range(1 + PROBE_STEPS):
-        _sync(device)
-        began = time.perf_counter()
+
+    def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
             loss = summed_loss(model, ids, labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    times = []
+    for _ in range(1 + PROBE_STEPS):
+        _sync(device)
+        began = time.perf_counter()
+        step()
         _sync(device)
         times.append(time.perf_counter() - began)
     micro = min(times[1:])  # the least disturbed by other work on a shared host
+    share = gpu_busy_share(step, micro) if busy and device.type == "cuda" else None
     seconds = micro * tcfg.accumulation(1)
     if resolve_compile(tcfg.compile, device):
         seconds /= COMPILED_SPEEDUP.get(model.config.attention, 1.0)
-    return seconds
+    return seconds, share
 
 
 @torch.no_grad()
@@ -162,8 +176,9 @@ def _passkey_batch_seconds(runner, batch: int, length: int, device: torch.device
     return time.perf_counter() - began
 
 
-def probe_arm(cfg: StudyConfig, arm: Arm, device: torch.device) -> ArmRates:
-    """Measure `arm`'s model on `device` with the threads this process has now; a few seconds for the tiny preset."""
+def probe_arm(cfg: StudyConfig, arm: Arm, device: torch.device, busy: bool = False) -> ArmRates:
+    """Measure `arm`'s model on `device` with the threads this process has now; a few seconds for the tiny preset.
+    `busy`: also how busy its training steps keep a GPU (for arms that will share one)."""
     from infini_llama.eval.inference import ChunkedLM
 
     generator = torch.Generator().manual_seed(0)
@@ -183,15 +198,17 @@ def probe_arm(cfg: StudyConfig, arm: Arm, device: torch.device) -> ArmRates:
         answers_only = {"pretrain": False, "finetune": {**cfg.passkey, **arm.passkey}.get("loss") == "answer"}
         shapes = {stage: (tcfg.seq_len, resolve_compile(tcfg.compile, device), tcfg.precision, answers_only[stage])
                   for stage, tcfg in steps.items()}  # fmt: skip
-        measured: dict[tuple, tuple[float, int]] = {}
+        measured: dict[tuple, tuple[float, int, float | None]] = {}
         for stage in sorted(steps, key=sequences.get):
             if shapes[stage] not in measured:
-                seconds = _training_step_seconds(model, steps[stage], device, generator, answers_only[stage])
-                measured[shapes[stage]] = (seconds, sequences[stage])
+                seconds, share = _training_step_seconds(model, steps[stage], device, generator, answers_only[stage],
+                                                        busy)  # fmt: skip
+                measured[shapes[stage]] = (seconds, sequences[stage], share)
         step_seconds = {}
         for stage in steps:
-            seconds, probed = measured[shapes[stage]]
+            seconds, probed, _ = measured[shapes[stage]]
             step_seconds[stage] = seconds * sequences[stage] / probed
+        shares = [b for _, _, b in measured.values() if b is not None]
         model.eval()
         runner = ChunkedLM(model)
         lengths = eval_lengths(cfg, arm)
@@ -202,7 +219,7 @@ def probe_arm(cfg: StudyConfig, arm: Arm, device: torch.device) -> ArmRates:
     del model, runner
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return ArmRates(step_seconds, (points[0], points[-1]), layers)
+    return ArmRates(step_seconds, (points[0], points[-1]), layers, max(shares) if shares else None)
 
 
 def _training_stage(name: str, tcfg: TrainConfig, step_seconds: float, attention: str, device, run_dir: Path) -> Stage:
@@ -255,16 +272,23 @@ def arm_estimate(cfg: StudyConfig, arm: Arm, root: Path, rates: ArmRates, device
 # time finished 1.35x sooner than one after another, four at a time 2.0x, nine arms five at a time 1.55x
 # (reports/mini-recipe/, reports/mini-1500/). Counting every job at the speed of one arm alone, the estimate had
 # said 468, 823 and 1,073 s would take 413, 542 and 504 s; counting two per GPU, 428, 854 and 921 s. Counting two
-# per GPU, it said 1,548 s for nine arms at once, which took 1,350 (reports/mini/). The estimate before the start
-# counts at most this many arms per GPU at the speed of one alone; once stages have run, the study's ETA scales its
-# arms by their measured times instead, which hold the sharing.
+# per GPU, it said 1,548 s for nine arms at once, which took 1,350 (reports/mini/). The 302M model keeps the GPU
+# busy on its own: two of its fine-tunings side by side ran at 124K tokens/s each, one alone at 264K, and counting
+# two per GPU the estimate said 537 s for a run that took 961 (reports/paper-h200-screen/). So the estimate before
+# the start counts as many arms per GPU at the speed of one alone as the probe's busiest step leaves room for (the
+# nearest whole number to 1 / its GPU busy share), at most ARMS_PER_GPU; once stages have run, the study's ETA
+# scales its arms by their measured times instead, which hold the sharing.
 ARMS_PER_GPU = 2
 
 
-def lanes(jobs: int, gpus: int) -> int:
-    """How many of `jobs` arms at once the estimate counts at full speed: all of them on CPU (`gpus` 0), at most
-    ARMS_PER_GPU per GPU."""
-    return jobs if gpus <= 0 else max(1, min(jobs, gpus * ARMS_PER_GPU))
+def lanes(jobs: int, gpus: int, busy: float | None = None) -> int:
+    """How many of `jobs` arms at once the estimate counts at full speed: all of them on CPU (`gpus` 0); per GPU
+    the nearest whole number to 1 / `busy` (the GPU's busy share of the busiest arm's training step), from 1 to
+    ARMS_PER_GPU, or ARMS_PER_GPU where `busy` was not measured."""
+    if gpus <= 0:
+        return jobs
+    per_gpu = ARMS_PER_GPU if not busy else max(1, min(ARMS_PER_GPU, round(1 / busy)))
+    return max(1, min(jobs, gpus * per_gpu))
 
 
 def lanes_seconds(task_seconds: list[float], jobs: int, busy: list[float] | None = None) -> float:
@@ -299,7 +323,9 @@ def estimate_study(tasks: list[tuple[StudyConfig, Arm, Path]], jobs: int, device
     try:
         for seed_cfg, arm, _ in tasks:
             if arm.name not in rates:
-                rates[arm.name] = probe_arm(seed_cfg, arm, on)
+                # How busy a step keeps the GPU matters only to arms that share one (and profiling is kept out of
+                # a process that then trains on the GPU itself).
+                rates[arm.name] = probe_arm(seed_cfg, arm, on, busy=0 < gpus < jobs)
     finally:
         torch.set_num_threads(before)
     estimates, copies = [], pretraining_copies(tasks)
@@ -308,14 +334,17 @@ def estimate_study(tasks: list[tuple[StudyConfig, Arm, Path]], jobs: int, device
         task.label = f"{out.name}/{arm.name}" if out.name == f"seed-{seed_cfg.seed}" else arm.name
         estimates.append(task)
     seeds = len({out for _, _, out in tasks})
-    total = lanes_seconds([t.seconds for t in estimates], lanes(jobs, gpus)) + seeds * REPORT_SECONDS
+    busy = max((r.gpu_busy for r in rates.values() if r.gpu_busy is not None), default=None)
+    total = lanes_seconds([t.seconds for t in estimates], lanes(jobs, gpus, busy)) + seeds * REPORT_SECONDS
     record = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": describe_cpu() if on.type == "cpu" else {**describe_cpu(), "gpu": torch.cuda.get_device_name(on)},
-        "device": str(on), "jobs": jobs, "gpus": gpus, "lanes": lanes(jobs, gpus), "threads_per_arm": threads,
+        "device": str(on), "jobs": jobs, "gpus": gpus, "lanes": lanes(jobs, gpus, busy), "threads_per_arm": threads,
+        "gpu_busy": None if busy is None else round(busy, 3),
         "probe_seconds": round(time.perf_counter() - began, 2),
         "estimated_seconds": round(total, 1),
-        "rates": {name: {"step_seconds": r.step_seconds, "passkey_batch_seconds": dict(r.eval_points)}
+        "rates": {name: {"step_seconds": r.step_seconds, "passkey_batch_seconds": dict(r.eval_points),
+                         "gpu_busy": r.gpu_busy}
                   for name, r in rates.items()},
         "tasks": {t.label: {s.name: round(s.seconds, 1) for s in t.stages} for t in estimates},
     }  # fmt: skip
@@ -325,9 +354,13 @@ def estimate_study(tasks: list[tuple[StudyConfig, Arm, Path]], jobs: int, device
 def estimate_lines(estimates: list[Task], record: dict) -> list[str]:
     """What the study prints before it starts."""
     on = record["host"].get("gpu") or cpu_summary(record["host"])
+    sharing = ""
+    if record.get("gpu_busy") is not None and record["jobs"] > record["lanes"]:
+        sharing = (f", counted as {record['lanes']} at full speed (a training step keeps the GPU "
+                   f"{record['gpu_busy']:.0%} busy)")  # fmt: skip
     lines = [
         f"[study] estimated time on this host ({on}): about {duration(record['estimated_seconds'])} for "
-        f"{len(estimates)} arms, {record['jobs']} at a time (probe: {record['probe_seconds']:.1f} s; "
+        f"{len(estimates)} arms, {record['jobs']} at a time{sharing} (probe: {record['probe_seconds']:.1f} s; "
         "--no-estimate skips it)"
     ]
     arms = {task.label.rpartition("/")[2]: task for task in reversed(estimates)}  # every seed's arm costs the same

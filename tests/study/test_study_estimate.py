@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from infini_llama.host import cpu_summary
+from infini_llama.profiling import busy_us, gpu_busy_share, kernel_events
 from infini_llama.study import estimate, run_study, study_config
 from infini_llama.study.arms import expand_arms
 from infini_llama.study.estimate import Stage, StudyClock, Task, estimate_study, lanes, lanes_seconds, study_eta
@@ -72,18 +73,38 @@ def test_fine_tuning_on_the_answers_is_probed_on_its_own_path(tmp_path, monkeypa
     # With loss="answer" the trainer runs the output layer at the answers only: a step of its own speed.
     probed = []
 
-    def fake_step_seconds(model, tcfg, device, generator, answers_only=False):
+    def fake_step_seconds(model, tcfg, device, generator, answers_only=False, busy=False):
         probed.append((tcfg.batch_size, answers_only))
-        return 0.25 if answers_only else 1.0
+        return (0.25, None) if answers_only else (1.0, None)
 
     monkeypatch.setattr(estimate, "_training_step_seconds", fake_step_seconds)
     cfg = micro_study(passkey=dict(loss="answer"))
     tasks = [(cfg, arm, tmp_path) for arm in expand_arms(cfg)]
-    estimates, _ = estimate_study(tasks, jobs=2, device="cpu", threads=1)
+    estimates, record = estimate_study(tasks, jobs=2, device="cpu", threads=1)
     assert sorted(set(probed)) == [(2, True), (4, False)]
     for task in estimates:
         pretrain, finetune = task.stages[0], task.stages[1]
         assert (pretrain.step_seconds, finetune.step_seconds) == (1.0, 0.25)
+    assert record["gpu_busy"] is None and record["lanes"] == 2
+
+
+@pytest.mark.parametrize(("busy", "lanes_counted"), [(0.95, 1), (0.3, 2), (None, 2)])
+def test_arms_sharing_a_gpu_are_counted_at_full_speed_as_far_as_its_busy_share_leaves_room(
+    tmp_path, monkeypatch, busy, lanes_counted
+):
+    # Two arms on one GPU: a step that keeps the GPU busy (the 302M model) leaves no room for a second arm at full
+    # speed, one that leaves it idle most of the time (the small models) does; unmeasured, two are counted.
+    monkeypatch.setattr(estimate, "_training_step_seconds", lambda *args: (1.0, busy if args[-1] else None))
+    cfg = micro_study()
+    tasks = [(cfg, arm, tmp_path) for arm in expand_arms(cfg)]
+    estimates, record = estimate_study(tasks, jobs=2, device="cpu", threads=1, gpus=1)
+    assert record["lanes"] == lanes_counted and record["gpu_busy"] == busy
+    assert all(r["gpu_busy"] == busy for r in record["rates"].values())
+    counted = ", counted as 1 at full speed (a training step keeps the GPU 95% busy)"
+    assert (counted in estimate.estimate_lines(estimates, record)[0]) == (lanes_counted == 1)
+    seconds = sorted(task.seconds for task in estimates)
+    expected = seconds[-1] if lanes_counted == 2 else sum(seconds)
+    assert record["estimated_seconds"] == pytest.approx(expected + estimate.REPORT_SECONDS, abs=0.1)
 
 
 def test_arms_fill_the_first_free_worker_in_order():
@@ -93,6 +114,22 @@ def test_arms_fill_the_first_free_worker_in_order():
     assert lanes_seconds([], jobs=4) == 0
     # Arms sharing a GPU interleave: the estimate counts two per GPU at full speed, every job on CPU.
     assert (lanes(5, gpus=0), lanes(5, gpus=1), lanes(5, gpus=2), lanes(3, gpus=4), lanes(1, gpus=1)) == (5, 2, 4, 3, 1)
+    # ... fewer where a step keeps the GPU busy: the nearest whole number to 1 / busy share, from 1 to 2 per GPU.
+    assert [lanes(4, gpus=1, busy=b) for b in (0.95, 0.7, 0.6, 0.2)] == [1, 1, 2, 2]
+    assert (lanes(4, gpus=2, busy=0.95), lanes(5, gpus=0, busy=0.95)) == (2, 5)
+
+
+def test_the_gpus_busy_share_is_the_union_of_its_kernels_over_the_wall_time():
+    assert busy_us([]) == 0
+    assert busy_us([(0, 10), (5, 12), (20, 25), (21, 22)]) == 12 + 5  # overlapping streams counted once
+    assert busy_us([(30, 40), (0, 100)]) == 100  # one kernel inside another, given out of order
+    trace = {"traceEvents": [
+        {"cat": "kernel", "ts": 0, "dur": 10}, {"cat": "gpu_memcpy", "ts": 10, "dur": 5},
+        {"cat": "cpu_op", "ts": 0, "dur": 100}, {"cat": "kernel", "ts": 50},  # a host op; an event with no length
+    ]}  # fmt: skip
+    assert [e["ts"] for e in kernel_events(trace)] == [0, 10]
+    if not torch.cuda.is_available():
+        assert gpu_busy_share(lambda: None, 0.01) is None  # off CUDA: not measured
 
 
 def _task(root, names=("pretrain", "finetune", "passkey")) -> Task:
@@ -198,7 +235,7 @@ def test_estimate_only_is_refused_with_a_flag_that_skips_the_estimate(tmp_path, 
 
 
 def test_a_probe_that_fails_leaves_the_study_without_an_estimate(tmp_path, capsys, monkeypatch):
-    def out_of_memory(*args):
+    def out_of_memory(*args, **kwargs):
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(estimate, "probe_arm", out_of_memory)

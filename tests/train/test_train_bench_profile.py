@@ -45,12 +45,6 @@ def test_kernel_names_fall_in_their_group(profile_gpu, name, group):
     assert profile_gpu.kernel_group(name) == group
 
 
-def test_busy_time_is_the_union_of_overlapping_kernels(profile_gpu):
-    assert profile_gpu.busy_us([]) == 0
-    assert profile_gpu.busy_us([(0, 10), (5, 12), (20, 25), (21, 22)]) == 12 + 5
-    assert profile_gpu.busy_us([(30, 40), (0, 100)]) == 100  # one kernel inside another, given out of order
-
-
 def test_summary_per_step_and_shares(profile_gpu):
     def kernel(name, ts, dur, cat="kernel"):
         return {"cat": cat, "name": name, "ts": ts, "dur": dur}
