@@ -19,6 +19,8 @@ from infini_llama.layers.rope import ROPE_SCALINGS
 from infini_llama.models.presets import PRESETS
 from infini_llama.study.sweeps import check_sweeps
 
+EVAL_PRECISIONS = ("fp32", "bf16", "auto")
+
 
 @dataclass
 class StudyConfig:
@@ -44,7 +46,9 @@ class StudyConfig:
     ablation, each changing its values alone (keys as for sweeps; arms it does not change are not repeated).
     `layer_off_multiple`: Infini arms are also evaluated with the memory switched off in one layer at a time, at
     this multiple of the training length (one of `eval_multiples`) on the first haystack, to measure what each
-    layer's memory adds against its gate; None: not.
+    layer's memory adds against its gate; None: not. `eval_precision`: "fp32" evaluates in float32; "bf16" under
+    the bf16 autocast the models were trained in (the memory's state and its matmuls in float32, with TF32 on a
+    GPU), faster on a GPU, whose float32 matmuls run far below its bf16 rate; "auto": bf16 on a GPU, fp32 elsewhere.
     """
 
     preset: str = "tiny"
@@ -72,6 +76,7 @@ class StudyConfig:
     ablations: list[dict[str, Any]] = field(default_factory=list)
     control_arm: bool = False
     layer_off_multiple: float | None = 2.0
+    eval_precision: str = "fp32"
 
     def __post_init__(self):
         self.seeds = _as_tuple(self.seeds, int)
@@ -103,6 +108,8 @@ class StudyConfig:
                 f"layer_off_multiple must be one of eval_multiples {self.eval_multiples} (or none), got "
                 f"{self.layer_off_multiple!r}"
             )
+        if self.eval_precision not in EVAL_PRECISIONS:
+            raise ValueError(f"eval_precision must be one of {EVAL_PRECISIONS}, got {self.eval_precision!r}")
         if self.selection_samples < 1:
             raise ValueError(f"selection_samples must be >= 1, got {self.selection_samples}")
         scaling = self.eval_rope_scaling

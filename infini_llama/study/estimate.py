@@ -39,6 +39,7 @@ from infini_llama.study.stages import (
     arm_stages,
     candidate_lrs,
     eval_lengths,
+    evaluation_numerics,
     finetune_dir,
     finetune_recipe,
     layer_off_length,
@@ -212,10 +213,11 @@ def probe_arm(cfg: StudyConfig, arm: Arm, device: torch.device, busy: bool = Fal
         model.eval()
         runner = ChunkedLM(model)
         lengths = eval_lengths(cfg, arm)
-        _passkey_batch_seconds(runner, cfg.eval_batch_size, min(lengths), device, generator)  # warm-up
-        short, long = training_length(cfg, arm), max(lengths)
-        points = tuple((n, _passkey_batch_seconds(runner, cfg.eval_batch_size, n, device, generator))
-                       for n in dict.fromkeys((short, long)))  # fmt: skip
+        with evaluation_numerics(cfg, device):
+            _passkey_batch_seconds(runner, cfg.eval_batch_size, min(lengths), device, generator)  # warm-up
+            short, long = training_length(cfg, arm), max(lengths)
+            points = tuple((n, _passkey_batch_seconds(runner, cfg.eval_batch_size, n, device, generator))
+                           for n in dict.fromkeys((short, long)))  # fmt: skip
     del model, runner
     if device.type == "cuda":
         torch.cuda.empty_cache()

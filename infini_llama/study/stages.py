@@ -17,13 +17,16 @@ Layout of an arm's folder:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from infini_llama.data import held_out_book
 from infini_llama.eval import (
@@ -44,7 +47,9 @@ from infini_llama.eval.scoring import mean_and_stderr, proportion
 from infini_llama.study.arms import Arm, expand_arms, pretraining_source
 from infini_llama.study.config import StudyConfig
 from infini_llama.train import PasskeyBatchSource, TrainConfig, launch_env, recipe, train
+from infini_llama.train.loop import tf32_matmuls
 from infini_llama.train.microbatch import initial_split
+from infini_llama.train.setup import resolve_precision
 
 Stage = tuple[str, Callable[[], dict | None]]
 
@@ -150,6 +155,17 @@ def passkey_tasks(cfg: StudyConfig, arm: Arm) -> list[str]:
     return ["passkey", *rope_rows(cfg, arm)]
 
 
+@contextlib.contextmanager
+def evaluation_numerics(cfg: StudyConfig, device: torch.device) -> Iterator[None]:
+    """Inside the block, the numerics `cfg.eval_precision` gives an evaluation on `device`: float32 as it is, or the
+    training's bf16 autocast (the memory's state and matmuls stay float32, as in training, with TF32 on a GPU)."""
+    if resolve_precision(cfg.eval_precision, device) != "bf16":
+        yield
+        return
+    with torch.autocast(device.type, dtype=torch.bfloat16), tf32_matmuls(device.type == "cuda"):
+        yield
+
+
 def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bool) -> list[Stage]:
     """(name, callable) for every stage of `arm`, whose folder is `root`, in order."""
     pretrain_dir = root / "pretrain"
@@ -192,7 +208,8 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
         candidates = []
         for lr in lrs:
             model = load_model(finetune_dir(root, lr) / "final", device=on)
-            rows = evaluate_passkey(ChunkedLM(model), tokenizer, prompts, cfg.eval_batch_size)
+            with evaluation_numerics(cfg, next(model.parameters()).device):
+                rows = evaluate_passkey(ChunkedLM(model), tokenizer, prompts, cfg.eval_batch_size)
             trained = json.loads((root / f"{finetune_dir(root, lr).name}.done").read_text())
             candidates.append({
                 "lr": lr, "exact": proportion(sum(r["exact"] for r in rows), len(rows)),
@@ -205,6 +222,10 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
         def run():
             checkpoint = chosen_checkpoint(root)
             model, tokenizer = load_model(checkpoint, device=on), load_eval_tokenizer(checkpoint)
+            with evaluation_numerics(cfg, next(model.parameters()).device):
+                measure(model, tokenizer, checkpoint)
+
+        def measure(model, tokenizer, checkpoint):
             target = root / "eval" / (f"{task}-{haystack}" if haystack else task)
             label = passkey_label(arm, task, cfg)
             if haystack:
@@ -240,6 +261,10 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
         # What each layer's memory adds: the plain grid's design at one length, one layer's gates closed at a time.
         checkpoint = chosen_checkpoint(root)
         model, tokenizer = load_model(checkpoint, device=on), load_eval_tokenizer(checkpoint)
+        with evaluation_numerics(cfg, next(model.parameters()).device):
+            layer_grids(model, tokenizer, checkpoint)
+
+    def layer_grids(model, tokenizer, checkpoint):
         haystack = cfg.eval_haystacks[0]
         for layer in range(len(gate_parameters(model))):
             grid = PasskeyGridConfig(

@@ -715,3 +715,47 @@ def test_a_screens_finished_arms_carry_over_into_a_wider_grid_and_are_reported_w
     assert {(c["infini"], c["other"]) for c in results["comparisons"]} == {
         ("infini-finetune.lr=0.003", "full-finetune.lr=0.003")
     }
+
+
+def test_bf16_evaluation_keeps_the_memory_in_float32_and_stays_close_to_float32(micro):
+    from infini_llama.eval import ChunkedLM
+    from infini_llama.models import InfiniLlamaForCausalLM, config_from_preset
+
+    cfg = micro(eval_precision="bf16")
+    torch.manual_seed(0)
+    model = InfiniLlamaForCausalLM(config_from_preset(cfg.model_preset, **cfg.model, attention="infini")).eval()
+    ids = torch.randint(model.config.vocab_size, (2, 80))  # five segments: the memory is written and read
+    runner = ChunkedLM(model, chunk_len=32)
+    exact, exact_state = runner.prefill(ids)
+    with study_stages.evaluation_numerics(cfg, torch.device("cpu")):
+        assert torch.is_autocast_enabled("cpu")
+        fast, fast_state = runner.prefill(ids)
+    assert not torch.is_autocast_enabled("cpu"), "the autocast ends with the block"
+    assert exact.dtype == torch.float32 and fast.dtype == torch.bfloat16
+    memory = [tensor for layer in fast_state for tensor in layer[0]]  # each layer's (memory, normalizer)
+    assert len(memory) == 2 and all(t.dtype == torch.float32 for t in memory), [t.dtype for t in memory]
+    for fast_part, exact_part in zip(memory, exact_state[0][0], strict=True):  # the memory as float32 reads it
+        assert (fast_part - exact_part).norm() / exact_part.norm() < 0.02
+    error = (fast.float() - exact).abs().max() / exact.abs().max()
+    assert error < 0.05, error  # bf16 keeps about 3 significant digits
+    with study_stages.evaluation_numerics(micro(), torch.device("cpu")):  # fp32, the default: nothing changes
+        assert not torch.is_autocast_enabled("cpu")
+    with pytest.raises(ValueError, match="eval_precision must be one of"):
+        micro(eval_precision="fp16")
+
+
+def test_a_study_evaluated_in_bf16_runs_every_evaluation_under_it_and_says_so(micro, tmp_path, monkeypatch):
+    seen = []
+    for name in ("run_passkey_grid", "evaluate_passkey", "perplexity_by_position"):
+        real = getattr(study_stages, name)
+
+        def recording(*args, _real=real, _name=name, **kwargs):
+            seen.append((_name, torch.is_autocast_enabled("cpu")))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(study_stages, name, recording)
+    cfg = micro(eval_precision="bf16", eval_haystacks=("repeat",), eval_rope_scaling=None, layer_off_multiple=None)
+    report = run_study(cfg, tmp_path / "study", device="cpu", progress=False, jobs=1, estimate=False)
+    assert {name for name, _ in seen} == {"run_passkey_grid", "evaluate_passkey", "perplexity_by_position"}
+    assert all(autocast for _, autocast in seen), seen
+    assert "Evaluated with eval_precision=bf16" in report.read_text()
