@@ -213,7 +213,7 @@ def probe_arm(cfg: StudyConfig, arm: Arm, device: torch.device, busy: bool = Fal
         model.eval()
         runner = ChunkedLM(model)
         lengths = eval_lengths(cfg, arm)
-        with evaluation_numerics(cfg, device):
+        with evaluation_numerics(cfg.eval_precision, device):
             _passkey_batch_seconds(runner, cfg.eval_batch_size, min(lengths), device, generator)  # warm-up
             short, long = training_length(cfg, arm), max(lengths)
             points = tuple((n, _passkey_batch_seconds(runner, cfg.eval_batch_size, n, device, generator))

@@ -157,12 +157,12 @@ def passkey_tasks(cfg: StudyConfig, arm: Arm) -> list[str]:
 
 
 @contextlib.contextmanager
-def evaluation_numerics(cfg: StudyConfig, device: torch.device | str | None) -> Iterator[None]:
-    """Inside the block, the numerics `cfg.eval_precision` gives an evaluation on `device` (None or "auto": a GPU if
-    there is one): float32 as it is, or the training's bf16 autocast (the memory's state and matmuls stay float32,
-    as in training, with TF32 on a GPU)."""
+def evaluation_numerics(precision: str, device: torch.device | str | None) -> Iterator[None]:
+    """Inside the block, the numerics `precision` (a study's `eval_precision`) gives an evaluation on `device` (None
+    or "auto": a GPU if there is one): float32 as it is, or the training's bf16 autocast (the memory's state and
+    matmuls stay float32, as in training, with TF32 on a GPU)."""
     device = torch.device(default_device() if device in (None, "auto") else device)  # where load_model puts it
-    if resolve_precision(cfg.eval_precision, device) != "bf16":
+    if resolve_precision(precision, device) != "bf16":
         yield
         return
     with torch.autocast(device.type, dtype=torch.bfloat16), tf32_matmuls(device.type == "cuda"):
@@ -211,7 +211,7 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
         candidates = []
         for lr in lrs:
             model = load_model(finetune_dir(root, lr) / "final", device=on)
-            with evaluation_numerics(cfg, on):
+            with evaluation_numerics(cfg.eval_precision, on):
                 rows = evaluate_passkey(ChunkedLM(model), tokenizer, prompts, cfg.eval_batch_size)
             trained = json.loads((root / f"{finetune_dir(root, lr).name}.done").read_text())
             candidates.append({
@@ -225,7 +225,7 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
         def run():
             checkpoint = chosen_checkpoint(root)
             model, tokenizer = load_model(checkpoint, device=on), load_eval_tokenizer(checkpoint)
-            with evaluation_numerics(cfg, on):
+            with evaluation_numerics(cfg.eval_precision, on):
                 measure(model, tokenizer, checkpoint)
 
         def measure(model, tokenizer, checkpoint):
@@ -264,7 +264,7 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
         # What each layer's memory adds: the plain grid's design at one length, one layer's gates closed at a time.
         checkpoint = chosen_checkpoint(root)
         model, tokenizer = load_model(checkpoint, device=on), load_eval_tokenizer(checkpoint)
-        with evaluation_numerics(cfg, on):
+        with evaluation_numerics(cfg.eval_precision, on):
             layer_grids(model, tokenizer, checkpoint)
 
     def layer_grids(model, tokenizer, checkpoint):

@@ -727,7 +727,7 @@ def test_bf16_evaluation_keeps_the_memory_in_float32_and_stays_close_to_float32(
     ids = torch.randint(model.config.vocab_size, (2, 80))  # five segments: the memory is written and read
     runner = ChunkedLM(model, chunk_len=32)
     exact, exact_state = runner.prefill(ids)
-    with study_stages.evaluation_numerics(cfg, torch.device("cpu")):
+    with study_stages.evaluation_numerics(cfg.eval_precision, "cpu"):
         assert torch.is_autocast_enabled("cpu")
         fast, fast_state = runner.prefill(ids)
     assert not torch.is_autocast_enabled("cpu"), "the autocast ends with the block"
@@ -738,7 +738,7 @@ def test_bf16_evaluation_keeps_the_memory_in_float32_and_stays_close_to_float32(
         assert (fast_part - exact_part).norm() / exact_part.norm() < 0.02
     error = (fast.float() - exact).abs().max() / exact.abs().max()
     assert error < 0.05, error  # bf16 keeps about 3 significant digits
-    with study_stages.evaluation_numerics(micro(), torch.device("cpu")):  # fp32, the default: nothing changes
+    with study_stages.evaluation_numerics(micro().eval_precision, "cpu"):  # fp32, the default: nothing changes
         assert not torch.is_autocast_enabled("cpu")
     with pytest.raises(ValueError, match="eval_precision must be one of"):
         micro(eval_precision="fp16")
