@@ -20,10 +20,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,7 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-import transformers  # noqa: E402
+from benchjson import run_environment, write_result  # noqa: E402
 
 from infini_llama import InfiniLlamaForCausalLM, config_from_preset  # noqa: E402
 from infini_llama.data import load_tokenizer  # noqa: E402
@@ -109,21 +106,8 @@ def main() -> None:
                 f"streaming {r['streaming_s_per_sample']:.3f} s/sample  x{r['speedup']:.2f}  "
                 f"state {r['state_bytes'] / 2**20:.2f} MiB  same={same}"
             )
-    result = {
-        "benchmark": "passkey evaluation, streaming vs whole-sequence re-run (tiny preset, random weights)",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(),
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-        },  # fmt: skip
-        "rows": rows,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    benchmark = "passkey evaluation, streaming vs whole-sequence re-run (tiny preset, random weights)"
+    write_result(args.out, {"benchmark": benchmark, **run_environment(device), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -17,10 +17,7 @@ Usage (a GPU; on CPU the `tiny` preset checks the script)::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,7 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-import transformers  # noqa: E402
+from benchjson import run_environment, write_result  # noqa: E402
 
 from infini_llama import InfiniLlamaForCausalLM, config_from_preset  # noqa: E402
 from infini_llama.data import load_tokenizer  # noqa: E402
@@ -97,21 +94,8 @@ def main() -> None:
         del model, runner
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    result = {
-        "benchmark": f"passkey evaluation, float32 against bf16 autocast ({preset} preset, random weights)",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(),
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-        },  # fmt: skip
-        "rows": rows,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    benchmark = f"passkey evaluation, float32 against bf16 autocast ({preset} preset, random weights)"
+    write_result(args.out, {"benchmark": benchmark, **run_environment(device), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -13,13 +13,12 @@ of forward and backward is the model's arithmetic, which no change around it can
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
+from benchjson import write_result
 from transformers.utils import logging as hf_logging
 
 from infini_llama import InfiniLlamaForCausalLM, config_from_preset
@@ -100,9 +99,7 @@ def main() -> None:
         "notes": __doc__.split("\n\n", 2)[2].strip().replace("\n", " "),
         "rows": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,14 @@
 """benchmarks/bench_eval_precision.py on CPU with the tiny preset: a row per (arm, length, batch), both precisions
 timed in the same run, and the two compared."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_eval_precision.py"
 
-
-def test_it_times_float32_and_bf16_evaluation_side_by_side(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("bench_eval_precision", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_it_times_float32_and_bf16_evaluation_side_by_side(tmp_path, monkeypatch, benchmark_script):
+    module = benchmark_script("bench_eval_precision")
     out = tmp_path / "eval_precision.json"
     argv = ["bench_eval_precision.py", "--preset", "tiny", "--lengths", "96", "--batch-sizes", "1,2", "--samples", "2",
             "--repeats", "1", "--out", str(out)]  # fmt: skip

@@ -1,31 +1,20 @@
 """benchmarks/profile_cpu.py at a small size: the rows it writes and how it sorts operators."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_cpu.py"
 
 
-def load():
-    spec = importlib.util.spec_from_file_location("profile_cpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_matrix_products_are_told_from_the_rest():
-    profile_cpu = load()
+def test_matrix_products_are_told_from_the_rest(benchmark_script):
+    profile_cpu = benchmark_script("profile_cpu")
     assert {profile_cpu.category(n) for n in ("aten::bmm", "aten::baddbmm_", "aten::mm")} == {"matmul"}
     assert {profile_cpu.category(n) for n in ("aten::clamp", "aten::exp_", "_SegmentLoop")} == {"other"}
 
 
-def test_it_writes_a_row_per_rule_with_both_paths_and_the_bound(tmp_path, monkeypatch):
+def test_it_writes_a_row_per_rule_with_both_paths_and_the_bound(tmp_path, monkeypatch, benchmark_script):
     out = tmp_path / "profile.json"
     argv = ["profile_cpu.py", "--length", "256", "--segment-len", "64", "--repeats", "1", "--out", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
-    load().main()
+    benchmark_script("profile_cpu").main()
     result = json.loads(out.read_text())
     assert [row["update"] for row in result["rows"]] == ["linear", "delta"]
     for row in result["rows"]:

@@ -1,20 +1,14 @@
 """benchmarks/profile_finetune_cpu.py for a few steps: a row per arm of the tiny study, at its fine-tuning shape."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_finetune_cpu.py"
 
-
-def test_it_times_each_arms_fine_tuning_step_in_phases(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("profile_finetune_cpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_it_times_each_arms_fine_tuning_step_in_phases(tmp_path, monkeypatch, benchmark_script):
+    module = benchmark_script("profile_finetune_cpu")
     out = tmp_path / "profile.json"
     monkeypatch.setattr(sys, "argv", ["profile_finetune_cpu.py", "--steps", "2", "--warmup", "1", "--out", str(out)])
     threads = torch.get_num_threads()

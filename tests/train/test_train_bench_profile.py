@@ -1,22 +1,15 @@
 """benchmarks/profile_gpu.py's trace reading, on kernel names seen on Hopper GPUs and on synthetic traces, so that
 its table is right the first time it runs on a GPU machine."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "profile_gpu.py"
-
 
 @pytest.fixture(scope="module")
-def profile_gpu():
-    spec = importlib.util.spec_from_file_location("profile_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def profile_gpu(benchmark_script):
+    return benchmark_script("profile_gpu")
 
 
 @pytest.mark.parametrize(
