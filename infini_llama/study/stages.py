@@ -211,8 +211,7 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
         candidates = []
         for lr in lrs:
             model = load_model(finetune_dir(root, lr) / "final", device=on)
-            with evaluation_numerics(cfg.eval_precision, on):
-                rows = evaluate_passkey(ChunkedLM(model), tokenizer, prompts, cfg.eval_batch_size)
+            rows = evaluate_passkey(ChunkedLM(model), tokenizer, prompts, cfg.eval_batch_size)
             trained = json.loads((root / f"{finetune_dir(root, lr).name}.done").read_text())
             candidates.append({
                 "lr": lr, "exact": proportion(sum(r["exact"] for r in rows), len(rows)),
@@ -225,10 +224,6 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
         def run():
             checkpoint = chosen_checkpoint(root)
             model, tokenizer = load_model(checkpoint, device=on), load_eval_tokenizer(checkpoint)
-            with evaluation_numerics(cfg.eval_precision, on):
-                measure(model, tokenizer, checkpoint)
-
-        def measure(model, tokenizer, checkpoint):
             target = root / "eval" / (f"{task}-{haystack}" if haystack else task)
             label = passkey_label(arm, task, cfg)
             if haystack:
@@ -264,10 +259,6 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
         # What each layer's memory adds: the plain grid's design at one length, one layer's gates closed at a time.
         checkpoint = chosen_checkpoint(root)
         model, tokenizer = load_model(checkpoint, device=on), load_eval_tokenizer(checkpoint)
-        with evaluation_numerics(cfg.eval_precision, on):
-            layer_grids(model, tokenizer, checkpoint)
-
-    def layer_grids(model, tokenizer, checkpoint):
         haystack = cfg.eval_haystacks[0]
         for layer in range(len(gate_parameters(model))):
             grid = PasskeyGridConfig(
@@ -279,16 +270,25 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
             label = f"{arm.name} (memory off in layer {layer})"
             run_passkey_grid(model, tokenizer, grid, target, label=label, checkpoint=checkpoint)
 
+    def evaluated(run: Callable[[], dict | None]) -> Callable[[], dict | None]:
+        """An evaluation stage, run in the numerics of the study's `eval_precision`."""
+
+        def numerics():
+            with evaluation_numerics(cfg.eval_precision, on):
+                return run()
+
+        return numerics
+
+    evaluations = [("select", select)]
+    evaluations += [(f"{task}-{h}", evaluate(task, h)) for h in cfg.eval_haystacks for task in passkey_tasks(cfg, arm)]
+    evaluations.append(("perplexity", evaluate("perplexity")))
+    if arm.attention == "infini":
+        evaluations.append(("gates", evaluate("gates")))
+        if cfg.layer_off_multiple is not None:
+            evaluations.append(("layers-off", layers_off))
     stages: list[Stage] = [("pretrain", pretrain)]
     stages += [(finetune_dir(root, lr).name, finetune(lr)) for lr in candidate_lrs(cfg, arm)]
-    stages.append(("select", select))
-    stages += [(f"{task}-{h}", evaluate(task, h)) for h in cfg.eval_haystacks for task in passkey_tasks(cfg, arm)]
-    stages.append(("perplexity", evaluate("perplexity")))
-    if arm.attention == "infini":
-        stages.append(("gates", evaluate("gates")))
-        if cfg.layer_off_multiple is not None:
-            stages.append(("layers-off", layers_off))
-    return stages
+    return stages + [(name, evaluated(run)) for name, run in evaluations]
 
 
 def best_candidate(candidates: list[dict]) -> int:
