@@ -169,8 +169,10 @@ class PrefetchedBatches:
     processes can build the next `depth` steps' batches while the current one trains, and the batches are the
     same as without them. Each worker receives the source once (it must pickle); with `workers` = 0 batches are
     built in this process when asked for. `batches(step)` returns the micro-batches of `step`; steps are asked
-    for in increasing order (a resumed run starts anywhere). Close it (or use it as a context manager) to stop
-    the workers.
+    for in increasing order (a resumed run starts anywhere). `prefetch(step)` starts the workers on the steps from
+    `step` on without waiting for them: a trainer calls it before it builds and compiles its model, so that the
+    workers' start (a new Python process each, importing torch) and the first batches are not waited for in the
+    first steps. Close it (or use it as a context manager) to stop the workers.
     """
 
     def __init__(self, source: BatchSource, grad_accum: int, workers: int = 0, depth: int | None = None) -> None:
@@ -185,15 +187,22 @@ class PrefetchedBatches:
             context = multiprocessing.get_context("spawn")
             self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_set_source, initargs=(source,))
 
-    def batches(self, step: int) -> list[Batch]:
+    def prefetch(self, step: int) -> None:
+        """Have the workers build the batches of steps `step` to `step` + depth - 1 (those not asked for yet), and
+        drop those of earlier steps; returns at once. Nothing without workers."""
         if self.pool is None:
-            return [self.source.batch(step, m) for m in range(self.grad_accum)]
+            return
         for stale in [s for s in self.pending if s < step]:  # a step skipped by the caller: drop its batches
             for future in self.pending.pop(stale):
                 future.cancel()
         for ahead in range(step, step + self.depth):
             if ahead not in self.pending:
                 self.pending[ahead] = [self.pool.submit(_source_batch, ahead, m) for m in range(self.grad_accum)]
+
+    def batches(self, step: int) -> list[Batch]:
+        if self.pool is None:
+            return [self.source.batch(step, m) for m in range(self.grad_accum)]
+        self.prefetch(step)
         return [future.result() for future in self.pending.pop(step)]
 
     def close(self) -> None:

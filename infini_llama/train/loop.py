@@ -471,8 +471,18 @@ class _Trainer:
         return result
 
     def _run(self, result: TrainResult) -> None:
-        cfg, plan, info = self.cfg, self.plan, self.info
+        plan = self.plan
         self._prepare_folder()
+        # The batch workers start, and build the first steps' batches, while the model is built and compiled.
+        self.ahead = PrefetchedBatches(plan.source, plan.grad_accum, plan.data_workers)
+        try:
+            self.ahead.prefetch(ckpt.checkpoint_step(plan.checkpoint) if plan.checkpoint is not None else 0)
+            self._build_and_loop(result)
+        finally:
+            self.ahead.close()  # the one in use then: halving replaces it
+
+    def _build_and_loop(self, result: TrainResult) -> None:
+        cfg, plan, info = self.cfg, self.plan, self.info
         self.model = self._build_model()
         param_dtype = torch.bfloat16 if plan.precision == "bf16" else None
         self.wrapped = wrap_model(self.model, cfg.dist, info, param_dtype)
@@ -490,9 +500,7 @@ class _Trainer:
         )
         self.logger = logger
         try:
-            with stop_on_signals() as stop, contextlib.ExitStack() as closing:
-                self.ahead = PrefetchedBatches(plan.source, plan.grad_accum, plan.data_workers)
-                closing.callback(lambda: self.ahead.close())  # the one in use then: halving replaces it
+            with stop_on_signals() as stop:
                 self._loop(start, tokens, result, logger, stop)
         except RunError as exc:
             logger.log({"kind": "event", "step": result.step, "event": f"stopped: {exc}"})

@@ -210,6 +210,8 @@ def test_worker_processes_build_the_same_batches(bpe_tok):
     """The trainer's prefetching workers (`data_workers`) receive the source once and build what it builds."""
     src = source(bpe_tok, pack_min_len=None, loss="answer")
     with PrefetchedBatches(src, grad_accum=2, workers=2) as ahead:
+        ahead.prefetch(3)  # returns at once: the workers build steps 3 to 3 + depth - 1
+        assert sorted(ahead.pending) == [3, 4, 5, 6]
         for step in (3, 4, 7):  # a start other than 0 (a resumed run), then a skipped step
             for (ids, labels), m in zip(ahead.batches(step), range(2), strict=True):
                 want_ids, want_labels = src.batch(step, m)
