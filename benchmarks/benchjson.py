@@ -12,13 +12,18 @@ import torch
 
 
 def run_environment(device: str | torch.device) -> dict:
-    """The date (UTC), the device (the GPU's name, else the CPU's), torch's CPU threads and the versions of a run."""
+    """The date (UTC), the device (the GPU's name, else the CPU's model, vector extensions and cores), the CPU as
+    data, torch's CPU threads and the versions of a run."""
     import transformers
 
+    from infini_llama.host import cpu_summary, describe_cpu
+
     on_gpu = torch.device(device).type == "cuda"
+    cpu = describe_cpu()
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name() if on_gpu else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name() if on_gpu else cpu_summary(cpu),
+        "cpu": cpu,
         "threads": torch.get_num_threads(),
         "versions": {
             "torch": torch.__version__,

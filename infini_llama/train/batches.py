@@ -175,7 +175,15 @@ class PrefetchedBatches:
     first steps. Close it (or use it as a context manager) to stop the workers.
     """
 
-    def __init__(self, source: BatchSource, grad_accum: int, workers: int = 0, depth: int | None = None) -> None:
+    def __init__(
+        self,
+        source: BatchSource,
+        grad_accum: int,
+        workers: int = 0,
+        depth: int | None = None,
+        *,
+        start_method: str | None = None,
+    ) -> None:
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
         self.source, self.grad_accum = source, grad_accum
@@ -183,9 +191,9 @@ class PrefetchedBatches:
         self.pending: dict[int, list[Future]] = {}
         self.pool = None
         if workers:
-            # spawn: the training process may hold CUDA and threads that a forked child must not inherit
-            context = multiprocessing.get_context("spawn")
-            self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_set_source, initargs=(source,))
+            self.pool = ProcessPoolExecutor(
+                workers, mp_context=_worker_context(source, start_method), initializer=_set_source, initargs=(source,)
+            )
 
     def prefetch(self, step: int) -> None:
         """Have the workers build the batches of steps `step` to `step` + depth - 1 (those not asked for yet), and
@@ -215,6 +223,24 @@ class PrefetchedBatches:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _worker_context(source: BatchSource, method: str | None = None) -> multiprocessing.context.BaseContext:
+    """How worker processes start (`method`: None for the default, "forkserver" or "spawn"). Not forked from the
+    training process, which may hold CUDA and threads that a forked child must not inherit. Spawned, each worker
+    is a new Python that imports torch and transformers (about 5 s of CPU each, far more while the trainer
+    compiles beside it); from a fork server, which imports the source's module once and forks a worker from itself
+    for each process asked for, they start at once (benchmarks/bench_data_workers.py). The default is the fork
+    server, or spawn where there is none (Windows)."""
+    if method is None:
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    if method not in ("forkserver", "spawn"):
+        raise ValueError(f"start_method must be 'forkserver' or 'spawn' (None: the default), got {method!r}")
+    context = multiprocessing.get_context(method)
+    if method == "spawn":
+        return context
+    context.set_forkserver_preload([type(source).__module__])  # read when the server starts: the first pool
+    return context
 
 
 _WORKER_SOURCE: BatchSource | None = None

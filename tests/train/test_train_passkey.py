@@ -9,7 +9,7 @@ import torch
 from infini_llama.eval import PasskeyGridConfig
 from infini_llama.eval.passkey import DEFAULT_KEY_DIGITS, EVAL_STREAM, evaluation_keys, make_passkey_sample, sample_rng
 from infini_llama.eval.prompts import FILLER_BLOCK, FILLER_STYLES, decode
-from infini_llama.train.batches import PrefetchedBatches
+from infini_llama.train.batches import PrefetchedBatches, _worker_context
 from infini_llama.train.passkey import FINETUNE_HAYSTACKS, PasskeyBatchSource
 
 
@@ -206,10 +206,11 @@ def test_one_default_key_length_for_fine_tuning_and_evaluation(bpe_tok):
     assert set(defaults.values()) == {DEFAULT_KEY_DIGITS}, defaults
 
 
-def test_worker_processes_build_the_same_batches(bpe_tok):
+@pytest.mark.parametrize("start_method", [None, "spawn"])  # the default (a fork server on Linux); Windows': spawn
+def test_worker_processes_build_the_same_batches(bpe_tok, start_method):
     """The trainer's prefetching workers (`data_workers`) receive the source once and build what it builds."""
     src = source(bpe_tok, pack_min_len=None, loss="answer")
-    with PrefetchedBatches(src, grad_accum=2, workers=2) as ahead:
+    with PrefetchedBatches(src, grad_accum=2, workers=2, start_method=start_method) as ahead:
         ahead.prefetch(3)  # returns at once: the workers build steps 3 to 3 + depth - 1
         assert sorted(ahead.pending) == [3, 4, 5, 6]
         for step in (3, 4, 7):  # a start other than 0 (a resumed run), then a skipped step
@@ -217,6 +218,15 @@ def test_worker_processes_build_the_same_batches(bpe_tok):
                 want_ids, want_labels = src.batch(step, m)
                 assert torch.equal(ids, want_ids) and torch.equal(labels, want_labels)
         assert all(step > 7 for step in ahead.pending), "batches of passed steps are dropped"
+
+
+def test_workers_start_from_a_fork_server_that_imported_the_source(bpe_tok):
+    """Not forked from the trainer (CUDA and threads must not be inherited), not each a new Python importing torch
+    and transformers (spawn): forked from a server that imported the source's module once."""
+    context = _worker_context(source(bpe_tok))
+    assert context.get_start_method() == "forkserver"
+    with pytest.raises(ValueError, match="start_method must be"):
+        PrefetchedBatches(source(bpe_tok), grad_accum=1, workers=1, start_method="fork")
 
 
 def test_every_quantity_of_a_training_prompt_is_drawn_independently(bpe_tok):
