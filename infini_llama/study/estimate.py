@@ -57,12 +57,15 @@ from infini_llama.train.setup import resolve_precision
 
 ESTIMATE_FILE = "estimate.json"
 PROBE_STEPS = 2  # timed training steps per shape, after one warm-up step
-# Compiled training, modelled (tiny preset, one CPU thread, torch 2.13): the Infini arm's per-segment memory ops
-# gain from fusion, 1.5x the eager tokens/s; full attention's large matmuls gain nothing. Compiling takes about 60 s
-# for the Infini arm with a cold Inductor cache and 5 s with a warm one, a few seconds for full attention.
-COMPILED_SPEEDUP = {"infini": 1.5}
-COMPILE_SECONDS = {"infini": 30.0}
-DEFAULT_COMPILE_SECONDS = 5.0
+# Compiled training, modelled per device type and attention (None: any other attention). On CPU (tiny preset, one
+# thread, torch 2.13) the Infini arm's per-segment memory ops gain from fusion, 1.5x the eager tokens/s, and full
+# attention's large matmuls gain nothing; compiling takes about 60 s for the Infini arm with a cold Inductor cache
+# and 5 s with a warm one, a few seconds for full attention. On one H200 (the 302M model, torch 2.11) the Infini
+# arm trained at 264K tokens/s compiled against 0.51 s per eager probe step of 65K tokens (2.0x), full attention at
+# 203K against 0.33 s (1.0x); each training stage spent 53-58 s outside its steps for either arm (compilation, 4-5
+# validations and checkpoints; reports/paper-h200-screen/), the `mini` arms' fine-tuning 17 s (reports/mini/).
+COMPILED_SPEEDUP = {"cpu": {"infini": 1.5}, "cuda": {"infini": 2.0}}
+COMPILE_SECONDS = {"cpu": {"infini": 30.0, None: 5.0}, "cuda": {None: 40.0}}
 REPORT_SECONDS = 15.0  # a seed's report: tables and figures
 ETA_EVERY_S = 30.0  # how often the whole study's time left is printed
 ANSWER_TOKENS = 6  # decoded per passkey sample: the key's digits and the token after them
@@ -160,8 +163,15 @@ def _training_step_seconds(
     share = gpu_busy_share(step, micro) if busy and device.type == "cuda" else None
     seconds = micro * tcfg.accumulation(1)
     if resolve_compile(tcfg.compile, device):
-        seconds /= COMPILED_SPEEDUP.get(model.config.attention, 1.0)
+        seconds /= _compiled(COMPILED_SPEEDUP, device, model.config.attention, 1.0)
     return seconds, share
+
+
+def _compiled(table: dict, device: torch.device, attention: str, default: float) -> float:
+    """The value of `table` (COMPILED_SPEEDUP, COMPILE_SECONDS) for `attention` on `device`'s type (CPU's for other
+    device types)."""
+    values = table.get(torch.device(device).type, table["cpu"])
+    return values.get(attention, values.get(None, default))
 
 
 @torch.no_grad()
@@ -229,7 +239,7 @@ def _training_stage(name: str, tcfg: TrainConfig, step_seconds: float, attention
     # A validation pass: forward only (about a third of a step's time per sequence) over eval_windows sequences.
     sequences = sequences_per_step(tcfg)
     validation = tcfg.eval_windows * step_seconds / sequences / 3
-    compiling = COMPILE_SECONDS.get(attention, DEFAULT_COMPILE_SECONDS) if resolve_compile(tcfg.compile, device) else 0
+    compiling = _compiled(COMPILE_SECONDS, device, attention, 0.0) if resolve_compile(tcfg.compile, device) else 0
     seconds = tcfg.steps * step_seconds + validations * validation + compiling
     tokens = sequences * tcfg.seq_len
     return Stage(name, seconds, tcfg.steps, step_seconds, tokens, run_dir)
