@@ -14,7 +14,7 @@ from infini_llama.eval.report_passkey import UPDATES_BY_LENGTH, updates_by_lengt
 from infini_llama.eval.scoring import KEY_KINDS
 from infini_llama.study.config import StudyConfig
 from infini_llama.study.estimate import duration
-from infini_llama.study.results import passkey_rows, sequences_per_step, spread
+from infini_llama.study.results import TREND_TARGETS, passkey_rows, sequences_per_step, spread
 from infini_llama.study.stages import STAGE_GROUPS, stage_group
 from infini_llama.train import recipe
 from infini_llama.train.passkey import FINETUNE_HAYSTACKS
@@ -247,6 +247,43 @@ def _finetune_losses(entries: dict, out: Path) -> list[str]:
         *table(header, rows),
         "",
         "![fine-tuning loss](finetune_loss.png)",
+        *_trends(runs),
+    ]
+
+
+def _trends(runs: dict[str, tuple[dict, dict]]) -> list[str]:
+    """Where each run's answer loss was heading (`results.loss_trend`): a projection, labelled as one."""
+    rows = []
+    for label, (curve, _) in runs.items():
+        trend = curve.get("trend")
+        if not trend:
+            continue
+        reach = {p["loss"]: p for p in trend["projections"]}
+        cells = []
+        for target in TREND_TARGETS:
+            p = reach.get(target)
+            if p is None:
+                cells.append("reached" if trend["fitted_loss"] <= target else "not falling")
+                continue
+            millions = (p.get("tokens") or 0) / 1e6
+            size = f", {millions:,.0f}M tokens" if millions >= 10 else f", {millions:.2g}M tokens" if millions else ""
+            time = f", {duration(p['seconds'])}" if p.get("seconds") else ""
+            cells.append(f"step {p['step']:,}{size}{time}")
+        span = f"{trend['from_step']:,}–{trend['to_step']:,}"
+        rows.append([label, span, f"× {trend['kept_per_1000_steps']:.2f}", _num(trend["fitted_loss"]), *cells])
+    if not rows:
+        return []
+    header = ["run", "steps fitted", "loss kept per 1,000 steps", "fitted loss at the end"]
+    header += [f"reaches {t:g} at" for t in TREND_TARGETS]
+    return [
+        "",
+        "Where each run's answer loss was heading: a straight line through the log of its window means over the "
+        "second half of its steps (after the curriculum), the share of the loss it kept per 1,000 steps, and the "
+        "step at which the line would reach each loss, with the tokens and the time at the rate the run trained at "
+        "(beside other arms, where it shared the GPU). **A projection, not a result**: the schedule (a cosine at its "
+        "floor), a plateau or a sudden drop can change it; it says what budget a recipe would need if its trend held.",
+        "",
+        *table(header, rows),
     ]
 
 

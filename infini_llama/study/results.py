@@ -68,11 +68,47 @@ def finetune_curve(run_dir: Path, steps: int, points: int = CURVE_POINTS) -> dic
     windows: dict[int, list[float]] = {}
     for step, loss in train:
         windows.setdefault((step - 1) // width, []).append(loss)
+    rates = [r["tokens_per_s"] for r in read_metrics(path, "train")[1:] if r.get("tokens_per_s")]  # after the first
     return {
         "window_steps": width,
         "train": [[min(steps, (w + 1) * width), round(statistics.fmean(v), 5)] for w, v in sorted(windows.items())],
         "val": [[r["step"], round(r["loss"], 5)] for r in read_metrics(path, "val")],
+        "tokens_per_s": round(statistics.median(rates)) if rates else None,
     }
+
+
+TREND_TARGETS = (0.1, 0.01)  # answer losses a projection is given for (mini's arms at >= 95% ended near 0.005)
+TREND_MIN_WINDOWS = 3
+
+
+def loss_trend(curve: dict, steps: int, curriculum_steps: int = 0, tokens_per_step: int | None = None) -> dict | None:
+    """Where a fine-tuning run's loss was heading: a least-squares line through the log of its window means over
+    the second half of its steps (after its curriculum over needle distance, which changes the task), as the factor
+    kept per 1,000 steps, and, were it to hold, the step at which the loss would reach each of TREND_TARGETS below
+    the line's last value, with its tokens and the time at the run's own measured tokens/s. A projection from one
+    run's recent trend, not a promise: the schedule (a cosine at its floor), a plateau or a drop can change it.
+    None with fewer than TREND_MIN_WINDOWS windows there."""
+    start = max(steps / 2, curriculum_steps)
+    points = [(end, loss) for end, loss in curve.get("train", []) if end > start and loss > 0]
+    if len(points) < TREND_MIN_WINDOWS:
+        return None
+    x = np.array([end for end, _ in points], dtype=float)
+    slope, intercept = np.polyfit(x, np.log([loss for _, loss in points]), 1)
+    last = float(x[-1])
+    at_last = float(np.exp(intercept + slope * last))
+    trend: dict[str, Any] = {"from_step": int(x[0]), "to_step": int(last), "kept_per_1000_steps": float(
+        np.exp(1000 * slope)), "fitted_loss": at_last, "projections": []}  # fmt: skip
+    rate = curve.get("tokens_per_s")
+    for target in TREND_TARGETS:
+        if slope >= 0 or target >= at_last:
+            continue
+        step = last + (np.log(target) - np.log(at_last)) / slope
+        tokens = step * tokens_per_step if tokens_per_step else None
+        trend["projections"].append({
+            "loss": target, "step": int(round(step)), "tokens": int(round(tokens)) if tokens else None,
+            "seconds": round(tokens / rate) if tokens and rate else None,
+        })  # fmt: skip
+    return trend
 
 
 def stage_seconds(cfg: StudyConfig, arm: Arm, root: Path) -> dict[str, float]:
@@ -85,6 +121,17 @@ def stage_seconds(cfg: StudyConfig, arm: Arm, root: Path) -> dict[str, float]:
         if marker is not None and "seconds" in marker:
             seconds[name] = round(marker["seconds"], 1)
     return seconds
+
+
+def _curve_with_trend(cfg: StudyConfig, arm: Arm, root: Path, lr: float) -> dict:
+    """The fine-tuning run at `lr`'s loss curve and, with the loss on the answer, its trend (`loss_trend`)."""
+    tcfg = train_recipe(cfg, arm, "finetune")
+    curve = {"lr": lr, **(finetune_curve(finetune_dir(root, lr), tcfg.steps) or {})}
+    passkey = {**cfg.passkey, **arm.passkey}
+    if curve.get("train") and passkey.get("loss") == "answer":
+        tokens = sequences_per_step(tcfg) * tcfg.seq_len
+        curve["trend"] = loss_trend(curve, tcfg.steps, passkey.get("curriculum_steps") or 0, tokens)
+    return curve
 
 
 def _marker(path: Path) -> dict | None:
@@ -117,10 +164,7 @@ def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
             },
             "pretrain": _marker(root / "pretrain.done"),
             "finetune": [_marker(root / f"{finetune_dir(root, lr).name}.done") for lr in candidate_lrs(cfg, arm)],
-            "finetune_curves": [
-                {"lr": lr, **(finetune_curve(finetune_dir(root, lr), train_recipe(cfg, arm, "finetune").steps) or {})}
-                for lr in candidate_lrs(cfg, arm)
-            ],
+            "finetune_curves": [_curve_with_trend(cfg, arm, root, lr) for lr in candidate_lrs(cfg, arm)],
             "selection": _marker(root / "select.done"),
             "stage_seconds": stage_seconds(cfg, arm, root),
             "passkey": {},

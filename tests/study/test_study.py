@@ -3,6 +3,7 @@ seeds; and its refusals."""
 
 import dataclasses
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -478,6 +479,37 @@ def test_a_fine_tuning_curve_averages_the_logged_losses_over_windows_of_equal_st
     assert curve["train"] == [[25, 0.15], [50, 0.5], [75, 0.65], [100, 0.9]]
     assert curve["val"] == [[0, 2.0], [100, 0.5]]
     assert study_results.finetune_curve(tmp_path / "none", steps=100) is None
+
+
+def test_a_runs_trend_is_fitted_over_its_second_half_and_projected(tmp_path):
+    """A loss halving every 1,000 steps: the line through its log over the second half says so, and where it would
+    reach each target, with the tokens and time at the run's rate; the report labels it a projection."""
+    from infini_llama.study.report import _trends
+
+    curve = {"train": [[end, 0.5 ** (end / 1000)] for end in range(100, 2001, 100)], "tokens_per_s": 1000.0}
+    curve["train"][2][1] = 9.0  # a spike in the first half (and in the curriculum) is not fitted
+    trend = study_results.loss_trend(curve, steps=2000, curriculum_steps=300, tokens_per_step=64)
+    assert (trend["from_step"], trend["to_step"]) == (1100, 2000)
+    assert trend["kept_per_1000_steps"] == pytest.approx(0.5) and trend["fitted_loss"] == pytest.approx(0.25)
+    step = 2000 + 1000 * math.log(0.1 / 0.25) / math.log(0.5)
+    [to_01, to_001] = trend["projections"]
+    assert to_01 == {"loss": 0.1, "step": round(step), "tokens": round(step * 64), "seconds": round(step * 64 / 1000)}
+    assert to_001["loss"] == 0.01 and to_001["step"] > to_01["step"]
+    # A curriculum past the half: only the windows after it count.
+    assert study_results.loss_trend(curve, steps=2000, curriculum_steps=1500)["from_step"] == 1600
+    # Too few windows to fit: none.
+    assert study_results.loss_trend(curve, steps=2000, curriculum_steps=1800) is None
+    # A run on its plateau projects nothing; one already below a target has reached it.
+    flat = study_results.loss_trend({"train": [[e, 1.8] for e in range(100, 1001, 100)]}, steps=1000)
+    assert flat["projections"] == [] and flat["kept_per_1000_steps"] == pytest.approx(1.0)
+    low = study_results.loss_trend({"train": [[e, 0.05 * 0.9 ** (e / 100)] for e in range(100, 1001, 100)]}, 1000)
+    assert [p["loss"] for p in low["projections"]] == [0.01]
+    text = "\n".join(_trends({"falling": ({**curve, "trend": trend}, {}), "flat": ({"trend": flat}, {}),
+                              "low": ({"trend": low}, {})}))  # fmt: skip
+    assert "**A projection, not a result**" in text
+    assert f"| falling | 1,100–2,000 | × 0.50 | 0.250 | step {to_01['step']:,}, 0.21M tokens, 3 min 33 s |" in text
+    assert "| flat | 600–1,000 | × 1.00 | 1.800 | not falling | not falling |" in text
+    assert "| low |" in text and "| reached | step " in text
 
 
 def test_missed_keys_are_counted_per_key_up_to_the_training_length(tmp_path):
