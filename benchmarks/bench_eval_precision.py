@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Benchmark passkey evaluation in float32 against the training's bf16 autocast (a study's `eval_precision`).
+"""Benchmark passkey evaluation in float32 against TF32 matmuls and the training's bf16 autocast (a study's
+`eval_precision`: fp32, tf32, bf16).
 
 For each arm (Infini-attention, full attention) of a model preset, each prompt length and each batch size, one
 batch of passkey samples is scored as a study scores it (`evaluate_passkey` through `ChunkedLM`: prefill, greedy
-answer, teacher-forced digits) in float32 and under `evaluation_numerics("bf16", ...)`. Reported: seconds per
-sample in each, the speed-up of bf16 over float32 in the same run, and how often the two agree on the predicted
-answer and by how much their teacher-forced digit probabilities differ (random weights: near-ties are common, so
-agreement below 100% here says little about a trained model, whose answers are far from ties).
+answer, teacher-forced digits) in float32 and under `evaluation_numerics("tf32" / "bf16", ...)`. Reported: seconds
+per sample in each, the speed-up of each over float32 in the same run, and how often each agrees with float32 on
+the predicted answer and by how much their teacher-forced digit probabilities differ (random weights: near-ties are
+common, so agreement below 100% here says little about a trained model, whose answers are far from ties). On a CPU
+TF32 is float32: its speed-up there is the run's noise.
 
 Usage (a GPU; on CPU the `tiny` preset checks the script)::
 
@@ -75,26 +77,29 @@ def main() -> None:
             samples = [make_passkey_sample(tokenizer, length, 0.5, index=i) for i in range(args.samples)]
             for batch in batch_sizes:
                 fp32_s, fp32_rows = timed(runner, tokenizer, samples, batch, "fp32", args.repeats)
-                bf16_s, bf16_rows = timed(runner, tokenizer, samples, batch, "bf16", args.repeats)
-                same = sum(a["predicted_ids"] == b["predicted_ids"] for a, b in zip(fp32_rows, bf16_rows, strict=True))
-                digits = max(abs(a["digit_acc"] - b["digit_acc"]) for a, b in zip(fp32_rows, bf16_rows, strict=True))
-                rows.append({
-                    "attention": attention, "length": length, "batch": batch, "samples": len(samples),
-                    "fp32_s_per_sample": fp32_s / len(samples), "bf16_s_per_sample": bf16_s / len(samples),
-                    "speedup": fp32_s / bf16_s, "same_answers": same / len(samples),
-                    "max_digit_acc_difference": digits,
-                })  # fmt: skip
-                r = rows[-1]
+                row = {"attention": attention, "length": length, "batch": batch, "samples": len(samples),
+                       "fp32_s_per_sample": fp32_s / len(samples)}  # fmt: skip
+                for precision in ("tf32", "bf16"):
+                    seconds, other = timed(runner, tokenizer, samples, batch, precision, args.repeats)
+                    pairs = list(zip(fp32_rows, other, strict=True))
+                    same = sum(a["predicted_ids"] == b["predicted_ids"] for a, b in pairs)
+                    digits = max(abs(a["digit_acc"] - b["digit_acc"]) for a, b in pairs)
+                    prefix = "" if precision == "bf16" else "tf32_"  # the bf16 keys as first written
+                    row.update({
+                        f"{precision}_s_per_sample": seconds / len(samples), f"{prefix}speedup": fp32_s / seconds,
+                        f"{prefix}same_answers": same / len(samples), f"{prefix}max_digit_acc_difference": digits,
+                    })  # fmt: skip
+                rows.append(row)
                 print(
-                    f"{attention:6} L={length:6d} batch {batch:3d}  fp32 {r['fp32_s_per_sample']:.4f} s/sample  "
-                    f"bf16 {r['bf16_s_per_sample']:.4f} s/sample  x{r['speedup']:.2f}  "
-                    f"same answers {r['same_answers']:.0%}",
+                    f"{attention:6} L={length:6d} batch {batch:3d}  fp32 {row['fp32_s_per_sample']:.4f} s/sample  "
+                    f"tf32 x{row['tf32_speedup']:.2f} (same answers {row['tf32_same_answers']:.0%})  "
+                    f"bf16 x{row['speedup']:.2f} (same answers {row['same_answers']:.0%})",
                     flush=True,
                 )
         del model, runner
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    benchmark = f"passkey evaluation, float32 against bf16 autocast ({preset} preset, random weights)"
+    benchmark = f"passkey evaluation, float32 against TF32 matmuls and bf16 autocast ({preset} preset, random weights)"
     write_result(args.out, {"benchmark": benchmark, **run_environment(device), "rows": rows})
 
 

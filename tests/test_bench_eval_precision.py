@@ -1,5 +1,5 @@
-"""benchmarks/bench_eval_precision.py on CPU with the tiny preset: a row per (arm, length, batch), both precisions
-timed in the same run, and the two compared."""
+"""benchmarks/bench_eval_precision.py on CPU with the tiny preset: a row per (arm, length, batch), the precisions
+timed in the same run, and each compared with float32."""
 
 import json
 import sys
@@ -22,4 +22,6 @@ def test_it_times_float32_and_bf16_evaluation_side_by_side(tmp_path, monkeypatch
         assert row["fp32_s_per_sample"] > 0 and row["bf16_s_per_sample"] > 0
         assert row["speedup"] == pytest.approx(row["fp32_s_per_sample"] / row["bf16_s_per_sample"])
         assert 0 <= row["same_answers"] <= 1 and 0 <= row["max_digit_acc_difference"] <= 1
+        assert row["tf32_speedup"] == pytest.approx(row["fp32_s_per_sample"] / row["tf32_s_per_sample"])
+        assert row["tf32_same_answers"] == 1 and row["tf32_max_digit_acc_difference"] == 0, "on a CPU, float32"
     assert "tiny preset" in result["benchmark"]

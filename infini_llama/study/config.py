@@ -19,7 +19,7 @@ from infini_llama.layers.rope import ROPE_SCALINGS
 from infini_llama.models.presets import PRESETS
 from infini_llama.study.sweeps import check_sweeps
 
-EVAL_PRECISIONS = ("fp32", "bf16", "auto")
+EVAL_PRECISIONS = ("fp32", "tf32", "bf16", "auto")
 
 
 @dataclass
@@ -46,9 +46,10 @@ class StudyConfig:
     ablation, each changing its values alone (keys as for sweeps; arms it does not change are not repeated).
     `layer_off_multiple`: Infini arms are also evaluated with the memory switched off in one layer at a time, at
     this multiple of the training length (one of `eval_multiples`) on the first haystack, to measure what each
-    layer's memory adds against its gate; None: not. `eval_precision`: "fp32" evaluates in float32; "bf16" under
-    the bf16 autocast the models were trained in (the memory's state and its matmuls in float32, with TF32 on a
-    GPU), faster on a GPU, whose float32 matmuls run far below its bf16 rate; "auto": bf16 on a GPU, fp32 elsewhere.
+    layer's memory adds against its gate; None: not. `eval_precision`: "fp32" evaluates in float32; "tf32" in float32
+    with TF32 matmuls on a GPU (float32 on a CPU); "bf16" under the bf16 autocast the models were trained in (the
+    memory's state and its matmuls in float32, with TF32 on a GPU), faster on a GPU, whose float32 matmuls run far
+    below its bf16 rate; "auto": bf16 on a GPU, fp32 elsewhere.
     """
 
     preset: str = "tiny"

@@ -60,8 +60,12 @@ def describe_study(cfg: StudyConfig) -> str:
         f"keys' effective sample size), on each haystack: {haystacks}. The held-out text is `{HELD_OUT_BOOK}` of the "
         "embedded corpus, which neither the tokenizer, pretraining nor fine-tuning reads."
         + (
-            f" Evaluated with eval_precision={cfg.eval_precision}: in bf16 autocast where it resolves to bf16 (as "
-            "trained), else in float32."
+            f" Evaluated with eval_precision={cfg.eval_precision}: "
+            + (
+                "in float32 with TF32 matmuls on a GPU (float32 on a CPU)."
+                if cfg.eval_precision == "tf32"
+                else "in bf16 autocast where it resolves to bf16 (as trained), else in float32."
+            )
             if cfg.eval_precision != "fp32"
             else ""
         )

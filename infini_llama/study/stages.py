@@ -159,9 +159,14 @@ def passkey_tasks(cfg: StudyConfig, arm: Arm) -> list[str]:
 @contextlib.contextmanager
 def evaluation_numerics(precision: str, device: torch.device | str | None) -> Iterator[None]:
     """Inside the block, the numerics `precision` (a study's `eval_precision`) gives an evaluation on `device` (None
-    or "auto": a GPU if there is one): float32 as it is, or the training's bf16 autocast (the memory's state and
-    matmuls stay float32, as in training, with TF32 on a GPU)."""
+    or "auto": a GPU if there is one): float32 as it is; float32 with TF32 matmuls on a GPU ("tf32": the inputs of
+    each matmul rounded to 10 mantissa bits, float32 accumulation; float32 elsewhere); or the training's bf16 autocast
+    (the memory's state and matmuls stay float32, as in training, with TF32 on a GPU)."""
     device = torch.device(default_device() if device in (None, "auto") else device)  # where load_model puts it
+    if precision == "tf32":
+        with tf32_matmuls(device.type == "cuda"):
+            yield
+        return
     if resolve_precision(precision, device) != "bf16":
         yield
         return

@@ -776,6 +776,18 @@ def test_bf16_evaluation_keeps_the_memory_in_float32_and_stays_close_to_float32(
         micro(eval_precision="fp16")
 
 
+def test_tf32_evaluation_is_float32_with_tf32_matmuls_on_a_gpu_alone(micro):
+    """eval_precision=tf32: no autocast; on a GPU its float32 matmuls may use TF32 inside the block only, on a CPU
+    it is float32 as it is."""
+    assert micro(eval_precision="tf32").eval_precision == "tf32"
+    before = torch.backends.cuda.matmul.allow_tf32
+    with study_stages.evaluation_numerics("tf32", "cuda"):  # the flag alone: no GPU is needed to set it
+        assert torch.backends.cuda.matmul.allow_tf32 and not torch.is_autocast_enabled("cuda")
+    assert torch.backends.cuda.matmul.allow_tf32 == before, "PyTorch's setting is restored after the block"
+    with study_stages.evaluation_numerics("tf32", "cpu"):
+        assert torch.backends.cuda.matmul.allow_tf32 == before and not torch.is_autocast_enabled("cpu")
+
+
 def test_a_study_evaluated_in_bf16_runs_every_evaluation_under_it_and_says_so(micro, tmp_path, monkeypatch):
     seen = []
     for name in ("run_passkey_grid", "evaluate_passkey", "perplexity_by_position"):
