@@ -96,8 +96,10 @@ def loss_trend(curve: dict, steps: int, curriculum_steps: int = 0, tokens_per_st
     slope, intercept = np.polyfit(x, np.log([loss for _, loss in points]), 1)
     last = float(x[-1])
     at_last = float(np.exp(intercept + slope * last))
-    trend: dict[str, Any] = {"from_step": int(x[0]), "to_step": int(last), "kept_per_1000_steps": float(
-        np.exp(1000 * slope)), "fitted_loss": at_last, "projections": []}  # fmt: skip
+    trend: dict[str, Any] = {
+        "from_step": int(x[0]), "to_step": int(last), "kept_per_1000_steps": float(np.exp(1000 * slope)),
+        "fitted_loss": at_last, "projections": [],
+    }  # fmt: skip
     rate = curve.get("tokens_per_s")
     for target in TREND_TARGETS:
         if slope >= 0 or target >= at_last:

@@ -171,8 +171,8 @@ class PrefetchedBatches:
     built in this process when asked for. `batches(step)` returns the micro-batches of `step`; steps are asked
     for in increasing order (a resumed run starts anywhere). `prefetch(step)` starts the workers on the steps from
     `step` on without waiting for them: a trainer calls it before it builds and compiles its model, so that the
-    workers' start (a new Python process each, importing torch) and the first batches are not waited for in the
-    first steps. Close it (or use it as a context manager) to stop the workers.
+    workers' start (`_worker_context`) and the first batches are not waited for in the first steps. Close it (or
+    use it as a context manager) to stop the workers.
     """
 
     def __init__(
