@@ -469,6 +469,19 @@ def test_control_arm_and_frozen_gate_arms_run_and_are_reported(micro, tmp_path):
         assert f"| infini-gate_trainable=False | {when} | 0.50 ± 0.00 | 0.50 ± 0.00 |" in across
 
 
+def test_a_finished_training_stage_keeps_its_final_model_and_newest_checkpoint_alone(micro, tmp_path):
+    """Each checkpoint of the 302M model is 3.6 GB: a finished stage keeps `final/` and its newest checkpoint, not
+    the `keep` - 1 before it, so that a study of several arms and LRs fits a GPU machine's disk."""
+    saving = dict(steps=3, save_every=1, keep=3)
+    cfg = micro(pretrain={**micro().pretrain, **saving}, finetune={**micro().finetune, **saving})
+    run_study(cfg, tmp_path / "study", device="cpu", progress=False, jobs=1, estimate=False, arms=["full"])
+    runs = sorted((tmp_path / "study" / "full").glob("*/checkpoints"))
+    assert [run.parent.name for run in runs] == ["finetune-lr=0.002", "pretrain"]
+    for run in runs:
+        assert [p.name for p in run.iterdir()] == ["step_0000003"], run
+        assert (run.parent / "final").is_dir()
+
+
 def test_a_fine_tuning_curve_averages_the_logged_losses_over_windows_of_equal_steps(tmp_path):
     logged = [{"kind": "train", "step": s, "loss": s / 100} for s in range(10, 101, 10)]
     logged.append({"kind": "train", "step": 40, "loss": 0.7})  # a resumed run logs step 40 again: the later counts
