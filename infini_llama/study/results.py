@@ -56,19 +56,21 @@ CURVE_POINTS = 30  # windows of a fine-tuning loss curve
 def finetune_curve(run_dir: Path, steps: int, points: int = CURVE_POINTS) -> dict | None:
     """A fine-tuning run's loss curve from its metrics.jsonl: the logged training losses (the loss of every
     `log_every`-th step) averaged over `points` windows of equal steps, as [last step, mean]; and every validation
-    loss as [step, loss]. With the loss on the answer, this is the answer loss: its plateau (guessing each digit) and
-    when, whether, a run leaves it is what a recipe screen reads. None before the run has logged."""
+    loss as [step, loss]; and the median tokens/s it trained at. With the loss on the answer, this is the answer loss:
+    its plateau (guessing each digit) and when, whether, a run leaves it is what a recipe screen reads. None before
+    the run has logged."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return None
-    train = [(r["step"], r["loss"]) for r in read_metrics(path, "train")]
+    records = read_metrics(path, "train")
+    train = [(r["step"], r["loss"]) for r in records]
     if not train:
         return None
     width = -(-steps // points)
     windows: dict[int, list[float]] = {}
     for step, loss in train:
         windows.setdefault((step - 1) // width, []).append(loss)
-    rates = [r["tokens_per_s"] for r in read_metrics(path, "train")[1:] if r.get("tokens_per_s")]  # after the first
+    rates = [r["tokens_per_s"] for r in records[1:] if r.get("tokens_per_s")]  # the first window holds start-up
     return {
         "window_steps": width,
         "train": [[min(steps, (w + 1) * width), round(statistics.fmean(v), 5)] for w, v in sorted(windows.items())],
