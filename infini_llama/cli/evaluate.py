@@ -126,6 +126,11 @@ def _common(parser: argparse.ArgumentParser, *, grid: bool = True) -> None:
         return
     parser.add_argument("--batch-size", type=int, default=8, help="samples run together")
     parser.add_argument(
+        "--batch-tokens",
+        type=int,
+        help="instead of --batch-size, as many samples together as this many tokens hold at each length (e.g. 65536)",
+    )
+    parser.add_argument(
         "--chunk-len", type=int, help="tokens per forward call (default: 1,024, rounded up to whole segments)"
     )
     parser.add_argument(

@@ -78,6 +78,7 @@ def _passkey(args: argparse.Namespace) -> int:
         split=args.split,
         segment_len=args.segment_len,
         batch_size=args.batch_size,
+        batch_tokens=args.batch_tokens,
         chunk_len=args.chunk_len,
         progress=not args.no_progress,
     )
@@ -102,6 +103,7 @@ def _multineedle(args: argparse.Namespace) -> int:
         memory_off=args.memory_off,
         segment_len=args.segment_len,
         batch_size=args.batch_size,
+        batch_tokens=args.batch_tokens,
         chunk_len=args.chunk_len,
         progress=not args.no_progress,
     )
@@ -121,6 +123,7 @@ def _perplexity(args: argparse.Namespace) -> int:
         windows=args.windows,
         memory_off=args.memory_off,
         batch_size=args.batch_size,
+        batch_tokens=args.batch_tokens,
         chunk_len=args.chunk_len,
         progress=not args.no_progress,
     )

@@ -16,7 +16,7 @@ from infini_llama.eval.records import ResumableRun, memory_off_layers, run_heade
 from infini_llama.eval.rope_scaling import rope_scaled
 
 # Settings that change how fast a run goes, not its results: a run may resume with other values.
-SPEED_SETTINGS = ("batch_size", "chunk_len", "progress")
+SPEED_SETTINGS = ("batch_size", "batch_tokens", "chunk_len", "progress")
 
 
 def run_grid(

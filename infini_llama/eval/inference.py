@@ -114,10 +114,22 @@ class ChunkedLM:
         return torch.cat([first_logits[:, None], rest], dim=1)
 
 
-def equal_length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of at most `batch_size` whose sequences all have the same length, so nothing
-    is ever padded (the memory would absorb pad tokens)."""
+def batch_for(length: int, batch_size: int, batch_tokens: int | None = None) -> int:
+    """Sequences per batch at `length` tokens: `batch_size`, or with a token budget `batch_tokens` as many as it holds
+    (at least one), so short prompts run many to a batch and long ones few."""
+    if batch_tokens is not None and batch_tokens < 1:
+        raise ValueError(f"batch_tokens must be None or >= 1, got {batch_tokens}")
+    return max(1, batch_tokens // length) if batch_tokens else batch_size
+
+
+def equal_length_batches(lengths: list[int], batch_size: int, batch_tokens: int | None = None) -> list[list[int]]:
+    """Indices grouped into batches whose sequences all have the same length, so nothing is ever padded (the memory
+    would absorb pad tokens); each holds at most `batch_for(its length, batch_size, batch_tokens)` sequences."""
     by_length: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):
         by_length.setdefault(n, []).append(i)
-    return [group[i : i + batch_size] for group in by_length.values() for i in range(0, len(group), batch_size)]
+    batches = []
+    for n, group in by_length.items():
+        size = batch_for(n, batch_size, batch_tokens)
+        batches += [group[i : i + size] for i in range(0, len(group), size)]
+    return batches

@@ -21,7 +21,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from infini_llama.eval.grid import run_grid
-from infini_llama.eval.inference import ChunkedLM, equal_length_batches
+from infini_llama.eval.inference import ChunkedLM, batch_for, equal_length_batches
 from infini_llama.eval.passkey import EVAL_STREAM, draw_key, memory_updates, sample_seed
 from infini_llama.eval.prompts import HAYSTACKS, Haystack, build_prompt, last_token_of
 from infini_llama.eval.scoring import mean_and_stderr, proportion, string_match_all
@@ -135,7 +135,8 @@ def make_multineedle_sample(
 
 @dataclass
 class MultiNeedleConfig:
-    """A multi-needle grid: tasks × lengths (tokens) × samples, same per-sample seeds in every cell."""
+    """A multi-needle grid: tasks × lengths (tokens) × samples, same per-sample seeds in every cell; `batch_size`
+    samples run together, or with `batch_tokens` as many as that many tokens hold at each length."""
 
     tasks: Sequence[str] = MULTI_TASKS
     lengths: Sequence[int] = (256, 512, 1024)
@@ -150,6 +151,7 @@ class MultiNeedleConfig:
     memory_off: bool | Sequence[int] = False  # true: every layer; layer indices: those layers only
     segment_len: int | None = None
     batch_size: int = 8
+    batch_tokens: int | None = None
     chunk_len: int | None = None
     progress: bool = True
 
@@ -166,6 +168,7 @@ class MultiNeedleConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.haystack not in HAYSTACKS:
             raise ValueError(f"haystack must be one of {HAYSTACKS}, got {self.haystack!r}")
+        batch_for(1, self.batch_size, self.batch_tokens)  # checks batch_tokens
 
 
 def run_multineedle_grid(
@@ -201,7 +204,9 @@ def run_multineedle_grid(
     def evaluate_cell(cell: str) -> list[dict]:
         task, length = cells[cell]
         samples = [sample(task, length, i) for i in range(config.samples)]
-        return evaluate_multineedle(runner, tokenizer, samples, config.batch_size, config.max_new_tokens, segment_len)
+        return evaluate_multineedle(
+            runner, tokenizer, samples, config.batch_size, config.max_new_tokens, segment_len, config.batch_tokens
+        )
 
     for task in config.tasks:  # fail before any work on a length the template does not fit in
         for length in config.lengths:
@@ -228,11 +233,12 @@ def evaluate_multineedle(
     batch_size: int,
     max_new_tokens: int = 128,
     segment_len: int | None = None,
+    batch_tokens: int | None = None,
 ) -> list[dict]:
     """Greedy answers (stopped at EOS, ≤ `max_new_tokens`) scored by string match all; one row per sample."""
     rows: list[dict] = [{} for _ in samples]
     eos = tokenizer.eos_token_id
-    for indices in equal_length_batches([len(s.input_ids) for s in samples], batch_size):
+    for indices in equal_length_batches([len(s.input_ids) for s in samples], batch_size, batch_tokens):
         ids = torch.tensor([samples[i].input_ids for i in indices], device=runner.device)  # (B, T)
         last, state = runner.prefill(ids)
         generated = runner.greedy(last, state, max_new_tokens, eos_token_id=eos).tolist()

@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from infini_llama.eval.diagnostics import bucket_order, memory_off_layers, updates_bucket
 from infini_llama.eval.grid import run_grid
-from infini_llama.eval.inference import ChunkedLM, equal_length_batches
+from infini_llama.eval.inference import ChunkedLM, batch_for, equal_length_batches
 from infini_llama.eval.passkey import (
     DEFAULT_KEY_DIGITS,
     GRID_SPLITS,
@@ -40,7 +40,8 @@ class PasskeyGridConfig:
     as `generate` reads a prompt, since dynamic scaling depends on the longest position of a call. `split`: "test"
     (the reported grid) or "validation" (the same design on other samples: keys, haystack positions), for choosing
     a recipe without looking at the test grid. `memory_off`: true closes every memory gate (the ablation), a list of
-    layer indices closes those layers' only (what one layer's memory adds)."""
+    layer indices closes those layers' only (what one layer's memory adds). `batch_size` prompts run together, or
+    with `batch_tokens` as many as that many tokens hold at each length (speed only: neither changes a score)."""
 
     lengths: Sequence[int] = (256, 512, 1024)
     depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -55,6 +56,7 @@ class PasskeyGridConfig:
     split: str = "test"
     segment_len: int | None = None
     batch_size: int = 8
+    batch_tokens: int | None = None
     chunk_len: int | None = None
     progress: bool = True
 
@@ -69,6 +71,7 @@ class PasskeyGridConfig:
             raise ValueError(f"samples must be >= 1, got {self.samples}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        batch_for(1, self.batch_size, self.batch_tokens)  # checks batch_tokens
         if self.haystack not in HAYSTACKS:
             raise ValueError(f"haystack must be one of {HAYSTACKS}, got {self.haystack!r}")
         if self.unit not in LENGTH_UNITS:
@@ -117,7 +120,7 @@ def run_passkey_grid(
     def evaluate_cell(cell: str) -> list[dict]:
         length, depth = cells[cell]
         samples = [sample(length, depth, i) for i in range(config.samples)]
-        return evaluate_passkey(runner, tokenizer, samples, config.batch_size, segment_len)
+        return evaluate_passkey(runner, tokenizer, samples, config.batch_size, segment_len, config.batch_tokens)
 
     for length in config.lengths:  # fail before any work on a length the template does not fit in
         sample(length, 0.0, 0)
@@ -142,11 +145,12 @@ def evaluate_passkey(
     samples: Sequence[PasskeySample],
     batch_size: int,
     segment_len: int | None = None,
+    batch_tokens: int | None = None,
 ) -> list[dict]:
-    """Score samples in batches of equal prompt length (a grid's cells are all one length; nothing is padded)
-    and return one row per sample, in order."""
+    """Score samples in batches of equal prompt length (a grid's cells are all one length; nothing is padded),
+    `batch_size` prompts each or as many as `batch_tokens` tokens hold, and return one row per sample, in order."""
     rows: list[dict] = [{} for _ in samples]
-    for indices in equal_length_batches([len(s.input_ids) for s in samples], batch_size):
+    for indices in equal_length_batches([len(s.input_ids) for s in samples], batch_size, batch_tokens):
         for i, row in zip(indices, _passkey_batch(runner, tokenizer, [samples[i] for i in indices]), strict=True):
             row["memory_updates"] = memory_updates(row["key_last_token"], row["prompt_tokens"], segment_len)
             rows[i] = row

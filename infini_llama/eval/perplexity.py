@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from infini_llama.data import held_out_book
 from infini_llama.eval.grid import run_grid
-from infini_llama.eval.inference import ChunkedLM
+from infini_llama.eval.inference import ChunkedLM, batch_for
 from infini_llama.eval.prompts import encode
 
 # How far past the training length the default window reaches (the spec's "up to 8×").
@@ -31,7 +31,8 @@ DEFAULT_LENGTH_FACTOR = 8
 class PerplexityConfig:
     """`max_len` tokens per window (None: 8 × `train_len`); `windows` consecutive windows taken from the
     documents in order; losses averaged over `bucket_len`-token position buckets. `train_len` is only recorded
-    and drawn as the vertical line of the plot."""
+    and drawn as the vertical line of the plot. `batch_size` windows run together, or with `batch_tokens` as many as
+    that many tokens hold."""
 
     max_len: int | None = None
     train_len: int | None = None
@@ -39,6 +40,7 @@ class PerplexityConfig:
     windows: int = 4
     memory_off: bool | Sequence[int] = False  # true: every layer; layer indices: those layers only
     batch_size: int = 4
+    batch_tokens: int | None = None
     chunk_len: int | None = None
     progress: bool = True
 
@@ -54,6 +56,7 @@ class PerplexityConfig:
             raise ValueError(f"max_len must be >= 2 tokens (one input, one target), got {self.max_len}")
         if self.train_len is not None and self.train_len < 1:
             raise ValueError(f"train_len must be None or >= 1, got {self.train_len}")
+        batch_for(self.max_len, self.batch_size, self.batch_tokens)  # checks batch_tokens
 
 
 def make_windows(
@@ -146,7 +149,7 @@ def perplexity_by_position(
         cells=cells,
         rows_per_cell=1,
         evaluate_cells=evaluate_cells,
-        cells_per_call=config.batch_size,
+        cells_per_call=batch_for(config.max_len, config.batch_size, config.batch_tokens),
         summarize=lambda rows: summarize_perplexity(rows, config.train_len),
         label=label,
         checkpoint=checkpoint,

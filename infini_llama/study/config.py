@@ -49,7 +49,9 @@ class StudyConfig:
     layer's memory adds against its gate; None: not. `eval_precision`: "fp32" evaluates in float32; "tf32" in float32
     with TF32 matmuls on a GPU (float32 on a CPU); "bf16" under the bf16 autocast the models were trained in (the
     memory's state and its matmuls in float32, with TF32 on a GPU), faster on a GPU, whose float32 matmuls run far
-    below its bf16 rate; "auto": bf16 on a GPU, fp32 elsewhere.
+    below its bf16 rate; "auto": bf16 on a GPU, fp32 elsewhere. `eval_batch_size`: prompts scored together;
+    `eval_batch_tokens` (None: not) replaces it with a token budget, as many prompts as it holds at each length (at
+    least one), so a GPU scoring short prompts gets more of them at once; neither changes what is scored.
     """
 
     preset: str = "tiny"
@@ -65,6 +67,7 @@ class StudyConfig:
     eval_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     eval_samples: int = 16
     eval_batch_size: int = 16
+    eval_batch_tokens: int | None = None
     eval_haystacks: tuple[str, ...] = ("repeat", "book")
     eval_split: str = "test"
     # Dynamic NTK with factor 1 stretches RoPE's longest wavelength by exactly (length / training length).
@@ -111,6 +114,10 @@ class StudyConfig:
             )
         if self.eval_precision not in EVAL_PRECISIONS:
             raise ValueError(f"eval_precision must be one of {EVAL_PRECISIONS}, got {self.eval_precision!r}")
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        if self.eval_batch_tokens is not None and self.eval_batch_tokens < 1:
+            raise ValueError(f"eval_batch_tokens must be none or >= 1, got {self.eval_batch_tokens}")
         if self.selection_samples < 1:
             raise ValueError(f"selection_samples must be >= 1, got {self.selection_samples}")
         scaling = self.eval_rope_scaling

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from infini_llama.eval.inference import batch_for
 from infini_llama.host import cpu_summary, describe_cpu
 from infini_llama.models import InfiniLlamaForCausalLM, config_from_preset
 from infini_llama.profiling import gpu_busy_share
@@ -99,15 +100,15 @@ class Task:
 @dataclass
 class ArmRates:
     """What the probe measured for one arm's model: seconds per optimizer step of each training stage, the seconds
-    of a passkey batch at two lengths (interpolated linearly between and beyond them), and on a GPU how busy a
-    training step keeps it."""
+    per passkey prompt at two lengths, each scored in a batch of the size the study gives that length (interpolated
+    linearly between and beyond them), and on a GPU how busy a training step keeps it."""
 
     step_seconds: dict[str, float]
     eval_points: tuple[tuple[int, float], tuple[int, float]]
     layers: int
     gpu_busy: float | None = None  # the GPU's busy share of a training step, the busiest stage's (None: not measured)
 
-    def eval_batch(self, length: int) -> float:
+    def eval_prompt(self, length: int) -> float:
         (n0, s0), (n1, s1) = self.eval_points
         if n1 == n0:
             return s0 * length / n0
@@ -175,6 +176,11 @@ def _compiled(table: dict, device: torch.device, attention: str, default: float)
 
 
 @torch.no_grad()
+def eval_batch(cfg: StudyConfig, length: int, prompts: int) -> int:
+    """Prompts per batch the study scores at `length` tokens, out of `prompts` scored together (a grid's cell)."""
+    return min(batch_for(length, cfg.eval_batch_size, cfg.eval_batch_tokens), prompts)
+
+
 def _passkey_batch_seconds(runner, batch: int, length: int, device: torch.device, generator) -> float:
     """Seconds to score one passkey batch as `evaluate_passkey` does: prefill, teacher forcing, greedy decoding."""
     ids = torch.randint(runner.model.config.vocab_size, (batch, length), generator=generator).to(device)
@@ -224,9 +230,10 @@ def probe_arm(cfg: StudyConfig, arm: Arm, device: torch.device, busy: bool = Fal
         runner = ChunkedLM(model)
         lengths = eval_lengths(cfg, arm)
         with evaluation_numerics(cfg.eval_precision, device):
-            _passkey_batch_seconds(runner, cfg.eval_batch_size, min(lengths), device, generator)  # warm-up
+            batch = lambda n: eval_batch(cfg, n, cfg.eval_samples)  # noqa: E731
+            _passkey_batch_seconds(runner, batch(min(lengths)), min(lengths), device, generator)  # warm-up
             short, long = training_length(cfg, arm), max(lengths)
-            points = tuple((n, _passkey_batch_seconds(runner, cfg.eval_batch_size, n, device, generator))
+            points = tuple((n, _passkey_batch_seconds(runner, batch(n), n, device, generator) / batch(n))
                            for n in dict.fromkeys((short, long)))  # fmt: skip
     del model, runner
     if device.type == "cuda":
@@ -249,9 +256,14 @@ def arm_estimate(cfg: StudyConfig, arm: Arm, root: Path, rates: ArmRates, device
                  copies_pretraining: bool = False) -> Task:  # fmt: skip
     """Every stage of `arm` (in `arm_stages` order) with its estimated seconds; none for its pretraining if it copies
     another arm's (`arms.pretraining_copies`)."""
-    batches = lambda samples: math.ceil(samples / cfg.eval_batch_size)  # noqa: E731
-    per_length = batches(cfg.eval_samples * len(cfg.eval_depths))
-    grid = sum(per_length * rates.eval_batch(n) for n in eval_lengths(cfg, arm))
+
+    def scored(prompts: int, length: int) -> float:
+        """Seconds to score `prompts` prompts of `length` tokens together, a batch left part-empty costing a whole."""
+        batch = eval_batch(cfg, length, prompts)
+        return math.ceil(prompts / batch) * batch * rates.eval_prompt(length)
+
+    one_grid = lambda n: len(cfg.eval_depths) * scored(cfg.eval_samples, n)  # noqa: E731  # a batch holds one cell
+    grid = sum(one_grid(n) for n in eval_lengths(cfg, arm))
     costs: dict[str, Stage] = {}
     pretrain = train_recipe(cfg, arm, "pretrain")
     if not copies_pretraining:
@@ -263,19 +275,17 @@ def arm_estimate(cfg: StudyConfig, arm: Arm, root: Path, rates: ArmRates, device
         name = finetune_dir(root, lr).name
         costs[name] = _training_stage(name, finetune_recipe(cfg, arm, lr), rates.step_seconds["finetune"],
                                       arm.attention, device, finetune_dir(root, lr))  # fmt: skip
-    selection = batches(cfg.selection_samples) * rates.eval_batch(training_length(cfg, arm))
+    selection = scored(cfg.selection_samples, training_length(cfg, arm))
     costs["select"] = Stage("select", len(candidate_lrs(cfg, arm)) * selection)
     for haystack in cfg.eval_haystacks:
         for task in passkey_tasks(cfg, arm):
             costs[f"{task}-{haystack}"] = Stage(f"{task}-{haystack}", grid)
     # Perplexity reads whole windows at the longest length and projects every position onto the vocabulary.
     longest = max(eval_lengths(cfg, arm))
-    windows = cfg.perplexity_windows / cfg.eval_batch_size
-    costs["perplexity"] = Stage("perplexity", 1.5 * windows * rates.eval_batch(longest))
+    costs["perplexity"] = Stage("perplexity", 1.5 * scored(cfg.perplexity_windows, longest))
     costs["gates"] = Stage("gates", 0.0)
     if cfg.layer_off_multiple is not None:
-        one_layer = per_length * rates.eval_batch(layer_off_length(cfg, arm))
-        costs["layers-off"] = Stage("layers-off", rates.layers * one_layer)
+        costs["layers-off"] = Stage("layers-off", rates.layers * one_grid(layer_off_length(cfg, arm)))
     names = [name for name, _ in arm_stages(cfg, arm, root, str(device), progress=False)]
     return Task(arm.name, root, [costs.get(name, Stage(name, 0.0)) for name in names])
 
@@ -355,7 +365,7 @@ def estimate_study(tasks: list[tuple[StudyConfig, Arm, Path]], jobs: int, device
         "gpu_busy": None if busy is None else round(busy, 3),
         "probe_seconds": round(time.perf_counter() - began, 2),
         "estimated_seconds": round(total, 1),
-        "rates": {name: {"step_seconds": r.step_seconds, "passkey_batch_seconds": dict(r.eval_points),
+        "rates": {name: {"step_seconds": r.step_seconds, "passkey_prompt_seconds": dict(r.eval_points),
                          "gpu_busy": r.gpu_busy}
                   for name, r in rates.items()},
         "tasks": {t.label: {s.name: round(s.seconds, 1) for s in t.stages} for t in estimates},

@@ -219,7 +219,9 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
         candidates = []
         for lr in lrs:
             model = load_model(finetune_dir(root, lr) / "final", device=on)
-            rows = evaluate_passkey(ChunkedLM(model), tokenizer, prompts, cfg.eval_batch_size)
+            rows = evaluate_passkey(
+                ChunkedLM(model), tokenizer, prompts, cfg.eval_batch_size, batch_tokens=cfg.eval_batch_tokens
+            )
             trained = json.loads((root / f"{finetune_dir(root, lr).name}.done").read_text())
             candidates.append({
                 "lr": lr, "exact": proportion(sum(r["exact"] for r in rows), len(rows)),
@@ -246,6 +248,7 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
                     rope_scaling=rope_rows(cfg, arm).get(task),
                     split=cfg.eval_split,
                     batch_size=cfg.eval_batch_size,
+                    batch_tokens=cfg.eval_batch_tokens,
                     progress=progress,
                 )
                 run_passkey_grid(model, tokenizer, grid, target, label=label, checkpoint=checkpoint)
@@ -253,7 +256,7 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
                 ppl = PerplexityConfig(
                     train_len=training_length(cfg, arm), max_len=max(eval_lengths(cfg, arm)),
                     bucket_len=cfg.perplexity_bucket, windows=cfg.perplexity_windows, batch_size=cfg.eval_batch_size,
-                    progress=progress,
+                    batch_tokens=cfg.eval_batch_tokens, progress=progress,
                 )  # fmt: skip
                 book = held_out_book()
                 perplexity_by_position(model, tokenizer, ppl, target, documents=[book.text], source=book.name,
@@ -272,7 +275,8 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
             grid = PasskeyGridConfig(
                 lengths=[layer_off_length(cfg, arm)], depths=cfg.eval_depths, samples=cfg.eval_samples, seed=arm.seed,
                 key_digits=cfg.passkey.get("key_digits", DEFAULT_KEY_DIGITS), haystack=haystack, memory_off=[layer],
-                split=cfg.eval_split, batch_size=cfg.eval_batch_size, progress=progress,
+                split=cfg.eval_split, batch_size=cfg.eval_batch_size, batch_tokens=cfg.eval_batch_tokens,
+                progress=progress,
             )  # fmt: skip
             target = root / "eval" / layer_off_folder(layer, haystack)
             label = f"{arm.name} (memory off in layer {layer})"

@@ -1,5 +1,6 @@
 """The passkey and multi-needle grids: rows, summaries, batching, and resuming a killed run."""
 
+import dataclasses
 import json
 import os
 
@@ -102,10 +103,16 @@ def test_batching_does_not_change_results(bpe_tok, micro_model, tmp_path):
     model = micro_model(len(bpe_tok), dtype=torch.float64)
     run_passkey_grid(model, bpe_tok, grid(batch_size=1, chunk_len=16), tmp_path / "one")
     run_passkey_grid(model, bpe_tok, grid(batch_size=3, chunk_len=50), tmp_path / "three")
-    one, three = read_rows(tmp_path / "one/samples.jsonl"), read_rows(tmp_path / "three/samples.jsonl")
-    assert comparable(one) == comparable(three)
-    for a, b in zip(one, three, strict=True):
-        assert a["answer_logprob"] == pytest.approx(b["answer_logprob"], rel=1e-9)
+    # A token budget: three prompts to a batch at 160 tokens, two at 224.
+    run_passkey_grid(model, bpe_tok, grid(batch_tokens=3 * 160), tmp_path / "budget")
+    one = read_rows(tmp_path / "one/samples.jsonl")
+    for other in ("three", "budget"):
+        rows = read_rows(tmp_path / other / "samples.jsonl")
+        assert comparable(one) == comparable(rows)
+        for a, b in zip(one, rows, strict=True):
+            assert a["answer_logprob"] == pytest.approx(b["answer_logprob"], rel=1e-9)
+    with pytest.raises(ValueError, match="batch_tokens"):
+        grid(batch_tokens=0)
 
 
 def test_a_killed_grid_resumes_without_recomputing_finished_cells(bpe_tok, micro_model, tmp_path, monkeypatch):
@@ -222,5 +229,10 @@ def test_perplexity_by_position(bpe_tok, micro_model, tmp_path):
     with torch.no_grad():
         loss = model(input_ids=batch, labels=batch).loss
     assert results["overall"]["mean_loss"] == pytest.approx(float(loss), rel=1e-9)
+    budget = dataclasses.replace(config, batch_size=1, batch_tokens=3 * 128)  # the three windows in one batch
+    batched = perplexity_by_position(model, bpe_tok, budget, tmp_path / "budget")["results"]
+    assert batched["overall"]["mean_loss"] == pytest.approx(results["overall"]["mean_loss"], rel=1e-9)
     with pytest.raises(ValueError, match="give max_len"):
         PerplexityConfig()
+    with pytest.raises(ValueError, match="batch_tokens"):
+        PerplexityConfig(train_len=16, batch_tokens=0)

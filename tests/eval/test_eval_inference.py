@@ -6,7 +6,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from infini_llama.eval import ChunkedLM, gate_report, memory_off
-from infini_llama.eval.inference import equal_length_batches
+from infini_llama.eval.inference import batch_for, equal_length_batches
 from infini_llama.eval.records import memory_off_layers, memory_off_text
 
 VOCAB = 101
@@ -160,3 +160,12 @@ def test_memory_off_and_gates_refuse_models_without_memory(micro_model):
 def test_equal_length_batches_never_mix_lengths():
     batches = equal_length_batches([5, 5, 7, 5, 7, 5], 2)
     assert batches == [[0, 1], [3, 5], [2, 4]]
+
+
+def test_a_token_budget_sizes_each_lengths_batches_by_its_length():
+    lengths = [4, 4, 4, 4, 4, 8, 8, 8, 16]
+    assert [batch_for(n, 2, 16) for n in (4, 8, 16, 32)] == [4, 2, 1, 1]  # at least one, however long
+    assert batch_for(4, 2) == 2, "without a budget the batch size holds"
+    assert equal_length_batches(lengths, 2, batch_tokens=16) == [[0, 1, 2, 3], [4], [5, 6], [7], [8]]
+    with pytest.raises(ValueError, match="batch_tokens must be None or >= 1"):
+        equal_length_batches(lengths, 2, batch_tokens=0)

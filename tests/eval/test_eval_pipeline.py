@@ -42,7 +42,7 @@ def test_finetune_evaluate_and_report(tmp_path, checkpoints):
     assert run("eval", "passkey", "--checkpoint", checkpoints["full"], "--out", ev / "pk-full-ntk", "--rope-scaling",
                "dynamic", "--train-len", 128, *grid) == 0  # fmt: skip
     assert run("eval", "multineedle", "--checkpoint", final, "--out", ev / "mn", "--lengths", 400, "--samples", 1,
-               "--max-new-tokens", 4, "--no-progress") == 0  # fmt: skip
+               "--max-new-tokens", 4, "--batch-tokens", 800, "--no-progress") == 0  # fmt: skip
     # --train-len comes from the fine-tuning run's run.json (160), windows reach 8x that.
     assert run("eval", "perplexity", "--checkpoint", final, "--out", ev / "ppl", "--bucket-len", 160,
                "--windows", 2, "--no-progress") == 0  # fmt: skip
@@ -52,6 +52,7 @@ def test_finetune_evaluate_and_report(tmp_path, checkpoints):
     assert passkey["label"] == "ft" and passkey["status"] == "complete"
     assert passkey["model"]["checkpoint"] == str(final)
     assert len(read_rows(ev / "pk" / "samples.jsonl")) == 2 * 3 * 2
+    assert json.loads((ev / "mn" / "summary.json").read_text())["settings"]["batch_tokens"] == 800
     ppl = json.loads((ev / "ppl" / "summary.json").read_text())
     assert ppl["results"]["train_len"] == 160 and ppl["settings"]["max_len"] == 1280
     gates = json.loads((ev / "gates" / "summary.json").read_text())

@@ -811,8 +811,13 @@ def test_a_study_evaluated_in_bf16_runs_every_evaluation_under_it_and_says_so(mi
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(study_stages, name, recording)
-    cfg = micro(eval_precision="bf16", eval_haystacks=("repeat",), eval_rope_scaling=None, layer_off_multiple=None)
+    cfg = micro(eval_precision="bf16", eval_haystacks=("repeat",), eval_rope_scaling=None, layer_off_multiple=None,
+                eval_batch_tokens=1024)  # fmt: skip
     report = run_study(cfg, tmp_path / "study", device="cpu", progress=False, jobs=1, estimate=False)
     assert {name for name, _ in seen} == {"run_passkey_grid", "evaluate_passkey", "perplexity_by_position"}
     assert all(autocast for _, autocast in seen), seen
     assert "Evaluated with eval_precision=bf16" in report.read_text()
+    # The token budget reaches every evaluation.
+    for grid in ("passkey-repeat", "perplexity"):
+        summary = json.loads((tmp_path / "study" / "infini" / "eval" / grid / "summary.json").read_text())
+        assert summary["settings"]["batch_tokens"] == 1024, grid

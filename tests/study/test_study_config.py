@@ -112,7 +112,7 @@ def test_a_seed_sweep_seeds_every_stage_of_its_arms(tmp_path, monkeypatch):
     monkeypatch.setattr(study_stages, "load_eval_tokenizer", lambda path: None)
     monkeypatch.setattr(study_stages, "load_model", lambda path, device=None: None)
     monkeypatch.setattr(study_stages, "ChunkedLM", lambda model: None)
-    monkeypatch.setattr(study_stages, "evaluate_passkey", lambda *args: [{"exact": True, "digit_acc": 1.0}])
+    monkeypatch.setattr(study_stages, "evaluate_passkey", lambda *args, **kwargs: [{"exact": True, "digit_acc": 1.0}])
     monkeypatch.setattr(
         study_stages, "run_passkey_grid", lambda model, tok, grid, out, **kw: seen.setdefault(out.name, grid)
     )

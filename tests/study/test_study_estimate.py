@@ -89,6 +89,31 @@ def test_fine_tuning_on_the_answers_is_probed_on_its_own_path(tmp_path, monkeypa
     assert record["gpu_busy"] is None and record["lanes"] == 2
 
 
+def test_a_token_budget_probes_and_counts_each_length_at_its_own_batch(tmp_path, monkeypatch):
+    # Lengths 128 and 256 with a budget of 256 tokens: batches of two prompts, then one; a probe batch costs 1 ms
+    # per token, so every prompt costs its length in ms whatever its batch.
+    probed = []
+
+    def fake_batch_seconds(runner, batch, length, device, generator):
+        probed.append((batch, length))
+        return batch * length * 1e-3
+
+    monkeypatch.setattr(estimate, "_passkey_batch_seconds", fake_batch_seconds)
+    cfg = micro_study(eval_samples=3, eval_batch_tokens=256, selection_samples=5, perplexity_windows=1)
+    arm = expand_arms(cfg)[0]
+    estimates, record = estimate_study([(cfg, arm, tmp_path)], jobs=1, device="cpu", threads=1)
+    assert set(probed) == {(2, 128), (1, 256)}
+    assert record["rates"][arm.name]["passkey_prompt_seconds"] == {128: pytest.approx(0.128), 256: pytest.approx(0.256)}
+    stages = {stage.name: stage.seconds for stage in estimates[0].stages}
+    # Two depths per length; a cell of three prompts runs as two batches of two at 128 tokens (the second part-empty,
+    # counted whole), three of one at 256.
+    assert stages["passkey-repeat"] == pytest.approx(2 * (4 * 0.128 + 3 * 0.256))
+    assert stages["select"] == pytest.approx(6 * 0.128)  # five prompts at the training length, in batches of two
+    assert stages["perplexity"] == pytest.approx(1.5 * 0.256)  # one window at the longest length
+    with pytest.raises(ValueError, match="eval_batch_tokens must be none or >= 1"):
+        micro_study(eval_batch_tokens=0)
+
+
 @pytest.mark.parametrize(("busy", "lanes_counted"), [(0.95, 1), (0.3, 2), (None, 2)])
 def test_arms_sharing_a_gpu_are_counted_at_full_speed_as_far_as_its_busy_share_leaves_room(
     tmp_path, monkeypatch, busy, lanes_counted
