@@ -107,8 +107,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--arms", type=parse_names, default=None, metavar="ARM1,ARM2,...",
         help="run only these arms (of every seed), e.g. --arms infini on one machine and --arms full on another "
-        "(names or shell patterns: --arms 'infini*' takes every Infini arm of a sweep); the report is written once "
-        "every arm has finished (see --report-only)",
+        "(names or shell patterns: --arms 'infini*' takes every Infini arm of a sweep; with several seeds "
+        "--arms 'seed-1/*' takes one seed's arms); the report is written once every arm has finished (see "
+        "--report-only)",
     )  # fmt: skip
     parser.add_argument(
         "--report-only", action="store_true",

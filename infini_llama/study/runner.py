@@ -72,8 +72,9 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
     the study, is written into the reports. With `estimate`, a short probe first prints how long the study will take
     on this host (written to estimate.json), and the whole study's time left is printed as it runs.
 
-    `arms` (names as the study gives them: "infini", "full", ...) runs those arms only, of every seed: a study can be
-    split over machines or GPU leases, each running some arms into a folder of its own; their arm folders copied into
+    `arms` (names as the study gives them: "infini", "full", ...) runs those arms only, of every seed (with several
+    seeds, "seed-1/infini" or "seed-1/*" names one seed's): a study can be split over machines or GPU leases, each
+    running some arms into a folder of its own; their arm folders copied into
     one study folder (stage markers, evaluations and metrics; no model weights are needed once every stage is done)
     are reported with `report_only`, which trains and evaluates nothing and refuses a study with an arm unfinished;
     with `arms` too it reports those arms alone (a screen's arms finished so far), the reports naming the arms left out.
@@ -106,6 +107,12 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
                 + ("" if arms is None else "; or leave them out of --arms for a report of the others")
             )
         chosen = None if arms is None else {arm.name for _, arm, _ in tasks}
+        per_seed = [{arm.name for _, arm, seed_out in tasks if seed_out == folder} for _, folder in studies]
+        if chosen is not None and any(names != chosen for names in per_seed):
+            raise StudyError(
+                "--report-only --arms reports the same arms of every seed; to report one seed's arms, report its "
+                f"folder as a study of that seed: --seeds <s> --out {out / 'seed-<s>'}"
+            )
         return _write_reports(cfg, out, studies, command, time.time(), chosen)
     jobs = default_jobs(len(tasks), device) if jobs is None else jobs
     if jobs < 1:
@@ -194,16 +201,28 @@ def _run_parallel(pool: ProcessPoolExecutor, tasks: list, jobs: int, device: str
             ready.sort(key=lambda item: item[0])  # stable: the units of one task keep their order
 
 
+def _task_names(task) -> tuple[str, ...]:
+    """The names `--arms` knows a task by: its arm's, and in a study of several seeds also `seed-<s>/<arm>`."""
+    seed_cfg, arm, seed_out = task
+    return (arm.name, f"{seed_out.name}/{arm.name}") if seed_out.name == f"seed-{seed_cfg.seed}" else (arm.name,)
+
+
 def _chosen_tasks(tasks: list, names: Sequence[str] | None) -> list:
     """The tasks of the arms named, each name an arm's or a shell-style pattern (`infini*`: every Infini arm of a
-    sweep); all of them for None. A name that matches no arm is refused with the study's names."""
+    sweep), of every seed, or with several seeds one seed's (`seed-1/infini`, `seed-1/*`); all of them for None. A
+    name that matches no arm is refused with the study's names."""
     if names is None:
         return tasks
-    known = list(dict.fromkeys(arm.name for _, arm, _ in tasks))
-    unknown = [name for name in names if not any(fnmatch.fnmatchcase(arm, name) for arm in known)]
+
+    def chosen(task, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(known, name) for known in _task_names(task))
+
+    unknown = [name for name in names if not any(chosen(task, name) for task in tasks)]
     if unknown or not names:
-        raise StudyError(f"--arms: unknown arm(s) {unknown or list(names)}; this study's arms are {', '.join(known)}")
-    return [task for task in tasks if any(fnmatch.fnmatchcase(task[1].name, name) for name in names)]
+        known = ", ".join(dict.fromkeys(arm.name for _, arm, _ in tasks))
+        seeds = " (of every seed; seed-<s>/<arm> for one seed's)" if len(_task_names(tasks[0])) > 1 else ""
+        raise StudyError(f"--arms: unknown arm(s) {unknown or list(names)}; this study's arms are {known}{seeds}")
+    return [task for task in tasks if any(chosen(task, name) for name in names)]
 
 
 def _unfinished(tasks: list, device: str) -> list[str]:

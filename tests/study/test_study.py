@@ -315,6 +315,27 @@ def test_arms_run_on_two_machines_are_reported_together_without_their_weights(mi
         run_study(cfg, tmp_path / "empty", device="cpu", progress=False, report_only=True)
 
 
+def test_the_seeds_of_a_study_run_on_two_machines_are_reported_together(micro, tmp_path):
+    # A seed's arms can take a GPU lease each: `seed-<s>/<arm>` patterns choose one seed's arms.
+    cfg = micro(seeds=(0, 1), eval_haystacks=("repeat",), eval_rope_scaling=None, layer_off_multiple=None)
+    here, there = tmp_path / "here", tmp_path / "there"
+    with pytest.raises(StudyError, match=r"unknown arm\(s\) \['seed-2/\*'\].*seed-<s>/<arm> for one seed's"):
+        run_study(cfg, here, device="cpu", progress=False, arms=["seed-2/*"])
+    run_study(cfg, here, device="cpu", progress=False, jobs=1, estimate=False, arms=["seed-0/*"])
+    assert (here / "seed-0" / "full" / "passkey-repeat.done").exists() and not (here / "seed-1" / "infini").exists()
+    with pytest.raises(StudyError, match="reports the same arms of every seed.*--seeds <s> --out"):
+        run_study(cfg, here, device="cpu", progress=False, report_only=True, arms=["seed-0/*"])
+    # One seed's arms, reported alone as the study of that seed its folder holds.
+    alone = run_study(dataclasses.replace(cfg, seeds=(0,)), here / "seed-0", device="cpu", progress=False,
+                      report_only=True)  # fmt: skip
+    assert alone == here / "seed-0" / "REPORT.md"
+    run_study(cfg, there, device="cpu", progress=False, jobs=1, estimate=False, arms=["seed-1/infini", "seed-1/full"])
+    shutil.copytree(there / "seed-1", here / "seed-1", dirs_exist_ok=True)
+    report = run_study(cfg, here, device="cpu", progress=False, report_only=True)
+    summary = json.loads((here / "results.json").read_text())
+    assert report.is_file() and set(summary["per_seed"]) == {"0", "1"} and summary["left_out"] == []
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
 def test_a_worker_stops_when_the_study_process_is_gone(tmp_path):
     # The study's process starts a worker and dies (as under `kill`, which reaches it alone): the worker stops too,
@@ -358,12 +379,20 @@ def test_arms_are_chosen_by_name_or_pattern():
         "full-finetune.lr=0.0001",
         "full-finetune.lr=0.0003",
     ]
-    tasks = [(None, SimpleNamespace(name=name), None) for name in names]
+    tasks = [(SimpleNamespace(seed=0), SimpleNamespace(name=name), Path("study")) for name in names]
     chosen = lambda arms: [t[1].name for t in study_runner._chosen_tasks(tasks, arms)]  # noqa: E731
     assert chosen(["infini*"]) == names[:2] and chosen(["full-finetune.lr=0.0003"]) == names[3:]
     assert chosen(["*lr=0.0001", "full*"]) == [names[0], names[2], names[3]] and chosen(None) == names
     with pytest.raises(StudyError, match=r"unknown arm\(s\) \['local\*'\]; this study's arms are infini-finetune"):
         chosen(["infini*", "local*"])
+    with pytest.raises(StudyError, match=r"unknown arm\(s\) \['seed-0/\*'\]"):  # one seed: no seed folders
+        chosen(["seed-0/*"])
+    # Several seeds: an arm's name takes it in every seed, seed-<s>/<arm> in one.
+    seeds = [(SimpleNamespace(seed=s), SimpleNamespace(name=n), Path(f"study/seed-{s}")) for s in (0, 1)
+             for n in ("infini", "full")]  # fmt: skip
+    where = lambda arms: [f"{t[2].name}/{t[1].name}" for t in study_runner._chosen_tasks(seeds, arms)]  # noqa: E731
+    assert where(["seed-1/*"]) == ["seed-1/infini", "seed-1/full"]
+    assert where(["infini", "seed-0/full"]) == ["seed-0/infini", "seed-0/full", "seed-1/infini"]
 
 
 def test_folder_of_another_study_is_refused(micro, tmp_path):
