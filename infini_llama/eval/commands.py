@@ -56,6 +56,17 @@ def _load(args: argparse.Namespace):
     return model, tokenizer
 
 
+def _grid_options(args: argparse.Namespace) -> dict:
+    """The options every grid command takes (`cli.evaluate._common`): memory off, batching and the progress bar."""
+    return dict(
+        memory_off=args.memory_off,
+        batch_size=args.batch_size,
+        batch_tokens=args.batch_tokens,
+        chunk_len=args.chunk_len,
+        progress=not args.no_progress,
+    )
+
+
 @reports_errors
 def _passkey(args: argparse.Namespace) -> int:
     scaling = None
@@ -73,14 +84,10 @@ def _passkey(args: argparse.Namespace) -> int:
         haystack=args.haystack,
         unit=args.unit,
         bos=args.bos,
-        memory_off=args.memory_off,
         rope_scaling=scaling,
         split=args.split,
         segment_len=args.segment_len,
-        batch_size=args.batch_size,
-        batch_tokens=args.batch_tokens,
-        chunk_len=args.chunk_len,
-        progress=not args.no_progress,
+        **_grid_options(args),
     )
     model, tokenizer = _load(args)
     summary = run_passkey_grid(model, tokenizer, config, args.out, label=args.label, checkpoint=args.checkpoint)
@@ -100,12 +107,8 @@ def _multineedle(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         haystack=args.haystack,
         bos=args.bos,
-        memory_off=args.memory_off,
         segment_len=args.segment_len,
-        batch_size=args.batch_size,
-        batch_tokens=args.batch_tokens,
-        chunk_len=args.chunk_len,
-        progress=not args.no_progress,
+        **_grid_options(args),
     )
     model, tokenizer = _load(args)
     summary = run_multineedle_grid(model, tokenizer, config, args.out, label=args.label, checkpoint=args.checkpoint)
@@ -121,11 +124,7 @@ def _perplexity(args: argparse.Namespace) -> int:
         train_len=args.train_len or training_length(args.checkpoint),
         bucket_len=args.bucket_len,
         windows=args.windows,
-        memory_off=args.memory_off,
-        batch_size=args.batch_size,
-        batch_tokens=args.batch_tokens,
-        chunk_len=args.chunk_len,
-        progress=not args.no_progress,
+        **_grid_options(args),
     )
     documents = [Path(p).read_text() for p in args.text_file] if args.text_file else None
     source = ", ".join(args.text_file) if args.text_file else None
