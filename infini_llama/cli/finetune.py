@@ -180,6 +180,7 @@ def resolve(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     """Check the settings and the checkpoint (its manifest too), then fine-tune."""
     from infini_llama.eval.checkpoint import check_manifest, load_eval_tokenizer
+    from infini_llama.train.loop import time_line
     from infini_llama.train.passkey import finetune_passkey
 
     cfg = resolve(args)
@@ -212,4 +213,5 @@ def run(args: argparse.Namespace) -> int:
     if result.stopped_by:
         return 130 if result.stopped_by == "SIGINT" else 143
     print(f"done: {result.step} steps, validation loss {result.val_loss:.4f}; model in {result.final_dir}")
+    print(time_line(result.seconds))
     return 0

@@ -17,6 +17,7 @@ from infini_llama.study.estimate import duration
 from infini_llama.study.results import TREND_TARGETS, passkey_rows, sequences_per_step, spread
 from infini_llama.study.stages import STAGE_GROUPS, stage_group
 from infini_llama.train import recipe
+from infini_llama.train.loop import TIME_PARTS
 from infini_llama.train.passkey import FINETUNE_HAYSTACKS
 
 # How every "ahead", "level" and "behind" of a report is decided (see eval.scoring).
@@ -176,15 +177,24 @@ def _grouped_seconds(entry: dict) -> dict[str, float]:
 
 
 def _stage_times(entries: dict) -> list[str]:
-    """Each arm's wall time per group of stages (arms that ran side by side shared the host or GPU)."""
-    rows = []
+    """Each arm's wall time per group of stages (arms that ran side by side shared the host or GPU), and where each
+    training stage's time went."""
+    rows, split = [], []
     for name, entry in entries.items():
         groups = _grouped_seconds(entry)
         copied = (entry.get("pretrain") or {}).get("shared_from")
         cells = [duration(groups[g]) + (f" (copied from {copied})" if g == "pretraining" and copied else "")
                  for g in STAGE_GROUPS]  # fmt: skip
         rows.append([name, *cells, duration(groups["total"])])
-    return [
+        finetunes = [m for m in entry.get("finetune") or [] if m]
+        stages = [("pretraining", entry.get("pretrain") or {})] + [
+            (f"fine-tuning, LR {m['lr']:g}" if len(finetunes) > 1 else "fine-tuning", m) for m in finetunes
+        ]
+        for stage, marker in stages:
+            parts = marker.get("split_seconds") if not marker.get("shared_from") else None
+            if parts:
+                split.append([f"{name}, {stage}", *(duration(parts.get(part, 0.0)) for part in TIME_PARTS)])
+    lines = [
         "",
         "## Stage times",
         "",
@@ -193,6 +203,15 @@ def _stage_times(entries: dict) -> list[str]:
         "",
         *table(["arm", *STAGE_GROUPS, "total"], rows),
     ]
+    if split:
+        lines += [
+            "",
+            "Where each training stage's time went (the first step holds any compilation and the wait for the first "
+            "batch; setup is the model, optimizer and batch workers before it):",
+            "",
+            *table(["stage", *TIME_PARTS.values()], split),
+        ]
+    return lines
 
 
 def _finetune_runs(entries: dict) -> dict[str, tuple[dict, dict]]:

@@ -175,6 +175,10 @@ def evaluation_numerics(precision: str, device: torch.device | str | None) -> It
         yield
 
 
+def _rounded(seconds: dict[str, float]) -> dict[str, float]:
+    return {part: round(value, 1) for part, value in seconds.items()}
+
+
 def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bool) -> list[Stage]:
     """(name, callable) for every stage of `arm`, whose folder is `root`, in order."""
     pretrain_dir = root / "pretrain"
@@ -196,7 +200,8 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
         result = train(run_config(train_recipe(cfg, arm, "pretrain", model=model), pretrain_dir))
         _check_finished(result, "pretraining")
         _keep_newest_checkpoint(pretrain_dir)
-        return {"val_loss": result.val_loss, "tokens_per_s": result.tokens_per_s, "steps": result.step}
+        return {"val_loss": result.val_loss, "tokens_per_s": result.tokens_per_s, "steps": result.step,
+                "split_seconds": _rounded(result.seconds)}  # fmt: skip
 
     def finetune(lr: float):
         def run():
@@ -206,7 +211,8 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
                            tokenizer=tokenizer)  # fmt: skip
             _check_finished(result, "passkey fine-tuning")
             _keep_newest_checkpoint(finetune_dir(root, lr))
-            return {"lr": lr, "val_loss": result.val_loss, "tokens_per_s": result.tokens_per_s, "steps": result.step}
+            return {"lr": lr, "val_loss": result.val_loss, "tokens_per_s": result.tokens_per_s, "steps": result.step,
+                    "split_seconds": _rounded(result.seconds)}  # fmt: skip
 
         return run
 

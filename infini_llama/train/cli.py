@@ -10,7 +10,7 @@ from pathlib import Path
 def run(args: argparse.Namespace) -> int:
     """Resolve the config and train. A setting error raises before anything is written (the command turns it into
     one line on stderr and exit status 2; a run that had to stop part-way, or a checkpoint it refused: 1)."""
-    from infini_llama.train.loop import train
+    from infini_llama.train.loop import time_line, train
     from infini_llama.train.manifest import MANIFEST, verify_folder
     from infini_llama.train.overrides import resolve_config
 
@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
         return 130 if result.stopped_by == "SIGINT" else 143
     if main_process:
         print(f"done: {result.step} steps, val loss {result.val_loss:.4f}, model in {result.final_dir}")
+        print(time_line(result.seconds))
     return 0
 
 

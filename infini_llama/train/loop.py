@@ -48,6 +48,21 @@ from infini_llama.train.rundir import FINAL_DIR, RUN_FILE, clear_run_dir, enviro
 from infini_llama.train.setup import ConfigError, RunPlan, model_fields, plan_run
 from infini_llama.train.signals import StopRequest, stop_on_signals
 
+# The parts of `TrainResult.seconds`, in the order a run spends them, with their names in reports.
+TIME_PARTS = {"setup": "setup", "first_step": "first step", "steps": "other steps", "validation": "validations",
+              "checkpoints": "checkpoints", "final": "final model"}  # fmt: skip
+
+
+def time_line(seconds: dict[str, float]) -> str:
+    """`TrainResult.seconds` in one line, as the commands print it at the end."""
+    return "time: " + ", ".join(f"{label} {seconds.get(part, 0.0):.0f} s" for part, label in TIME_PARTS.items())
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on `device` (a GPU's; nothing to wait for elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
 
 @dataclass
 class TrainResult:
@@ -63,6 +78,10 @@ class TrainResult:
     final_dir: Path | None = None
     stopped_by: str | None = None  # "SIGINT" / "SIGTERM" when interrupted
     skipped_steps: list[int] = field(default_factory=list)  # non-finite loss or gradient: no update made
+    # Where a finished call's time went, in seconds: "setup" (folder, batch workers, model, optimizer, resume),
+    # "first_step" (compilation, the first batch), "validation", "checkpoints", "final" (the final model) and "steps"
+    # (the others, and the rest of the loop).
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def train(
@@ -470,8 +489,22 @@ class _Trainer:
             ) from exc
         return result
 
+    @contextlib.contextmanager
+    def _timed(self, result: TrainResult, part: str) -> Iterator[None]:
+        """Add the block's seconds to `result.seconds[part]`: the device's work queued before it is waited for
+        first (the steps' time, not the block's), its own at the end. Not around every step: that would stop the
+        host from queueing the next step while the device runs this one."""
+        synchronize(self.device)
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            synchronize(self.device)
+            result.seconds[part] = result.seconds.get(part, 0.0) + time.perf_counter() - began
+
     def _run(self, result: TrainResult) -> None:
         plan = self.plan
+        self._began = time.perf_counter()
         self._prepare_folder()
         # The batch workers start, and build the first steps' batches, while the model is built and compiled.
         self.ahead = PrefetchedBatches(plan.source, plan.grad_accum, plan.data_workers)
@@ -508,8 +541,9 @@ class _Trainer:
         finally:
             logger.close()
 
-    def _log_eval(self, step: int, logger: MetricsLogger, bar: tqdm) -> float:
-        val_loss = self.evaluate()
+    def _log_eval(self, step: int, logger: MetricsLogger, bar: tqdm, result: TrainResult) -> float:
+        with self._timed(result, "validation"):
+            val_loss = self.evaluate()
         gates = self.gate_values()
         logger.log({"kind": "val", "step": step, "loss": val_loss, "gates": gates})
         if self.info.is_main:
@@ -538,8 +572,10 @@ class _Trainer:
             total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
             disable=not (cfg.progress and info.is_main),
         )  # fmt: skip
+        synchronize(self.device)
+        result.seconds["setup"] = time.perf_counter() - self._began
         if start == 0:
-            result.val_loss = self._log_eval(0, logger, bar)
+            result.val_loss = self._log_eval(0, logger, bar, result)
         pending: list[tuple[int, torch.Tensor]] = []  # losses not yet read back from the device
         status = StatusLines(start, cfg.steps) if bar.disable and info.is_main else None  # logs, not a terminal
         saved_at = start if self.plan.checkpoint else None
@@ -547,7 +583,8 @@ class _Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)
         for step in range(start, cfg.steps):
             began = time.perf_counter()
-            stats = self._train_step(step)
+            with self._timed(result, "first_step") if step == start else contextlib.nullcontext():
+                stats = self._train_step(step)
             done = result.step = step + 1
             tokens += stats.tokens
             pending.append((done, stats.loss))
@@ -582,9 +619,10 @@ class _Trainer:
             if last:
                 break
             if cfg.eval_every and done % cfg.eval_every == 0 and not stopping:
-                result.val_loss = self._log_eval(done, logger, bar)
+                result.val_loss = self._log_eval(done, logger, bar, result)
             if stopping or (cfg.save_every and done % cfg.save_every == 0):
-                result.checkpoint = self.save_checkpoint(done, tokens)
+                with self._timed(result, "checkpoints"):
+                    result.checkpoint = self.save_checkpoint(done, tokens)
                 saved_at = done
             if stopping:
                 result.stopped_by = stop.signal_name or "a signal on another process"
@@ -599,8 +637,13 @@ class _Trainer:
         bar.close()
         if result.step == cfg.steps:
             if start < cfg.steps:
-                result.val_loss = self._log_eval(cfg.steps, logger, bar)
+                result.val_loss = self._log_eval(cfg.steps, logger, bar, result)
             if saved_at != cfg.steps:
-                result.checkpoint = self.save_checkpoint(cfg.steps, tokens)
-            result.final_dir = self.save_final()
-            logger.log({"kind": "event", "step": cfg.steps, "event": "finished"})
+                with self._timed(result, "checkpoints"):
+                    result.checkpoint = self.save_checkpoint(cfg.steps, tokens)
+            with self._timed(result, "final"):
+                result.final_dir = self.save_final()
+            # The steps after the first: the whole run less every part timed on its own.
+            result.seconds["steps"] = time.perf_counter() - self._began - sum(result.seconds.values())
+            seconds = {part: round(value, 2) for part, value in result.seconds.items()}
+            logger.log({"kind": "event", "step": cfg.steps, "event": "finished", "seconds": seconds})

@@ -135,6 +135,11 @@ def test_study_runs_end_to_end_and_resumes(micro, tmp_path, monkeypatch):
         for stage, value in seconds.items():
             assert value == round(json.loads((out / arm / f"{stage}.done").read_text())["seconds"], 1)
     assert "## Stage times" in text and "| arm | pretraining | fine-tuning | evaluation | total |" in text
+    # Where each training stage's time went, from the trainer, a row per stage (an LR grid's fine-tunings each).
+    split = results["arms"]["infini"]["pretrain"]["split_seconds"]
+    assert set(split) == {"setup", "first_step", "steps", "validation", "checkpoints", "final"}
+    assert "| stage | setup | first step | other steps | validations | checkpoints | final model |" in text
+    assert "| infini, fine-tuning, LR 0.003 |" in text and "| full, pretraining |" in text
     # Against the best RoPE-scaled row: at each (haystack, length) the row with Infini's smallest lead.
     best = results["best_rope"]
     assert sorted((b["haystack"], b["multiple"]) for b in best) == [(h, m) for h in ("book", "repeat") for m in (1, 2)]

@@ -3,6 +3,7 @@ Hugging Face models."""
 
 import json
 import signal
+import time
 
 import pytest
 import torch
@@ -39,7 +40,9 @@ def test_interrupt_then_resume_repeats_the_uninterrupted_losses(micro_cfg, tmp_p
 
 
 def test_run_folder_checkpoints_and_final_load_with_auto_classes(micro_cfg, tmp_path):
+    began = time.perf_counter()
     result = train(micro_cfg(save_every=3, keep=2))
+    wall = time.perf_counter() - began
     run = result.run_dir
     assert [p.name for p in list_checkpoints(run)] == ["step_0000006", "step_0000008"]  # newest 2 kept
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
@@ -56,6 +59,12 @@ def test_run_folder_checkpoints_and_final_load_with_auto_classes(micro_cfg, tmp_
     assert [r["step"] for r in val] == [0, 4, 8]
     assert len(val[0]["gates"]) == 2 and len(val[0]["gates"][0]) == 2  # (layers, heads)
     assert {r["step"] for r in records if r["kind"] == "train"} == set(range(1, 9))
+    # Where the run's time went: every part timed, none negative, together no more than the call took.
+    finished = [r for r in records if r.get("event") == "finished"]
+    assert set(result.seconds) == {"setup", "first_step", "steps", "validation", "checkpoints", "final"}
+    assert min(result.seconds.values()) >= 0 and result.seconds["checkpoints"] > 0
+    assert sum(result.seconds.values()) <= wall
+    assert finished[0]["seconds"] == {part: round(value, 2) for part, value in result.seconds.items()}
 
     final = AutoModelForCausalLM.from_pretrained(result.final_dir)
     tokenizer = AutoTokenizer.from_pretrained(result.final_dir)
