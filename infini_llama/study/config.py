@@ -264,12 +264,15 @@ STUDY_PRESETS["paper-short"] = {
 # evaluation for the two arms. Its LR, gate and curriculum settings are the starting point of a screen on
 # validation grids (docs/gpus.md). Its first screen (reports/paper-h200-screen/): the Infini arm leaves the answer-loss
 # plateau at LR 1e-4 (0.50 by step 1,000, still falling) but no arm retrieves yet, and two 302M arms on one H200
-# gain nothing from sharing it (16 minutes for two Infini fine-tunings side by side).
+# gain nothing from sharing it (16 minutes for two Infini fine-tunings side by side). No checkpoint before a stage's
+# last step: a 302M checkpoint is a 3.6 GB write and its checksum, and on a leased GPU the weights never outlive the
+# lease, so one would only spare a stage that crashed part-way a restart inside the same lease.
 STUDY_PRESETS["paper-h200"] = {
     **STUDY_PRESETS["paper-short"],
     "model": dict(gate_init=2.0),
+    "pretrain": {**STUDY_PRESETS["paper-short"]["pretrain"], "save_every": 0},
     "finetune": {**STUDY_PRESETS["paper-300m"]["finetune"], "global_batch": 16, "steps": 1000, "lr": 1.5e-4,
-                 "min_lr": 1.5e-5, "warmup_steps": 50, "gate_lr": 0.1, "eval_every": 250, "save_every": 250},
+                 "min_lr": 1.5e-5, "warmup_steps": 50, "gate_lr": 0.1, "eval_every": 250, "save_every": 0},
     "finetune_lr_grid": (),
     "passkey": dict(key_digits=4, loss="answer", depths=FINE_DEPTHS, curriculum_steps=300),
     "eval_rope_scaling": [dict(rope_type="dynamic", factor=1.0), dict(rope_type="yarn", per_length=True)],

@@ -390,6 +390,8 @@ def test_a_study_preset_can_build_on_a_model_preset_of_another_name():
     fin = study_stages.train_recipe(one, expand_arms(one)[0], "finetune")
     assert fin.steps * fin.global_batch * fin.seq_len == 1000 * 16 * 4096 and fin.gate_lr == 0.1
     assert study_stages.eval_lengths(one, expand_arms(one)[0]) == [1024, 2048, 4096, 8192, 16384]
+    # A checkpoint at each stage's end only (3.6 GB each; the weights stay on the leased machine).
+    assert fin.save_every == 0 and study_stages.train_recipe(one, expand_arms(one)[0], "pretrain").save_every == 0
     with pytest.raises(ValueError, match="unknown model preset 'nano'"):
         study_config("tiny", base="nano")
 
