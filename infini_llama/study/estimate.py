@@ -175,12 +175,12 @@ def _compiled(table: dict, device: torch.device, attention: str, default: float)
     return values.get(attention, values.get(None, default))
 
 
-@torch.no_grad()
 def eval_batch(cfg: StudyConfig, length: int, prompts: int) -> int:
     """Prompts per batch the study scores at `length` tokens, out of `prompts` scored together (a grid's cell)."""
     return min(batch_for(length, cfg.eval_batch_size, cfg.eval_batch_tokens), prompts)
 
 
+@torch.no_grad()
 def _passkey_batch_seconds(runner, batch: int, length: int, device: torch.device, generator) -> float:
     """Seconds to score one passkey batch as `evaluate_passkey` does: prefill, teacher forcing, greedy decoding."""
     ids = torch.randint(runner.model.config.vocab_size, (batch, length), generator=generator).to(device)

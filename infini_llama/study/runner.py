@@ -74,10 +74,10 @@ def run_study(cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, dev
 
     `arms` (names as the study gives them: "infini", "full", ...) runs those arms only, of every seed (with several
     seeds, "seed-1/infini" or "seed-1/*" names one seed's): a study can be split over machines or GPU leases, each
-    running some arms into a folder of its own; their arm folders copied into
-    one study folder (stage markers, evaluations and metrics; no model weights are needed once every stage is done)
-    are reported with `report_only`, which trains and evaluates nothing and refuses a study with an arm unfinished;
-    with `arms` too it reports those arms alone (a screen's arms finished so far), the reports naming the arms left out.
+    running some arms into a folder of its own; their arm folders copied into one study folder (stage markers,
+    evaluations and metrics; no model weights are needed once every stage is done) are reported with `report_only`,
+    which trains and evaluates nothing and refuses a study with an arm unfinished; with `arms` too it reports those
+    arms alone (a screen's arms finished so far), the reports naming the arms left out.
     `estimate_only` prints (and writes) the estimate of the chosen arms' stages left and stops there, training
     nothing: whether a run fits a GPU lease, before the lease is spent on it. The reports are written when every arm
     of every seed has finished; otherwise None is returned."""
