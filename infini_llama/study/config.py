@@ -266,7 +266,10 @@ STUDY_PRESETS["paper-short"] = {
 # plateau at LR 1e-4 (0.50 by step 1,000, still falling) but no arm retrieves yet, and two 302M arms on one H200
 # gain nothing from sharing it (16 minutes for two Infini fine-tunings side by side). No checkpoint before a stage's
 # last step: a 302M checkpoint is a 3.6 GB write and its checksum, and on a leased GPU the weights never outlive the
-# lease, so one would only spare a stage that crashed part-way a restart inside the same lease.
+# lease, so one would only spare a stage that crashed part-way a restart inside the same lease. Evaluation in float32
+# with TF32 matmuls, 16 prompts per batch up to 4,096 tokens and 4 at 16,384: on one H200, 1.35-2.7x float32's speed
+# at a batch of 16, answers as float32's (benchmarks/results/eval_precision_h200.json), which brings the estimate for
+# one seed's two arms from 23 to 20 minutes.
 STUDY_PRESETS["paper-h200"] = {
     **STUDY_PRESETS["paper-short"],
     "model": dict(gate_init=2.0),
@@ -277,6 +280,8 @@ STUDY_PRESETS["paper-h200"] = {
     "passkey": dict(key_digits=4, loss="answer", depths=FINE_DEPTHS, curriculum_steps=300),
     "eval_rope_scaling": [dict(rope_type="dynamic", factor=1.0), dict(rope_type="yarn", per_length=True)],
     "layer_off_multiple": None,
+    "eval_precision": "tf32",
+    "eval_batch_tokens": 65536,
 }  # fmt: skip
 
 

@@ -392,6 +392,8 @@ def test_a_study_preset_can_build_on_a_model_preset_of_another_name():
     assert study_stages.eval_lengths(one, expand_arms(one)[0]) == [1024, 2048, 4096, 8192, 16384]
     # A checkpoint at each stage's end only (3.6 GB each; the weights stay on the leased machine).
     assert fin.save_every == 0 and study_stages.train_recipe(one, expand_arms(one)[0], "pretrain").save_every == 0
+    # Evaluated in TF32, batches of 65,536 tokens (benchmarks/results/eval_precision_h200.json).
+    assert one.eval_precision == "tf32" and one.eval_batch_tokens == 65536
     with pytest.raises(ValueError, match="unknown model preset 'nano'"):
         study_config("tiny", base="nano")
 
