@@ -2,11 +2,11 @@
 left while it runs.
 
 The probe times a few training steps of each arm's model at its training shapes and a passkey batch at the training
-length and at the longest evaluation length, with the CPU threads each arm will have, on random tokens (no data, no
-tokenizer). Each stage's estimate is then its planned work at those rates: optimizer steps (plus validation passes
-and, for compiled stages, the compilation and the compiled speed-up, both modelled: compiling in the probe would
-take longer than the probe), and passkey batches at every length of every grid. The arms are laid onto `jobs` lanes
-in the order the study starts them.
+length and at the longest evaluation length (on a CPU, part of each: `CPU_PROBE_TOKENS`), with the CPU threads each
+arm will have, on random tokens (no data, no tokenizer). Each stage's estimate is then its planned work at those
+rates: optimizer steps (plus validation passes and, for compiled stages, the compilation and the compiled speed-up,
+both modelled: compiling in the probe would take longer than the probe), and passkey batches at every length of
+every grid. The arms are laid onto `jobs` lanes in the order the study starts them.
 
 While the study runs, `StudyClock` recomputes the time left from the study folder: finished stages from their
 markers, a training stage from its metrics.jsonl (steps done and the measured tokens/s), and the stages after it
@@ -58,6 +58,11 @@ from infini_llama.train.setup import resolve_precision
 
 ESTIMATE_FILE = "estimate.json"
 PROBE_STEPS = 2  # timed training steps per shape, after one warm-up step
+# On a CPU a step's time grows in proportion to its tokens, so the probe times at most this many tokens per training
+# step and per passkey batch there, and counts the rest per sequence (prompt). The tiny preset's shapes fit within
+# them; the mini preset's (steps of 16 x 1,024 tokens, 16 prompts of 16,384) kept a 2-core host probing for over 15
+# minutes, one thread per arm. A GPU times its full shapes: the batch is what fills it.
+CPU_PROBE_TOKENS = {"train": 4096, "passkey": 32768}
 # Compiled training, modelled per device type and attention (None: any other attention). On CPU (tiny preset, one
 # thread, torch 2.13) the Infini arm's per-segment memory ops gain from fusion, 1.5x the eager tokens/s, and full
 # attention's large matmuls gain nothing; compiling takes about 60 s for the Infini arm with a cold Inductor cache
@@ -141,7 +146,8 @@ def _training_step_seconds(
     loss="answer" has it (the trainer then runs the output layer at those tokens only: see `summed_loss`)."""
     bf16 = resolve_precision(tcfg.precision, device) == "bf16"
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr)
-    ids = torch.randint(model.config.vocab_size, (tcfg.batch_size, tcfg.seq_len), generator=generator).to(device)
+    sequences = _probed(tcfg.batch_size, tcfg.seq_len, "train", device)
+    ids = torch.randint(model.config.vocab_size, (sequences, tcfg.seq_len), generator=generator).to(device)
     labels = ids.clone()
     if answers_only:
         labels[:, :-ANSWER_TOKENS] = -100
@@ -162,10 +168,19 @@ def _training_step_seconds(
         times.append(time.perf_counter() - began)
     micro = min(times[1:])  # the least disturbed by other work on a shared host
     share = gpu_busy_share(step, micro) if busy and device.type == "cuda" else None
+    micro *= tcfg.batch_size / sequences
     seconds = micro * tcfg.accumulation(1)
     if resolve_compile(tcfg.compile, device):
         seconds /= _compiled(COMPILED_SPEEDUP, device, model.config.attention, 1.0)
     return seconds, share
+
+
+def _probed(batch: int, length: int, kind: str, device: torch.device) -> int:
+    """Sequences of `length` tokens the probe times for a batch of `batch` (`kind`: "train" or "passkey"): all of
+    them on a GPU, at most `CPU_PROBE_TOKENS[kind]` tokens' worth (at least one) on a CPU."""
+    if device.type != "cpu":
+        return batch
+    return min(batch, max(1, CPU_PROBE_TOKENS[kind] // length))
 
 
 def _compiled(table: dict, device: torch.device, attention: str, default: float) -> float:
@@ -230,7 +245,7 @@ def probe_arm(cfg: StudyConfig, arm: Arm, device: torch.device, busy: bool = Fal
         runner = ChunkedLM(model)
         lengths = eval_lengths(cfg, arm)
         with evaluation_numerics(cfg.eval_precision, device):
-            batch = lambda n: eval_batch(cfg, n, cfg.eval_samples)  # noqa: E731
+            batch = lambda n: _probed(eval_batch(cfg, n, cfg.eval_samples), n, "passkey", device)  # noqa: E731
             _passkey_batch_seconds(runner, batch(min(lengths)), min(lengths), device, generator)  # warm-up
             short, long = training_length(cfg, arm), max(lengths)
             points = tuple((n, _passkey_batch_seconds(runner, batch(n), n, device, generator) / batch(n))
@@ -543,6 +558,9 @@ def announce_estimate(tasks: list[tuple[StudyConfig, Arm, Path]], out: Path, job
     if not unfinished:
         return []
     threads = max(1, torch.get_num_threads() // jobs) if jobs > 1 else torch.get_num_threads()
+    models = len({arm.name for _, arm, _ in tasks})
+    print(f"[study] timing {models} arm model(s) on {probe_device(device)} to estimate the study's duration "
+          "(--no-estimate skips this) ...", flush=True)  # fmt: skip
     try:
         estimates, record = estimate_study(tasks, jobs, device, threads, gpus)
     except Exception as exc:  # e.g. out of memory without the run's activation checkpointing: the study runs on

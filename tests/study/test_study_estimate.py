@@ -114,6 +114,40 @@ def test_a_token_budget_probes_and_counts_each_length_at_its_own_batch(tmp_path,
         micro_study(eval_batch_tokens=0)
 
 
+def test_on_a_cpu_the_probe_times_part_of_a_large_batch_and_counts_the_rest_per_sequence(tmp_path, monkeypatch):
+    # Steps of 4 sequences of 128 tokens and passkey batches of 2 prompts: with room for 256 tokens of training and
+    # 128 of passkey the probe runs 2 sequences per step and 1 prompt per batch. A step costs 1 ms per token in the
+    # fake model, so the step's seconds are the full batch's either way.
+    shapes, prompts = [], []
+    step_seconds_per_token = 1e-3
+
+    def fake_loss(model, ids, labels):
+        shapes.append(tuple(ids.shape))
+        time.sleep(ids.numel() * step_seconds_per_token)
+        return model.lm_head.weight.sum() * 0
+
+    def fake_batch_seconds(runner, batch, length, device, generator):
+        prompts.append((batch, length))
+        return batch * length * 1e-3
+
+    monkeypatch.setattr(estimate, "summed_loss", fake_loss)
+    monkeypatch.setattr(estimate, "_passkey_batch_seconds", fake_batch_seconds)
+    monkeypatch.setattr(estimate, "CPU_PROBE_TOKENS", {"train": 256, "passkey": 128})
+    cfg = micro_study(finetune=dict(seq_len=128, steps=30, eval_every=10, save_every=0, eval_windows=2, batch_size=4,
+                                    compile=False))  # fmt: skip
+    arm = expand_arms(cfg)[0]
+    estimates, record = estimate_study([(cfg, arm, tmp_path)], jobs=1, device="cpu", threads=1)
+    assert set(shapes) == {(2, 128)}
+    assert set(prompts) == {(1, 128), (1, 256)}
+    pretrain = estimates[0].stages[0]
+    assert pretrain.step_seconds == pytest.approx(4 * 128 * step_seconds_per_token, rel=0.5)
+    assert record["rates"][arm.name]["passkey_prompt_seconds"] == {128: pytest.approx(0.128), 256: pytest.approx(0.256)}
+    # Within the room, or on a GPU, the whole batch.
+    assert estimate._probed(4, 32, "train", torch.device("cpu")) == 4
+    assert estimate._probed(4, 16384, "passkey", torch.device("cpu")) == 1
+    assert estimate._probed(4, 16384, "passkey", torch.device("cuda")) == 4
+
+
 @pytest.mark.parametrize(("busy", "lanes_counted"), [(0.95, 1), (0.3, 2), (None, 2)])
 def test_arms_sharing_a_gpu_are_counted_at_full_speed_as_far_as_its_busy_share_leaves_room(
     tmp_path, monkeypatch, busy, lanes_counted
@@ -214,12 +248,14 @@ def test_a_study_prints_its_estimate_first_and_the_whole_study_eta_as_it_runs(tm
     # Estimate only: the same lines and estimate.json, and nothing trained; the same folder then runs the study.
     assert run_study(cfg, tmp_path / "study", device="cpu", progress=False, jobs=1, estimate_only=True) is None
     first = capsys.readouterr().out
-    assert first.startswith("[study] estimated time on this host (") and "whole study" not in first
+    # What it is doing first (on a CPU the probe of a larger preset takes minutes), then the estimate.
+    probing = "[study] timing 2 arm model(s) on cpu to estimate the study's duration (--no-estimate skips this) ...\n"
+    assert first.startswith(probing + "[study] estimated time on this host (") and "whole study" not in first
     assert (tmp_path / "study" / "estimate.json").is_file()
     assert not list((tmp_path / "study").rglob("*.done")) and not (tmp_path / "study" / "REPORT.md").exists()
     run_study(cfg, tmp_path / "study", device="cpu", progress=False, jobs=1)
     out = capsys.readouterr().out
-    assert out.splitlines()[0].startswith("[study] estimated time on this host (")
+    assert out.startswith(probing + "[study] estimated time on this host (")
     assert "[study]   infini: pretraining" in out and "[study] whole study: " in out
     saved = json.loads((tmp_path / "study" / "estimate.json").read_text())
     assert saved["estimated_seconds"] > 0 and set(saved["tasks"]) == {"infini", "full"}
