@@ -256,11 +256,14 @@ def probe_arm(cfg: StudyConfig, arm: Arm, device: torch.device, busy: bool = Fal
     return ArmRates(step_seconds, (points[0], points[-1]), layers, max(shares) if shares else None)
 
 
-def _training_stage(name: str, tcfg: TrainConfig, step_seconds: float, attention: str, device, run_dir: Path) -> Stage:
+def _training_stage(name: str, tcfg: TrainConfig, step_seconds: float, attention: str, device, run_dir: Path,
+                    passes: int = 1) -> Stage:  # fmt: skip
+    """`passes`: forward passes over the validation windows per validation (pretraining's text: 2, with the
+    copied text)."""
     validations = 1 + (tcfg.steps // tcfg.eval_every if tcfg.eval_every else 0)
     # A validation pass: forward only (about a third of a step's time per sequence) over eval_windows sequences.
     sequences = sequences_per_step(tcfg)
-    validation = tcfg.eval_windows * step_seconds / sequences / 3
+    validation = passes * tcfg.eval_windows * step_seconds / sequences / 3
     compiling = _compiled(COMPILE_SECONDS, device, attention, 0.0) if resolve_compile(tcfg.compile, device) else 0
     seconds = tcfg.steps * step_seconds + validations * validation + compiling
     tokens = sequences * tcfg.seq_len
@@ -283,7 +286,7 @@ def arm_estimate(cfg: StudyConfig, arm: Arm, root: Path, rates: ArmRates, device
     pretrain = train_recipe(cfg, arm, "pretrain")
     if not copies_pretraining:
         costs["pretrain"] = _training_stage("pretrain", pretrain, rates.step_seconds["pretrain"], arm.attention,
-                                            device, root / "pretrain")  # fmt: skip
+                                            device, root / "pretrain", passes=2)  # fmt: skip
     else:  # a copy of an earlier arm's pretraining
         costs["pretrain"] = Stage("pretrain", 0.0)
     for lr in candidate_lrs(cfg, arm):

@@ -195,13 +195,14 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
             # The same pretraining as an earlier arm's, which has finished it: its run, not another one.
             _copy_run(source_root / "pretrain", pretrain_dir)
             done = json.loads((source_root / "pretrain.done").read_text())
-            return {**{k: done.get(k) for k in ("val_loss", "tokens_per_s", "steps")}, "shared_from": source.name}
+            kept = ("val_loss", "copy_loss", "tokens_per_s", "steps")
+            return {**{k: done.get(k) for k in kept if k in done}, "shared_from": source.name}
         model = {**cfg.model, **arm.model, "attention": arm.attention}
         result = train(run_config(train_recipe(cfg, arm, "pretrain", model=model), pretrain_dir))
         _check_finished(result, "pretraining")
         _keep_newest_checkpoint(pretrain_dir)
-        return {"val_loss": result.val_loss, "tokens_per_s": result.tokens_per_s, "steps": result.step,
-                "split_seconds": _rounded(result.seconds)}  # fmt: skip
+        return {"val_loss": result.val_loss, "copy_loss": result.copy_loss, "tokens_per_s": result.tokens_per_s,
+                "steps": result.step, "split_seconds": _rounded(result.seconds)}  # fmt: skip
 
     def finetune(lr: float):
         def run():

@@ -38,7 +38,9 @@ class BatchSource(Protocol):
     sequences) in `grad_accum` passes of `batch_size`: the trainer needs it for an automatic micro-batch
     (`infini_llama.train.microbatch`). A source whose batches cost CPU time worth taking
     off the training step's path sets `builds_slowly = True`: on CUDA the trainer then builds its batches ahead
-    in worker processes by default (`TrainConfig.data_workers`).
+    in worker processes by default (`TrainConfig.data_workers`). A source with `copy_batches()` (batches like
+    `validation_batches()`'s, whose loss only a model that looks back and copies brings far down) has the trainer
+    log that loss at each validation too, as `copy_loss`.
     """
 
     def batch(self, step: int, micro_step: int) -> Batch: ...
@@ -57,7 +59,8 @@ class TokenWindowSource:
     `repeat_fraction` of the training windows (chosen by their global sample number, so the same whichever
     the split) hold their first half twice: the second half is a copy of the first, which only a model that
     looks back and copies predicts, as passkey retrieval asks (how much a small model learns of it in a short
-    pretraining: reports/tiny-recipe-short/). Validation windows are never repeated.
+    pretraining: reports/tiny-recipe-short/). Validation windows are never repeated; `copy_batches()` gives
+    them repeated, to measure how well a model copies.
     """
 
     def __init__(
@@ -118,6 +121,19 @@ class TokenWindowSource:
         for i in range(0, len(offsets), self.batch_size):
             input_ids, _ = get_batch(self.data.validation, offsets[i : i + self.batch_size], self.seq_len)
             yield input_ids, input_ids.clone()
+
+    def copy_batches(self) -> Iterator[Batch]:
+        """The validation windows with their first half twice (as `repeat_fraction`'s), labelled on the copied
+        tokens that can be copied: every one after the first, whose predecessor appeared before it in the first
+        half. A model that looks back `seq_len // 2` tokens and copies predicts them far better than plain text;
+        one that does not scores about its validation loss (reports/tiny-recipe-short/, "Did pretraining teach
+        copying?")."""
+        half = (self.seq_len + 1) // 2
+        for input_ids, _ in self.validation_batches():
+            input_ids[:, half:] = input_ids[:, : self.seq_len - half]
+            labels = input_ids.clone()
+            labels[:, : half + 1] = -100
+            yield input_ids, labels
 
     def state_dict(self) -> dict[str, Any]:
         """What fixes the batches of every step: the stream, the sampler and the sequences per step (not

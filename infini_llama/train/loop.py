@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -73,6 +74,7 @@ class TrainResult:
     step: int
     losses: dict[int, float] = field(default_factory=dict)
     val_loss: float | None = None
+    copy_loss: float | None = None  # the last validation's on copied text (a source with `copy_batches`)
     tokens_per_s: float | None = None
     checkpoint: Path | None = None
     final_dir: Path | None = None
@@ -382,27 +384,29 @@ class _Trainer:
             write_json_atomically(run_file, {**json.loads(run_file.read_text()), "micro_batch": plan.micro_batch})
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean validation loss per target token over every process's validation batches.
+    def evaluate(self, batches: Callable[[], Iterable[Batch]] | None = None) -> float:
+        """Mean validation loss per target token over every process's validation batches (those `batches()`
+        yields; the source's `validation_batches` by default); NaN where they hold no target.
 
         Compiled layers build their evaluation graphs (no grad, validation shapes) here, outside the up-front
         probe of `compile_decoder_layers`: if that fails, evaluation runs eagerly from then on, with a warning.
         """
+        batches = batches or self.plan.source.validation_batches
         model = unwrap(self.wrapped)
         if self.plan.compile and not self.eval_eagerly:
             try:
-                return self._evaluate(model)
+                return self._evaluate(model, batches())
             except Exception as exc:  # noqa: BLE001 - a compiler failure must not end the run; others recur below
                 self.eval_eagerly = True
                 warn_evaluation_falls_back(exc)
         with eager_layers(model.model.layers) if self.plan.compile else contextlib.nullcontext():
-            return self._evaluate(model, causal_lm_loss if self.plan.compile else None)
+            return self._evaluate(model, batches(), causal_lm_loss if self.plan.compile else None)
 
-    def _evaluate(self, model: InfiniLlamaForCausalLM, loss_fn=None) -> float:
+    def _evaluate(self, model: InfiniLlamaForCausalLM, batches: Iterable[Batch], loss_fn=None) -> float:
         model.eval()
         try:
             sums = torch.zeros(2, dtype=torch.float64, device=self.device)
-            for input_ids, labels in self.plan.source.validation_batches():
+            for input_ids, labels in batches:
                 check_token_ids(input_ids, labels, self.plan.model_config.vocab_size, "a validation batch")
                 sums[0] += self._forward_loss(model, input_ids, labels, loss_fn).double()
                 sums[1] += count_targets(labels)
@@ -542,12 +546,18 @@ class _Trainer:
             logger.close()
 
     def _log_eval(self, step: int, logger: MetricsLogger, bar: tqdm, result: TrainResult) -> float:
+        copies = getattr(self.plan.source, "copy_batches", None)
         with self._timed(result, "validation"):
             val_loss = self.evaluate()
+            copy_loss = self.evaluate(copies) if copies is not None else math.nan
         gates = self.gate_values()
-        logger.log({"kind": "val", "step": step, "loss": val_loss, "gates": gates})
+        record = {"kind": "val", "step": step, "loss": val_loss, "gates": gates}
+        if math.isfinite(copy_loss):
+            record["copy_loss"] = result.copy_loss = copy_loss
+        logger.log(record)
         if self.info.is_main:
-            bar.write(f"step {step}: validation loss {val_loss:.4f}")
+            copied = f", on copied text {copy_loss:.4f}" if "copy_loss" in record else ""
+            bar.write(f"step {step}: validation loss {val_loss:.4f}{copied}")
         return val_loss
 
     def _loop(

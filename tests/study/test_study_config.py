@@ -95,7 +95,7 @@ def test_a_seed_sweep_seeds_every_stage_of_its_arms(tmp_path, monkeypatch):
     arm = next(a for a in expand_arms(cfg) if a.attention == "full")
     assert arm.name == "full-seed=3" and arm.seed == 3
     seen = {}
-    result = SimpleNamespace(stopped_by=None, val_loss=1.0, tokens_per_s=1.0, step=1, seconds={})
+    result = SimpleNamespace(stopped_by=None, val_loss=1.0, copy_loss=1.0, tokens_per_s=1.0, step=1, seconds={})
     monkeypatch.setattr(
         study_stages, "train", lambda tcfg, **kw: (seen.setdefault(Path(tcfg.out).name, tcfg), result)[1]
     )

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from train_helpers import Wrapped, window_source
 
 from infini_llama.data import load_tokenizer, prepare_tokens
 from infini_llama.train import BatchSource, TokenWindowSource, train
@@ -24,6 +25,67 @@ def test_default_corpus_and_builtin_tokenizer(micro_cfg, tmp_path):
     final = load_tokenizer(str(result.final_dir))
     assert len(final) == 512 and final.eos_token == "<|endoftext|>"
     assert torch.isfinite(torch.tensor(list(result.losses.values()))).all()
+
+
+def test_copy_batches_repeat_the_validation_windows_and_score_the_copyable_tokens(micro_cfg):
+    """`copy_batches()`: each validation window with its first half twice, labelled from the second token of the
+    copy on (the first has no predecessor in the first half to copy from), on every process's share alike."""
+    cfg = micro_cfg()
+    data = prepare_tokens(load_tokenizer(cfg.tokenizer), data=cfg.data, cache_dir=cfg.cache_dir)
+    for rank in range(2):
+        source = TokenWindowSource(data, seq_len=33, batch_size=3, grad_accum=1, rank=rank, world_size=2,
+                                   eval_windows=8)  # fmt: skip
+        pairs = list(zip(source.validation_batches(), source.copy_batches(), strict=True))
+        assert sum(len(x) for (x, _), _ in pairs) == 4
+        for (plain, _), (copied, labels) in pairs:
+            assert torch.equal(copied[:, :17], plain[:, :17]) and torch.equal(copied[:, 17:], plain[:, :16])
+            assert (labels[:, :18] == -100).all() and torch.equal(labels[:, 18:], copied[:, 18:])
+
+
+def test_training_on_text_logs_the_loss_on_copied_text_as_a_float64_reference_has_it(micro_cfg, tmp_path):
+    """Each validation of a run on text also scores the copied windows (`copy_loss` in metrics.jsonl and the
+    result); the last one is the final model's loss on them, summed in float64. A source without `copy_batches`
+    (passkey prompts, a run's own batches) logs none."""
+    from infini_llama import InfiniLlamaForCausalLM
+    from infini_llama.train import read_metrics
+
+    cfg = micro_cfg(steps=4, eval_every=2, save_every=0)
+    result = train(cfg)
+    records = read_metrics(result.run_dir / "metrics.jsonl", "val")
+    assert [r["step"] for r in records] == [0, 2, 4] and all(r["copy_loss"] > 0 for r in records)
+    assert result.copy_loss == records[-1]["copy_loss"]
+    model = InfiniLlamaForCausalLM.from_pretrained(result.final_dir).double().eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for input_ids, labels in window_source(cfg).copy_batches():
+            logits = model(input_ids=input_ids).logits[:, :-1]
+            scored = labels[:, 1:] != -100
+            total += torch.nn.functional.cross_entropy(logits[scored], labels[:, 1:][scored], reduction="sum").item()
+            count += int(scored.sum())
+    assert result.copy_loss == pytest.approx(total / count, rel=1e-5)
+    own = train(
+        micro_cfg(steps=2, eval_every=0, save_every=0, out=str(tmp_path / "own")), batches=Wrapped(window_source(cfg))
+    )
+    assert own.copy_loss is None and "copy_loss" not in read_metrics(own.run_dir / "metrics.jsonl", "val")[-1]
+
+
+@pytest.mark.parametrize("repeat_fraction", [0.0, 1.0])
+def test_the_loss_on_copied_text_falls_far_below_the_validation_loss_only_once_the_model_copies(
+    micro_cfg, tmp_path, repeat_fraction
+):
+    """Full attention trained on windows whose second half repeats the first learns to copy: its loss on copied
+    text falls far below its validation loss (about 0.2 against 4.9 here, torch 2.13 CPU); on plain text the
+    two stay about the same. The metric measures copying, not the windows."""
+    cfg = micro_cfg(
+        out=str(tmp_path / f"r{repeat_fraction}"), seq_len=64, batch_size=16, steps=200, warmup_steps=20, lr=3e-3,
+        eval_every=0, save_every=0, eval_windows=16, repeat_fraction=repeat_fraction,
+        model={"hidden_size": 64, "intermediate_size": 128, "attention": "full"}, compile=False,
+    )  # fmt: skip
+    result = train(cfg)
+    if repeat_fraction:
+        assert result.copy_loss < 0.5 * result.val_loss
+    else:
+        assert result.copy_loss == pytest.approx(result.val_loss, rel=0.15)
 
 
 def test_model_vocabulary_follows_the_tokenizer_unless_fixed(micro_cfg):
