@@ -7,8 +7,9 @@ import pytest
 import torch
 from train_helpers import Wrapped, window_source
 
+from infini_llama import InfiniLlamaForCausalLM
 from infini_llama.data import load_tokenizer, prepare_tokens
-from infini_llama.train import BatchSource, TokenWindowSource, train
+from infini_llama.train import BatchSource, TokenWindowSource, read_metrics, train
 from infini_llama.train.setup import ConfigError
 
 
@@ -46,9 +47,6 @@ def test_training_on_text_logs_the_loss_on_copied_text_as_a_float64_reference_ha
     """Each validation of a run on text also scores the copied windows (`copy_loss` in metrics.jsonl and the
     result); the last one is the final model's loss on them, summed in float64. A source without `copy_batches`
     (passkey prompts, a run's own batches) logs none."""
-    from infini_llama import InfiniLlamaForCausalLM
-    from infini_llama.train import read_metrics
-
     cfg = micro_cfg(steps=4, eval_every=2, save_every=0)
     result = train(cfg)
     records = read_metrics(result.run_dir / "metrics.jsonl", "val")
