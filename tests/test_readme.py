@@ -39,8 +39,9 @@ def test_the_readme_install_and_test_commands_are_the_ones_ci_runs():
 def test_the_headline_markers_are_there():
     text = README.read_text()
     assert text.count("<!-- headline: reports/tiny-cpu -->") == 1
+    assert text.count("<!-- headline: reports/mini -->") == 1
     assert text.count("<!-- headline: benchmarks/results/gpu_h200.json -->") == 1
-    assert text.count("<!-- /headline -->") == 2
+    assert text.count("<!-- /headline -->") == 3
 
 
 def test_every_relative_link_resolves():

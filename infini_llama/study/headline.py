@@ -17,24 +17,27 @@ from pathlib import Path
 from infini_llama.eval.markdown import table
 
 BLOCK = re.compile(r"(<!-- headline: (?P<source>[^ ]+) -->\n)(?P<table>.*?)(<!-- /headline -->)", re.DOTALL)
-MULTIPLES = (1.0, 2.0, 4.0, 8.0)
-# Row labels of a study's results -> how the headline names them, in this order.
+# Row labels of a study's results -> how the headline names them, in this order; a study shows those it has.
 ROWS = {
     "infini": "Infini",
     "full": "full attention",
     "full (RoPE dynamic NTK)": "full attention + dynamic NTK RoPE",
+    "full (RoPE YaRN ×length)": "full attention + YaRN RoPE, factor = length",
     "infini (memory off)": "Infini, memory off",
 }
 
 
 def headline_table(results: dict, haystack: str = "repeat") -> str:
-    """Exact match % on `haystack`, mean over the seeds, at 1×, 2×, 4× and 8× the training length."""
+    """Exact match % on `haystack`, mean over the seeds, at every length from the training length on, for each row
+    of ROWS the study has."""
     by_label = {row["label"]: row for row in results["rows"]}
+    multiples = [x["multiple"] for x in by_label["infini"]["haystacks"][haystack] if x["multiple"] >= 1]
     lines = []
     for label, name in ROWS.items():
-        lengths = {x["multiple"]: x for x in by_label[label]["haystacks"][haystack]}
-        lines.append([name] + [f"{100 * lengths[m]['exact']['mean']:.0f}" for m in MULTIPLES])
-    return "\n".join(table(["arm"] + [f"{m:g}×" for m in MULTIPLES], lines)) + "\n"
+        if label in by_label:
+            lengths = {x["multiple"]: x for x in by_label[label]["haystacks"][haystack]}
+            lines.append([name] + [f"{100 * lengths[m]['exact']['mean']:.0f}" for m in multiples])
+    return "\n".join(table(["arm"] + [f"{m:g}×" for m in multiples], lines)) + "\n"
 
 
 def _thousands(tok_s: float) -> str:
