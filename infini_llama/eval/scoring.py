@@ -36,6 +36,27 @@ def passkey_scores(
     }
 
 
+def answer_digits(prediction: str, key: str) -> dict:
+    """What a passkey answer holds of the key's digits, right or wrong: of the prediction's first integer
+    (`first_integer`), whether its first digit is the key's (`first`); whether it is the key's digits, each as often
+    as in the key, in another order (`reordered`); and of its first len(key) digits (`digits`), how many occur in the
+    key at all (`from_key`). A model that has learned which digits the key holds but not in which order answers with
+    them reordered or repeated: `from_key` high and `first` or exact match low."""
+    answer = first_integer(prediction) or ""
+    head = answer[: len(key)]
+    return {
+        "first": bool(answer) and answer[0] == key[:1],
+        "reordered": answer != key and sorted(answer) == sorted(key),
+        "from_key": sum(digit in key for digit in head),
+        "digits": len(head),
+    }
+
+
+def chance_from_key(key: str) -> float:
+    """The share of digits drawn uniformly from 0-9 that occur in `key` (`answer_digits`' from_key per digit)."""
+    return len(set(key)) / 10
+
+
 def string_match_all(prediction: str, expected: Sequence[str]) -> float:
     """Fraction of `expected` strings found in `prediction`, case-insensitively (RULER's "string match all")."""
     if not expected:

@@ -145,6 +145,11 @@ def write_seed_report(cfg: StudyConfig, out: Path, results: dict, command: str |
     }
     lines += _key_kinds(cfg, by_row, pooled=False)
     lines += _missed_keys(cfg, entries)
+    answers = {
+        label: {h: g.get("answers_by_length", []) for h, g in grids.items()}
+        for label, _, _, grids in passkey_rows(entries)
+    }
+    lines += _answers(cfg, answers, pooled=False)
     lines += _gates_table(entries)
     lines += _layers_off_table(entries)
     training = []
@@ -621,6 +626,7 @@ def write_across_report(cfg: StudyConfig, out: Path, summary: dict, command: str
     lines += _best_rope_by_seed(cfg, summary)
     lines += _updates_pooled(cfg, summary.get("memory_updates_pooled", {}))
     lines += _key_kinds(cfg, summary.get("key_kinds_pooled", {}), pooled=True)
+    lines += _answers(cfg, summary.get("answers_pooled", {}), pooled=True)
     lines += _gates_by_seed(summary)
     lines += _layers_off_by_seed(summary)
     lines += _finetune_losses_by_seed(summary, out)
@@ -752,6 +758,44 @@ def _key_kinds(cfg: StudyConfig, by_row: dict[str, dict[str, list[dict]]], poole
                 keys = max((c["clusters"] for c in found if c), default=0)
                 body.append([label, f"{kind} ({keys})"] + [_pct(c) if c else "–" for c in found])
         lines += table(["row", "keys"] + [f"{n:,}" for n in lengths], body) + [""]
+    return lines
+
+
+ANSWER_MEASURES = {
+    "first": "first digit right",
+    "reordered": "the key's digits, reordered",
+    "from_key": "answer digits found in the key",
+}
+
+
+def _answers(cfg: StudyConfig, by_row: dict[str, dict[str, list[dict]]], pooled: bool) -> list[str]:
+    """What every row's answers hold of the key, by length (`results.answers_by_length`), on each haystack."""
+    lines = []
+    for haystack in cfg.eval_haystacks:
+        rows = {label: grids[haystack] for label, grids in by_row.items() if grids.get(haystack)}
+        if not rows:
+            continue
+        lengths = sorted({r["length"] for g in rows.values() for r in g})
+        samples = "over every seed's samples " if pooled else ""
+        lines += [f"## What the answers hold{', seeds pooled' if pooled else ''}: {HAYSTACK_LABELS[haystack]}", ""]
+        lines += [
+            "Of each greedy answer's number: whether its first digit is the key's; whether it is the key's digits "
+            "in another order (each as often as in the key); and the share of its digits that occur in the key at "
+            "all, against that share for digits drawn at random (in parentheses). A model that has learned which "
+            "digits the key holds but not their order answers with them reordered or repeated: many digits from "
+            f"the key, few exact answers. Shares {samples}[95%, at the level of the key].",
+            "",
+        ]
+        body = []
+        for label, grid in rows.items():
+            cells = {r["length"]: r for r in grid}
+            for part, name in ANSWER_MEASURES.items():
+                found = [cells.get(n) for n in lengths]
+                if part == "from_key":
+                    chance = [c["chance_from_key"] for c in found if c]
+                    name += f" (random: {100 * sum(chance) / len(chance):.0f}%)"
+                body.append([label, name] + [_pct(c[part]) if c else "–" for c in found])
+        lines += table(["row", "answers"] + [f"{n:,}" for n in lengths], body) + [""]
     return lines
 
 

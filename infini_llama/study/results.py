@@ -18,7 +18,15 @@ import numpy as np
 from infini_llama.eval.diagnostics import bucket_order, saturated_gates
 from infini_llama.eval.records import SAMPLES
 from infini_llama.eval.rope_scaling import rope_scaling_label
-from infini_llama.eval.scoring import KEY_KINDS, clustered_proportion, key_kind, key_totals, paired_difference
+from infini_llama.eval.scoring import (
+    KEY_KINDS,
+    answer_digits,
+    chance_from_key,
+    clustered_proportion,
+    key_kind,
+    key_totals,
+    paired_difference,
+)
 from infini_llama.study.arms import Arm, counterparts
 from infini_llama.study.config import StudyConfig
 from infini_llama.study.stages import (
@@ -198,6 +206,7 @@ def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
                         ],
                         "by_length_and_key_kind": by_key_kind(root / "eval" / f"{task}-{haystack}"),
                         "keys_missed": missed_keys(root / "eval" / f"{task}-{haystack}", training_length(cfg, arm)),
+                        "answers_by_length": answers_by_length(root / "eval" / f"{task}-{haystack}"),
                     }
             entry["passkey"][task] = {"label": passkey_label(arm, task, cfg), "haystacks": grids}
         for task in ("perplexity", "gates"):
@@ -370,6 +379,40 @@ def by_key_kind(folder: Path) -> list[dict]:
     ]
 
 
+ANSWER_PARTS = ("first", "reordered", "from_key")  # what `answers_by_length` measures, in the report's order
+
+
+def answers_by_length(folder: Path) -> list[dict]:
+    """What the answers of a complete passkey grid hold of their key, by length (`scoring.answer_digits`): the share
+    of answers whose first digit is right (`first`), the share that are the key's digits in another order
+    (`reordered`), and the share of answer digits that occur in the key (`from_key`), each with its interval at the
+    level of the key and `key_totals` for pooling; `chance_from_key`, that share for digits drawn at random."""
+    groups: dict[int, list[dict]] = {}
+    for r in _samples(folder):
+        groups.setdefault(r["length"], []).append(r)
+    out = []
+    for length in sorted(groups):
+        rows = groups[length]
+        parts = [answer_digits(r["prediction"], r["key"]) for r in rows]
+        keys = [r["sample"] for r in rows]
+        digits: dict[int, list[int]] = {}
+        for part, key in zip(parts, keys, strict=True):
+            y, m = digits.get(key, (0, 0))
+            digits[key] = [y + part["from_key"], m + part["digits"]]
+        totals = {
+            "first": key_totals([p["first"] for p in parts], keys),
+            "reordered": key_totals([p["reordered"] for p in parts], keys),
+            "from_key": list(digits.values()),
+        }
+        out.append({
+            "length": length,
+            **{part: {**clustered_proportion(totals[part]), "key_totals": totals[part]} for part in ANSWER_PARTS},
+            "chance_from_key": sum(chance_from_key(r["key"]) for r in rows) / len(rows),
+            "prompts": len(rows),
+        })  # fmt: skip
+    return out
+
+
 def missed_keys(folder: Path, longest: int) -> dict:
     """The keys of a passkey grid at lengths up to `longest` (the training length): how many there are, and each one
     missed at least once there with its prompts, how many were wrong and its commonest wrong answer (ties: the first
@@ -473,6 +516,7 @@ def across_seeds(cfg: StudyConfig, per_seed: dict[int, dict]) -> dict:
         "seeds": list(cfg.seeds),
         "memory_updates_pooled": memory_updates_pooled(per_seed),
         "key_kinds_pooled": key_kinds_pooled(per_seed),
+        "answers_pooled": answers_pooled(per_seed),
         "environments": _distinct(env for results in per_seed.values() for env in results["environments"]),
         "rows": rows,
         "leads": {seed: results["leads"] for seed, results in per_seed.items()},
@@ -553,6 +597,37 @@ def key_kinds_pooled(per_seed: dict[int, dict]) -> dict:
                 for n, kind in sorted(counts, key=lambda k: (k[0], KEY_KINDS.index(k[1])))
             ]
             for haystack, counts in by_haystack.items()
+        }
+        for label, by_haystack in pooled.items()
+    }
+
+
+def answers_pooled(per_seed: dict[int, dict]) -> dict:
+    """`answers_by_length` of every passkey row on every haystack with every seed's samples pooled (each seed's keys
+    clusters of their own); the chance share weighted by prompts."""
+    pooled: dict[str, dict] = {}
+    for results in per_seed.values():
+        for label, _, _, grids in passkey_rows(results["arms"]):
+            for haystack, grid in grids.items():
+                by_length = pooled.setdefault(label, {}).setdefault(haystack, {})
+                for r in grid.get("answers_by_length", []):
+                    length = by_length.setdefault(r["length"], {"chance": 0.0, "prompts": 0})
+                    for part in ANSWER_PARTS:
+                        _add(length, part, r[part])
+                    length["chance"] += r["chance_from_key"] * r["prompts"]
+                    length["prompts"] += r["prompts"]
+    return {
+        label: {
+            haystack: [
+                {
+                    "length": n,
+                    **{part: clustered_proportion(counts[part]) for part in ANSWER_PARTS},
+                    "chance_from_key": counts["chance"] / counts["prompts"],
+                    "prompts": counts["prompts"],
+                }
+                for n, counts in sorted(by_length.items())
+            ]
+            for haystack, by_length in by_haystack.items()
         }
         for label, by_haystack in pooled.items()
     }

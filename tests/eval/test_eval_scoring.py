@@ -1,5 +1,6 @@
 """Scores of answers and their confidence intervals."""
 
+import numpy as np
 import pytest
 
 from infini_llama.eval import passkey_scores, string_match_all, wilson_interval
@@ -81,6 +82,36 @@ def test_key_kind_tells_whether_a_digit_has_two_successors():
         assert key_kind(key) == one, key
     for key in ("90080", "44494", "93370", "12132"):
         assert key_kind(key) == two, key
+
+
+@pytest.mark.parametrize(
+    "prediction,first,reordered,from_key,digits",
+    [
+        (" 7537", True, False, 4, 4),  # the key itself: not a reordering
+        (" 3757", False, True, 4, 4),  # the key's digits, each as often, in another order
+        (" 7777", True, False, 4, 4),  # the first digit, then repeated: every digit from the key, no order
+        (" 7557", True, False, 4, 4),  # 5 twice where the key has it once: not the key's digits each as often
+        (" 7531", True, False, 3, 4),  # 1 is not in the key
+        (" 75370", True, False, 4, 4),  # a longer number: its first len(key) digits are counted, it is no reordering
+        (" 12", False, False, 0, 2),
+        (" no number", False, False, 0, 0),
+    ],
+)
+def test_answer_digits_says_what_a_wrong_answer_holds_of_the_key(prediction, first, reordered, from_key, digits):
+    from infini_llama.eval.scoring import answer_digits
+
+    assert answer_digits(prediction, "7537") == {
+        "first": first, "reordered": reordered, "from_key": from_key, "digits": digits
+    }  # fmt: skip
+
+
+def test_chance_from_key_is_the_share_of_the_ten_digits_in_the_key():
+    from infini_llama.eval.scoring import chance_from_key
+
+    assert chance_from_key("7537") == pytest.approx(0.3) and chance_from_key("12345") == pytest.approx(0.5)
+    rng = np.random.default_rng(0)
+    drawn = rng.integers(0, 10, 200_000)
+    assert np.isin(drawn, [3, 5, 7]).mean() == pytest.approx(chance_from_key("7537"), abs=0.005)
 
 
 def test_paired_difference_resamples_keys():

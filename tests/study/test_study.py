@@ -227,6 +227,19 @@ def test_several_seeds_run_whole_studies_and_report_their_spread(micro, tmp_path
     assert sum(r["exact"]["n"] for r in kinds) == len(samples)
     assert "## Accuracy by kind of key, seeds pooled: held-out text" in text
     assert "## Accuracy by kind of key: held-out text" in (out / "seed-0" / "REPORT.md").read_text()
+    # What the answers hold, pooled likewise: every seed's prompts counted once, their digits from scoring.
+    from infini_llama.eval.scoring import answer_digits
+
+    answers = summary["answers_pooled"]["full"]["book"]
+    for r in answers:
+        group = [answer_digits(x["prediction"], x["key"]) for x in samples if x["length"] == r["length"]]
+        assert r["prompts"] == r["first"]["n"] == len(group)
+        assert r["first"]["successes"] == sum(g["first"] for g in group)
+        assert (r["from_key"]["successes"], r["from_key"]["n"]) == (
+            sum(g["from_key"] for g in group), sum(g["digits"] for g in group)
+        )  # fmt: skip
+    assert "## What the answers hold, seeds pooled: held-out text" in text
+    assert "## What the answers hold: held-out text" in (out / "seed-0" / "REPORT.md").read_text()
     # The keys missed up to the training length, per seed and row, from the same samples.
     seed0 = [json.loads(line) for line in (out / "seed-0" / "full" / "eval" / "passkey-book" / "samples.jsonl").open()]
     length = summary["per_seed"]["0"]["arms"]["full"]["training_length"]
@@ -579,6 +592,23 @@ def test_missed_keys_are_counted_per_key_up_to_the_training_length(tmp_path):
     assert study_results.missed_keys(tmp_path, 16)["missed"][0] == {
         "key": "11211", "prompts": 3, "wrong": 3, "commonest_answer": "11121"
     }  # fmt: skip
+
+
+def test_answers_by_length_count_what_each_answer_holds_of_its_key(tmp_path):
+    rows = [  # sample 0 (key 7537) twice at 8 tokens, sample 1 (key 1234) once; one prompt of sample 0 at 16
+        {"length": 8, "sample": 0, "key": "7537", "prediction": " 3757"},  # reordered: 4 of 4 digits from the key
+        {"length": 8, "sample": 0, "key": "7537", "prediction": " 7777"},  # first right: 4 of 4
+        {"length": 8, "sample": 1, "key": "1234", "prediction": " 19"},  # first right: 1 of 2
+        {"length": 16, "sample": 0, "key": "7537", "prediction": ""},
+    ]
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    short, long = study_results.answers_by_length(tmp_path)
+    assert short["length"] == 8 and short["prompts"] == 3
+    assert short["first"]["key_totals"] == [[1, 2], [1, 1]] and short["first"]["rate"] == pytest.approx(2 / 3)
+    assert short["reordered"]["key_totals"] == [[1, 2], [0, 1]] and short["reordered"]["clusters"] == 2
+    assert short["from_key"]["key_totals"] == [[8, 8], [1, 2]] and short["from_key"]["rate"] == pytest.approx(0.9)
+    assert short["chance_from_key"] == pytest.approx((0.3 + 0.3 + 0.4) / 3)
+    assert (long["first"]["rate"], long["from_key"]["n"], long["prompts"]) == (0.0, 0, 1)
 
 
 def test_the_lr_chosen_is_the_most_often_right_then_the_surest_then_the_first():
