@@ -5,7 +5,7 @@ the step where the validation loss is lowest, and a figure of both losses agains
     python reports/paper-h200-screen/pretraining.py RUN [RUN ...]      # run folders (run.json, metrics.jsonl)
         [--out pretraining.json] [--figure pretraining.png]
 
-A run's label is its attention and vocabulary size, from its run.json.
+A run's label is its attention, vocabulary size and share of repeated windows, from its run.json.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def read_run(folder: Path, per_char: dict[int, float]) -> dict:
     """One run's validations (step, loss, loss per character, copy loss), its best step and its tokens/s."""
     run = json.loads((folder / "run.json").read_text())
     vocab, attention = run["model"]["vocab_size"], run["model"]["attention"]
+    repeats = run["train"].get("repeat_fraction", 0.0)
     ratio = per_char.get(vocab)
     rows = [
         {"step": r["step"], "loss": round(r["loss"], 4), "copy_loss": r.get("copy_loss") and round(r["copy_loss"], 4),
@@ -41,10 +42,11 @@ def read_run(folder: Path, per_char: dict[int, float]) -> dict:
     rates = [r["tokens_per_s"] for r in read_metrics(folder / "metrics.jsonl", "train")[1:] if r.get("tokens_per_s")]
     best = min(rows, key=lambda r: r["loss"]) if rows else None
     return {
-        "label": f"{attention}, vocabulary {vocab:,}",
+        "label": f"{attention}, vocabulary {vocab:,}" + (f", {repeats:.0%} of windows repeated" if repeats else ""),
         "folder": folder.name,
         "attention": attention,
         "vocab_size": vocab,
+        "repeat_fraction": repeats,
         "chars_per_token": ratio,
         "lowest_validation": best,
         "tokens_per_s": round(sorted(rates)[len(rates) // 2]) if rates else None,
