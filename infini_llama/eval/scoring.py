@@ -57,6 +57,28 @@ def chance_from_key(key: str) -> float:
     return len(set(key)) / 10
 
 
+def which_digits_loss(key_digits: int) -> float:
+    """The loss per digit, in nats, of a model that knows which digits a key holds but not their order and weighs
+    them alike: the mean of ln(the key's distinct digits) over the keys `passkey.draw_key` draws (uniform over those
+    of `key_digits` digits; the first digit is not 0 unless the key has one digit). Guessing scores ln 10."""
+    if not 1 <= key_digits <= 18:
+        raise ValueError(f"key_digits must be between 1 and 18, got {key_digits}")
+    # The distribution of (distinct digits, whether 0 is among them) after each digit, the first drawn from 1-9.
+    states = {(1, False): 1.0} if key_digits > 1 else {(1, False): 0.9, (1, True): 0.1}
+    for _ in range(key_digits - 1):
+        after: dict[tuple[int, bool], float] = {}
+        for (seen, zero), p in states.items():
+            for state, share in (
+                ((seen, zero), seen / 10),  # a digit already in the key
+                ((seen + 1, zero), (9 - (seen - zero)) / 10),  # a new digit other than 0
+                ((seen + 1, True), 0.0 if zero else 0.1),  # 0, new
+            ):
+                if share:
+                    after[state] = after.get(state, 0.0) + p * share
+        states = after
+    return sum(p * math.log(seen) for (seen, _), p in states.items())
+
+
 def string_match_all(prediction: str, expected: Sequence[str]) -> float:
     """Fraction of `expected` strings found in `prediction`, case-insensitively (RULER's "string match all")."""
     if not expected:

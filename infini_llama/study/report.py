@@ -9,9 +9,10 @@ from infini_llama.data.corpus import HELD_OUT_BOOK
 from infini_llama.eval import plots
 from infini_llama.eval.diagnostics import SATURATION, bucket_order
 from infini_llama.eval.markdown import table
+from infini_llama.eval.passkey import DEFAULT_KEY_DIGITS
 from infini_llama.eval.prompts import HAYSTACK_LABELS
 from infini_llama.eval.report_passkey import UPDATES_BY_LENGTH, updates_by_length_table
-from infini_llama.eval.scoring import KEY_KINDS
+from infini_llama.eval.scoring import KEY_KINDS, which_digits_loss
 from infini_llama.study.config import StudyConfig
 from infini_llama.study.estimate import duration
 from infini_llama.study.results import TREND_TARGETS, passkey_rows, sequences_per_step, spread
@@ -285,6 +286,30 @@ def _finetune_losses(entries: dict, out: Path) -> list[str]:
         "",
         "![fine-tuning loss](finetune_loss.png)",
         *_trends(runs),
+        *_answer_tokens(runs),
+    ]
+
+
+def _answer_tokens(runs: dict[str, tuple[dict, dict]]) -> list[str]:
+    """Each run's validation loss on each answer token at each validation (`val_by_token` of its curve)."""
+    rows, digits = [], set()
+    for label, (curve, entry) in runs.items():
+        for step, losses in curve.get("val_by_token", []):
+            rows.append([label, f"{step:,}", *("–" if x is None else f"{x:.2f}" for x in losses)])
+            digits.add(entry["recipe"]["passkey_data"].get("key_digits", DEFAULT_KEY_DIGITS))
+    if not rows:
+        return []
+    width = max(len(row) for row in rows) - 2
+    levels = ", ".join(f"{which_digits_loss(d):.2f} for keys of {d} digits" for d in sorted(digits))
+    return [
+        "",
+        "The validation loss on each token of the answer, at each validation: the space before the key, then its "
+        "digits in order (each a token of its own with the package's tokenizer). Guessing a digit scores ln 10 = "
+        "2.30; knowing which digits the key holds but not their order, and weighing them alike, scores the mean "
+        f"log of how many distinct digits a key has ({levels}). A first digit far below that level with the later "
+        "ones near it is a run that finds the key and cannot yet copy it in order.",
+        "",
+        *table(["run", "step", "space", *(f"digit {i}" for i in range(1, width))], rows),
     ]
 
 

@@ -65,8 +65,9 @@ def finetune_curve(run_dir: Path, steps: int, points: int = CURVE_POINTS) -> dic
     """A fine-tuning run's loss curve from its metrics.jsonl: the logged training losses (the loss of every
     `log_every`-th step) averaged over `points` windows of equal steps, as [last step, mean]; and every validation
     loss as [step, loss]; and the median tokens/s it trained at. With the loss on the answer, this is the answer loss:
-    its plateau (guessing each digit) and when, whether, a run leaves it is what a recipe screen reads. None before
-    the run has logged."""
+    its plateau (guessing each digit) and when, whether, a run leaves it is what a recipe screen reads; the loss on
+    each answer token at each validation says which part of the answer it has learned. None before the run has
+    logged."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return None
@@ -79,10 +80,17 @@ def finetune_curve(run_dir: Path, steps: int, points: int = CURVE_POINTS) -> dic
     for step, loss in train:
         windows.setdefault((step - 1) // width, []).append(loss)
     rates = [r["tokens_per_s"] for r in records[1:] if r.get("tokens_per_s")]  # the first window holds start-up
+    val = read_metrics(path, "val")
     return {
         "window_steps": width,
         "train": [[min(steps, (w + 1) * width), round(statistics.fmean(v), 5)] for w, v in sorted(windows.items())],
-        "val": [[r["step"], round(r["loss"], 5)] for r in read_metrics(path, "val")],
+        "val": [[r["step"], round(r["loss"], 5)] for r in val],
+        # The loss on each answer token at each validation (`PasskeyBatchSource.answer_token_batches`), where logged.
+        "val_by_token": [
+            [r["step"], [None if x is None else round(x, 5) for x in r["answer_token_losses"]]]
+            for r in val
+            if r.get("answer_token_losses")
+        ],
         "tokens_per_s": round(statistics.median(rates)) if rates else None,
     }
 

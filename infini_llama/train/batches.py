@@ -40,7 +40,8 @@ class BatchSource(Protocol):
     off the training step's path sets `builds_slowly = True`: on CUDA the trainer then builds its batches ahead
     in worker processes by default (`TrainConfig.data_workers`). A source with `copy_batches()` (batches like
     `validation_batches()`'s, whose loss only a model that looks back and copies brings far down) has the trainer
-    log that loss at each validation too, as `copy_loss`.
+    log that loss at each validation too, as `copy_loss`; one with `answer_token_batches()` (a batches factory per
+    token of an answer: `PasskeyBatchSource`), the loss on each, as `answer_token_losses`.
     """
 
     def batch(self, step: int, micro_step: int) -> Batch: ...

@@ -547,17 +547,23 @@ class _Trainer:
 
     def _log_eval(self, step: int, logger: MetricsLogger, bar: tqdm, result: TrainResult) -> float:
         copies = getattr(self.plan.source, "copy_batches", None)
+        answer_tokens = getattr(self.plan.source, "answer_token_batches", None)
         with self._timed(result, "validation"):
             val_loss = self.evaluate()
             copy_loss = self.evaluate(copies) if copies is not None else math.nan
+            by_token = [self.evaluate(batches) for batches in answer_tokens()] if answer_tokens is not None else []
         gates = self.gate_values()
         record = {"kind": "val", "step": step, "loss": val_loss, "gates": gates}
         if math.isfinite(copy_loss):
             record["copy_loss"] = result.copy_loss = copy_loss
+        if by_token:
+            record["answer_token_losses"] = [loss if math.isfinite(loss) else None for loss in by_token]
         logger.log(record)
         if self.info.is_main:
-            copied = f", on copied text {copy_loss:.4f}" if "copy_loss" in record else ""
-            bar.write(f"step {step}: validation loss {val_loss:.4f}{copied}")
+            extra = f", on copied text {copy_loss:.4f}" if "copy_loss" in record else ""
+            if by_token:
+                extra += ", by answer token " + " / ".join("–" if math.isnan(x) else f"{x:.2f}" for x in by_token)
+            bar.write(f"step {step}: validation loss {val_loss:.4f}{extra}")
         return val_loss
 
     def _loop(

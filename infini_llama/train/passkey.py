@@ -10,8 +10,9 @@ filler; the held-out text that evaluation also uses is never trained on.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -162,12 +163,17 @@ class PasskeyBatchSource:
     def sequence(self, stream: int, index: int, progress: float = 1.0) -> tuple[list[int], list[int]]:
         """Ids (seq_len,) of sequence `index` of `stream` at curriculum `progress`, and the positions of its
         answers' tokens."""
+        ids, answers = self._packed(stream, index, progress)
+        return ids, [p for answer in answers for p in answer]
+
+    def _packed(self, stream: int, index: int, progress: float = 1.0) -> tuple[list[int], list[list[int]]]:
+        """`sequence`'s ids, and the positions of each packed part's answer tokens, a list per part."""
         ids, answers = list(self.bos), []
         lengths = self._part_lengths(sample_rng(stream, self.seed, index, "part_lengths"), progress)
         for part, length in enumerate(lengths):
             # Each part has its own sample index; parts never outnumber 2**20.
             part_ids, part_answers = self._part(stream, (index << 20) | part, length, progress)
-            answers += [len(ids) + p for p in part_answers]
+            answers.append([len(ids) + p for p in part_answers])
             ids += part_ids
         assert len(ids) == self.seq_len
         return ids, answers
@@ -241,13 +247,17 @@ class PasskeyBatchSource:
         ids = sample.input_ids + answer + [self.tokenizer.eos_token_id]
         return ids, list(range(prompt_len, prompt_len + len(answer)))
 
-    def _batch(self, stream: int, indices: Sequence[int], progress: float = 1.0) -> Batch:
-        rows, masks = zip(*(self.sequence(stream, index, progress) for index in indices), strict=True)
+    def _batch(self, stream: int, indices: Sequence[int], progress: float = 1.0, token: int | None = None) -> Batch:
+        """The sequences `indices` of `stream`, labelled as `loss` says; or, given `token`, on each answer's
+        token `token` alone, whatever `loss` is (with the package's tokenizer, 0 is the space before the key, 1
+        its first digit, and so on)."""
+        rows, answers = zip(*(self._packed(stream, index, progress) for index in indices), strict=True)
         input_ids = torch.tensor(rows, dtype=torch.long)  # (B, T)
-        if self.loss == "all":
+        if self.loss == "all" and token is None:
             return input_ids, input_ids.clone()
         labels = torch.full_like(input_ids, -100)
-        for b, positions in enumerate(masks):
+        for b, parts in enumerate(answers):
+            positions = [p for answer in parts for p in (answer if token is None else answer[token : token + 1])]
             labels[b, positions] = input_ids[b, positions]
         return input_ids, labels
 
@@ -259,12 +269,21 @@ class PasskeyBatchSource:
         """The same sequences per step, and the same validation sequences, in `grad_accum` passes of `batch_size`."""
         return split_source(self, batch_size, grad_accum)
 
-    def validation_batches(self) -> Iterator[Batch]:
+    def validation_batches(self, token: int | None = None) -> Iterator[Batch]:
+        """The validation sequences (the same every call), labelled as training labels; given `token`, on each
+        answer's token `token` alone (`_batch`)."""
         size = self.validation_batch_size
         indices = [(i * self.world_size + self.rank) * size + b for i in range(self.num_validation_batches)
                    for b in range(size)]  # fmt: skip
         for start in range(0, len(indices), self.batch_size):
-            yield self._batch(TRAIN_VALIDATION_STREAM, indices[start : start + self.batch_size])
+            yield self._batch(TRAIN_VALIDATION_STREAM, indices[start : start + self.batch_size], token=token)
+
+    def answer_token_batches(self) -> list[Callable[[], Iterator[Batch]]]:
+        """The validation batches once per token an answer can have (the space and `key_digits` digits), each
+        labelled on that token of every answer alone: the trainer logs the loss of each, which shows what a
+        model knows of the key as it learns (the first digit: where the key is; the later ones, given the digits
+        before them: their order). A token no answer has scores nothing (NaN)."""
+        return [functools.partial(self.validation_batches, token) for token in range(self.key_digits + 1)]
 
     def state_dict(self) -> dict[str, Any]:
         """What fixes every batch (a resumed run refuses a source that differs)."""

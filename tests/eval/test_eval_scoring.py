@@ -114,6 +114,18 @@ def test_chance_from_key_is_the_share_of_the_ten_digits_in_the_key():
     assert np.isin(drawn, [3, 5, 7]).mean() == pytest.approx(chance_from_key("7537"), abs=0.005)
 
 
+@pytest.mark.parametrize("digits", [1, 2, 3, 4, 5])
+def test_which_digits_loss_is_the_mean_log_count_of_a_keys_distinct_digits(digits):
+    from infini_llama.eval.passkey import key_range
+    from infini_llama.eval.scoring import which_digits_loss
+
+    keys = [str(k) for k in range(*key_range(digits))]
+    assert which_digits_loss(digits) == pytest.approx(np.mean([np.log(len(set(k))) for k in keys]), abs=1e-12)
+    assert which_digits_loss(18) < np.log(10)
+    with pytest.raises(ValueError, match="between 1 and 18"):
+        which_digits_loss(0)
+
+
 def test_paired_difference_resamples_keys():
     from infini_llama.eval.scoring import paired_difference
 

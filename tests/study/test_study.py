@@ -126,8 +126,13 @@ def test_study_runs_end_to_end_and_resumes(micro, tmp_path, monkeypatch):
             logged = read_metrics(out / arm / f"finetune-lr={curve['lr']:g}" / "metrics.jsonl", "train")
             assert curve["window_steps"] == 1
             assert curve["train"] == [[r["step"], round(r["loss"], 5)] for r in logged] and len(logged) == 3
+            val = read_metrics(out / arm / f"finetune-lr={curve['lr']:g}" / "metrics.jsonl", "val")
+            assert val and curve["val_by_token"] == [
+                [r["step"], [round(x, 5) for x in r["answer_token_losses"]]] for r in val
+            ]  # fmt: skip
     text = (out / "REPORT.md").read_text()
     assert "## Fine-tuning loss" in text and "| infini, LR 0.003 |" in text and (out / "finetune_loss.png").is_file()
+    assert "| run | step | space | digit 1 |" in text, "the validation loss by answer token"
     # Each stage's wall time, from its marker, in the order the stages run; grouped in the report.
     for arm in ("infini", "full"):
         seconds = results["arms"][arm]["stage_seconds"]
@@ -532,12 +537,14 @@ def test_a_finished_training_stage_keeps_its_final_model_and_newest_checkpoint_a
 def test_a_fine_tuning_curve_averages_the_logged_losses_over_windows_of_equal_steps(tmp_path):
     logged = [{"kind": "train", "step": s, "loss": s / 100} for s in range(10, 101, 10)]
     logged.append({"kind": "train", "step": 40, "loss": 0.7})  # a resumed run logs step 40 again: the later counts
-    logged += [{"kind": "val", "step": 0, "loss": 2.0}, {"kind": "val", "step": 100, "loss": 0.5}]
+    logged += [{"kind": "val", "step": 0, "loss": 2.0},  # a run from before answer_token_losses: none
+               {"kind": "val", "step": 100, "loss": 0.5, "answer_token_losses": [0.0, 1.0, None, 0.5]}]  # fmt: skip
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in logged))
     curve = study_results.finetune_curve(tmp_path, steps=100, points=4)
     assert curve["window_steps"] == 25
     assert curve["train"] == [[25, 0.15], [50, 0.5], [75, 0.65], [100, 0.9]]
     assert curve["val"] == [[0, 2.0], [100, 0.5]]
+    assert curve["val_by_token"] == [[100, [0.0, 1.0, None, 0.5]]]
     assert study_results.finetune_curve(tmp_path / "none", steps=100) is None
 
 

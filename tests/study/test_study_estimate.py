@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+from infini_llama.eval.passkey import DEFAULT_KEY_DIGITS
 from infini_llama.host import cpu_summary
 from infini_llama.profiling import busy_us, gpu_busy_share, kernel_events
 from infini_llama.study import estimate, run_study, study_config
@@ -52,6 +53,12 @@ def test_every_stage_is_estimated_from_a_short_probe(tmp_path):
         # Step time from the probe's shape (the same for both stages: the loss on every token), in proportion to
         # the sequences of a step.
         assert finetune.step_seconds == pytest.approx(pretrain.step_seconds / 2)
+        # Four validations (steps 0, 10, 20, 30), each of passes over 2 windows at a third of a step's time per
+        # sequence: pretraining scores its windows and their copies; fine-tuning its prompts and each answer token.
+        digits = cfg.passkey.get("key_digits", DEFAULT_KEY_DIGITS)
+        for stage, sequences, passes in ((pretrain, 4, 2), (finetune, 2, 2 + digits)):
+            validations = 4 * passes * 2 * stage.step_seconds / sequences / 3
+            assert stage.seconds == pytest.approx(30 * stage.step_seconds + validations)
         assert sum(s.seconds for s in task.stages[3:]) > 0  # the evaluations
     # Two arms on two workers: the slower one, then the report.
     assert record["estimated_seconds"] == pytest.approx(max(t.seconds for t in estimates) + estimate.REPORT_SECONDS,

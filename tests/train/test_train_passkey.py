@@ -72,6 +72,53 @@ def test_answer_only_loss_masks_everything_but_the_answer(bpe_tok):
         assert answer.strip().isdigit() and len(answer.strip()) == 4
 
 
+@pytest.mark.parametrize("loss", ["answer", "all"])
+def test_answer_token_batches_split_the_answers_token_by_token(bpe_tok, loss):
+    src = source(bpe_tok, seq_len=1024, pack_min_len=150, loss=loss)
+    on_answers = source(bpe_tok, seq_len=1024, pack_min_len=150, loss="answer")
+    answers = torch.cat([labels for _, labels in on_answers.validation_batches()])
+    by_token = [torch.cat([labels for _, labels in batches()]) for batches in src.answer_token_batches()]
+    assert len(by_token) == 4 + 1, "the space and four digits"
+    for token, labels in enumerate(by_token):
+        kept = labels != -100
+        assert torch.equal(labels[kept], answers[kept]), "the answers' own tokens, whatever the training loss"
+        parts = int((answers != -100).sum()) // 5
+        assert int(kept.sum()) == parts > 4, "one token of every packed part's answer"
+        text = decode(bpe_tok, labels[kept].tolist())
+        assert (set(text) == {" "}) if token == 0 else text.isdigit(), "token 0 is the space before the key"
+    # Together they are the answers, each position once, on the validation sequences.
+    assert torch.equal(sum((labels != -100).long() for labels in by_token), (answers != -100).long())
+    sequences = torch.cat([ids for ids, _ in src.validation_batches()])
+    for batches in src.answer_token_batches():
+        assert torch.equal(torch.cat([ids for ids, _ in batches()]), sequences)
+
+
+def test_fine_tuning_logs_the_validation_loss_of_each_answer_token(tmp_path, bpe_tok, micro_cfg):
+    """Every validation of a passkey fine-tuning logs the loss on each answer token (`answer_token_losses`); each
+    answer having as many tokens, their mean is the validation loss on the answer."""
+    from infini_llama.models import InfiniLlamaForCausalLM, config_from_preset
+    from infini_llama.train import read_metrics
+    from infini_llama.train.passkey import finetune_passkey
+
+    base = tmp_path / "base"
+    ids = dict(bos_token_id=bpe_tok.bos_token_id, eos_token_id=bpe_tok.eos_token_id)
+    InfiniLlamaForCausalLM(
+        config_from_preset("tiny", **micro_cfg().model, vocab_size=len(bpe_tok), **ids)
+    ).save_pretrained(base)
+    bpe_tok.save_pretrained(base)
+    result = finetune_passkey(
+        str(base), str(tmp_path / "ft"), tokenizer=bpe_tok, steps=2, seq_len=160, global_batch=4, warmup_steps=0,
+        eval_every=1, save_every=0, device="cpu", progress=False, tensorboard=False,
+        source_options=dict(key_digits=4, pack_min_len=0, validation_batches=2, loss="answer"),
+    )  # fmt: skip
+    records = read_metrics(result.run_dir / "metrics.jsonl", "val")
+    assert [r["step"] for r in records] == [0, 1, 2]
+    for r in records:
+        assert len(r["answer_token_losses"]) == 5 and all(x > 0 for x in r["answer_token_losses"])
+        assert sum(r["answer_token_losses"]) / 5 == pytest.approx(r["loss"], rel=1e-6)
+    assert records[-1]["answer_token_losses"] != records[0]["answer_token_losses"], "scored anew at each validation"
+
+
 def test_training_never_uses_evaluation_samples_or_keys(bpe_tok):
     # 2-digit keys: only 90 exist, so without the exclusion the 40 evaluation keys would surely be drawn.
     src = source(bpe_tok, key_digits=2, exclude_eval_seed=0, exclude_eval_samples=20, batch_size=8)
