@@ -121,8 +121,10 @@ def panels(
     ylabel: str,
     ylog: bool = False,
     vline: float | None = None,
+    hlines: dict[str, float] | None = None,
 ) -> None:
-    """One panel per entry of `series` (its title), side by side with a shared y axis, a line per label in each."""
+    """One panel per entry of `series` (its title), side by side with a shared y axis, a line per label in each;
+    `hlines` draws a labelled horizontal reference line at each of its values in every panel."""
     figure = _figure(width=3.6 * len(series), height=3.4)
     axes = figure.subplots(1, len(series), sharey=True, squeeze=False)[0]
     for ax, (title, lines_) in zip(axes, series.items(), strict=True):
@@ -130,6 +132,8 @@ def panels(
             ax.plot(xs, ys, label=label)
         if vline is not None:
             ax.axvline(vline, color="grey", linestyle="--", linewidth=0.8)
+        for style, (label, value) in zip((":", "-."), (hlines or {}).items(), strict=False):
+            ax.axhline(value, color="black", linestyle=style, linewidth=0.8, label=label)
         if ylog:
             ax.set_yscale("log")
         ax.set_title(title, fontsize=9)

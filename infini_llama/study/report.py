@@ -3,6 +3,7 @@ lead of Infini over the baseline seed by seed, the LR each arm got, every seed's
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from infini_llama.data.corpus import HELD_OUT_BOOK
@@ -286,30 +287,44 @@ def _finetune_losses(entries: dict, out: Path) -> list[str]:
         "",
         "![fine-tuning loss](finetune_loss.png)",
         *_trends(runs),
-        *_answer_tokens(runs),
+        *_answer_tokens(runs, out),
     ]
 
 
-def _answer_tokens(runs: dict[str, tuple[dict, dict]]) -> list[str]:
-    """Each run's validation loss on each answer token at each validation (`val_by_token` of its curve)."""
-    rows, digits = [], set()
+def _answer_tokens(runs: dict[str, tuple[dict, dict]], out: Path) -> list[str]:
+    """Each run's validation loss on each answer token at each validation (`val_by_token` of its curve), and the
+    curves in answer_token_loss.png (a panel per run, a line per token)."""
+    rows, digits, curves = [], set(), {}
     for label, (curve, entry) in runs.items():
-        for step, losses in curve.get("val_by_token", []):
-            rows.append([label, f"{step:,}", *("–" if x is None else f"{x:.2f}" for x in losses)])
-            digits.add(entry["recipe"]["passkey_data"].get("key_digits", DEFAULT_KEY_DIGITS))
+        logged = curve.get("val_by_token", [])
+        if not logged:
+            continue
+        digits.add(entry["recipe"]["passkey_data"].get("key_digits", DEFAULT_KEY_DIGITS))
+        rows += [[label, f"{step:,}", *("–" if x is None else f"{x:.2f}" for x in losses)] for step, losses in logged]
+        names = ["space", *(f"digit {i}" for i in range(1, len(logged[0][1])))]
+        curves[label] = {
+            name: ([step for step, _ in logged], [losses[i] for _, losses in logged]) for i, name in enumerate(names)
+        }  # fmt: skip
     if not rows:
         return []
     width = max(len(row) for row in rows) - 2
-    levels = ", ".join(f"{which_digits_loss(d):.2f} for keys of {d} digits" for d in sorted(digits))
+    levels = {"guessing a digit": math.log(10)}
+    if len(digits) == 1:
+        levels["which digits, not their order"] = which_digits_loss(next(iter(digits)))
+    plots.panels(curves, out / "answer_token_loss.png", xlabel="step", ylabel="validation loss", hlines=levels)
+    said = ", ".join(f"{which_digits_loss(d):.2f} for keys of {d} digits" for d in sorted(digits))
     return [
         "",
         "The validation loss on each token of the answer, at each validation: the space before the key, then its "
         "digits in order (each a token of its own with the package's tokenizer). Guessing a digit scores ln 10 = "
         "2.30; knowing which digits the key holds but not their order, and weighing them alike, scores the mean "
-        f"log of how many distinct digits a key has ({levels}). A first digit far below that level with the later "
-        "ones near it is a run that finds the key and cannot yet copy it in order.",
+        f"log of how many distinct digits a key has ({said}). A first digit far below that level with the later "
+        "ones near it is a run that finds the key and cannot yet copy it in order. The curves: "
+        "[`answer_token_loss.png`](answer_token_loss.png).",
         "",
         *table(["run", "step", "space", *(f"digit {i}" for i in range(1, width))], rows),
+        "",
+        "![validation loss by answer token](answer_token_loss.png)",
     ]
 
 

@@ -133,6 +133,7 @@ def test_study_runs_end_to_end_and_resumes(micro, tmp_path, monkeypatch):
     text = (out / "REPORT.md").read_text()
     assert "## Fine-tuning loss" in text and "| infini, LR 0.003 |" in text and (out / "finetune_loss.png").is_file()
     assert "| run | step | space | digit 1 |" in text, "the validation loss by answer token"
+    assert (out / "answer_token_loss.png").is_file() and "![validation loss by answer token]" in text
     # Each stage's wall time, from its marker, in the order the stages run; grouped in the report.
     for arm in ("infini", "full"):
         seconds = results["arms"][arm]["stage_seconds"]
