@@ -122,6 +122,7 @@ def panels(
     ylog: bool = False,
     vline: float | None = None,
     hlines: dict[str, float] | None = None,
+    ylim: tuple[float, float] | None = None,
 ) -> None:
     """One panel per entry of `series` (its title), side by side with a shared y axis, a line per label in each;
     `hlines` draws a labelled horizontal reference line at each of its values in every panel."""
@@ -136,6 +137,8 @@ def panels(
             ax.axhline(value, color="black", linestyle=style, linewidth=0.8, label=label)
         if ylog:
             ax.set_yscale("log")
+        if ylim is not None:
+            ax.set_ylim(*ylim)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)

@@ -311,7 +311,9 @@ def _answer_tokens(runs: dict[str, tuple[dict, dict]], out: Path) -> list[str]:
     levels = {"guessing a digit": math.log(10)}
     if len(digits) == 1:
         levels["which digits, not their order"] = which_digits_loss(next(iter(digits)))
-    plots.panels(curves, out / "answer_token_loss.png", xlabel="step", ylabel="validation loss", hlines=levels)
+    # Up to a loss of 3: the first validation's (up to about 7, an untrained answer) is left off the chart.
+    chart = out / "answer_token_loss.png"
+    plots.panels(curves, chart, xlabel="step", ylabel="validation loss", hlines=levels, ylim=(0.0, 3.0))
     said = ", ".join(f"{which_digits_loss(d):.2f} for keys of {d} digits" for d in sorted(digits))
     return [
         "",
@@ -319,7 +321,7 @@ def _answer_tokens(runs: dict[str, tuple[dict, dict]], out: Path) -> list[str]:
         "digits in order (each a token of its own with the package's tokenizer). Guessing a digit scores ln 10 = "
         "2.30; knowing which digits the key holds but not their order, and weighing them alike, scores the mean "
         f"log of how many distinct digits a key has ({said}). A first digit far below that level with the later "
-        "ones near it is a run that finds the key and cannot yet copy it in order. The curves: "
+        "ones near it is a run that finds the key and cannot yet copy it in order. The curves (up to a loss of 3): "
         "[`answer_token_loss.png`](answer_token_loss.png).",
         "",
         *table(["run", "step", "space", *(f"digit {i}" for i in range(1, width))], rows),
