@@ -776,31 +776,43 @@ def _updates_pooled(cfg: StudyConfig, pooled: dict) -> list[str]:
     return lines
 
 
-def _key_kinds(cfg: StudyConfig, by_row: dict[str, dict[str, list[dict]]], pooled: bool) -> list[str]:
-    """Exact match of every row by length and kind of key (`scoring.KEY_KINDS`), on each haystack."""
+def _by_length_sections(
+    cfg: StudyConfig, by_row: dict[str, dict[str, list[dict]]], title: str, intro: str, header: list[str], body_of
+) -> list[str]:
+    """A section per haystack, `title` and `intro` atop a table with `header` then a column per length, whose lines
+    `body_of(label, grid, lengths)` gives for each row that has a grid on that haystack."""
     lines = []
     for haystack in cfg.eval_haystacks:
         rows = {label: grids[haystack] for label, grids in by_row.items() if grids.get(haystack)}
         if not rows:
             continue
         lengths = sorted({r["length"] for g in rows.values() for r in g})
-        samples = "over every seed's samples " if pooled else ""
-        lines += [f"## Accuracy by kind of key{', seeds pooled' if pooled else ''}: {HAYSTACK_LABELS[haystack]}", ""]
-        lines += [
-            "Keys of the second kind have a digit followed by two different digits (90080: 0 by 0 and by 8), so the "
-            f"digit just written does not say which comes next: the order must come from position. Exact match "
-            f"{samples}[95%, at the level of the key], the number of keys of each kind in parentheses.",
-            "",
-        ]
-        body = []
-        for label, grid in rows.items():
-            cells = {(r["length"], r["key_kind"]): r["exact"] for r in grid}
-            for kind in KEY_KINDS:
-                found = [cells.get((n, kind)) for n in lengths]
-                keys = max((c["clusters"] for c in found if c), default=0)
-                body.append([label, f"{kind} ({keys})"] + [_pct(c) if c else "–" for c in found])
-        lines += table(["row", "keys"] + [f"{n:,}" for n in lengths], body) + [""]
+        body = [line for label, grid in rows.items() for line in body_of(label, grid, lengths)]
+        lines += [f"## {title}: {HAYSTACK_LABELS[haystack]}", "", intro, ""]
+        lines += table([*header, *(f"{n:,}" for n in lengths)], body) + [""]
     return lines
+
+
+def _key_kinds(cfg: StudyConfig, by_row: dict[str, dict[str, list[dict]]], pooled: bool) -> list[str]:
+    """Exact match of every row by length and kind of key (`scoring.KEY_KINDS`), on each haystack."""
+
+    def body(label: str, grid: list[dict], lengths: list[int]) -> list[list[str]]:
+        cells = {(r["length"], r["key_kind"]): r["exact"] for r in grid}
+        lines = []
+        for kind in KEY_KINDS:
+            found = [cells.get((n, kind)) for n in lengths]
+            keys = max((c["clusters"] for c in found if c), default=0)
+            lines.append([label, f"{kind} ({keys})"] + [_pct(c) if c else "–" for c in found])
+        return lines
+
+    samples = "over every seed's samples " if pooled else ""
+    intro = (
+        "Keys of the second kind have a digit followed by two different digits (90080: 0 by 0 and by 8), so the "
+        f"digit just written does not say which comes next: the order must come from position. Exact match "
+        f"{samples}[95%, at the level of the key], the number of keys of each kind in parentheses."
+    )
+    title = f"Accuracy by kind of key{', seeds pooled' if pooled else ''}"
+    return _by_length_sections(cfg, by_row, title, intro, ["row", "keys"], body)
 
 
 ANSWER_MEASURES = {
@@ -812,33 +824,28 @@ ANSWER_MEASURES = {
 
 def _answers(cfg: StudyConfig, by_row: dict[str, dict[str, list[dict]]], pooled: bool) -> list[str]:
     """What every row's answers hold of the key, by length (`results.answers_by_length`), on each haystack."""
-    lines = []
-    for haystack in cfg.eval_haystacks:
-        rows = {label: grids[haystack] for label, grids in by_row.items() if grids.get(haystack)}
-        if not rows:
-            continue
-        lengths = sorted({r["length"] for g in rows.values() for r in g})
-        samples = "over every seed's samples " if pooled else ""
-        lines += [f"## What the answers hold{', seeds pooled' if pooled else ''}: {HAYSTACK_LABELS[haystack]}", ""]
-        lines += [
-            "Of each greedy answer's number: whether its first digit is the key's; whether it is the key's digits "
-            "in another order (each as often as in the key); and the share of its digits that occur in the key at "
-            "all, against that share for digits drawn at random (in parentheses). A model that has learned which "
-            "digits the key holds but not their order answers with them reordered or repeated: many digits from "
-            f"the key, few exact answers. Shares {samples}[95%, at the level of the key].",
-            "",
-        ]
-        body = []
-        for label, grid in rows.items():
-            cells = {r["length"]: r for r in grid}
-            for part, name in ANSWER_MEASURES.items():
-                found = [cells.get(n) for n in lengths]
-                if part == "from_key":
-                    chance = [c["chance_from_key"] for c in found if c]
-                    name += f" (random: {100 * sum(chance) / len(chance):.0f}%)"
-                body.append([label, name] + [_pct(c[part]) if c else "–" for c in found])
-        lines += table(["row", "answers"] + [f"{n:,}" for n in lengths], body) + [""]
-    return lines
+
+    def body(label: str, grid: list[dict], lengths: list[int]) -> list[list[str]]:
+        cells = {r["length"]: r for r in grid}
+        found = [cells.get(n) for n in lengths]
+        lines = []
+        for part, name in ANSWER_MEASURES.items():
+            if part == "from_key":
+                chance = [c["chance_from_key"] for c in found if c]
+                name += f" (random: {100 * sum(chance) / len(chance):.0f}%)"
+            lines.append([label, name] + [_pct(c[part]) if c else "–" for c in found])
+        return lines
+
+    samples = "over every seed's samples " if pooled else ""
+    intro = (
+        "Of each greedy answer's number: whether its first digit is the key's; whether it is the key's digits "
+        "in another order (each as often as in the key); and the share of its digits that occur in the key at "
+        "all, against that share for digits drawn at random (in parentheses). A model that has learned which "
+        "digits the key holds but not their order answers with them reordered or repeated: many digits from "
+        f"the key, few exact answers. Shares {samples}[95%, at the level of the key]."
+    )
+    title = f"What the answers hold{', seeds pooled' if pooled else ''}"
+    return _by_length_sections(cfg, by_row, title, intro, ["row", "answers"], body)
 
 
 MISSED_SHOWN = 5  # keys per row in the report (results.json keeps them all)

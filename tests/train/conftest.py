@@ -89,6 +89,19 @@ def micro_cfg(tmp_path, text_dir, tokenizer_dir, cache_root):
 
 
 @pytest.fixture
+def passkey_base(tmp_path, bpe_tok, micro_cfg) -> Path:
+    """A folder with an untrained micro model (`micro_cfg`'s) and `bpe_tok`: what passkey fine-tuning starts from."""
+    from infini_llama.models import InfiniLlamaForCausalLM, config_from_preset
+
+    base = tmp_path / "base"
+    ids = dict(bos_token_id=bpe_tok.bos_token_id, eos_token_id=bpe_tok.eos_token_id)
+    model = InfiniLlamaForCausalLM(config_from_preset("tiny", **micro_cfg().model, vocab_size=len(bpe_tok), **ids))
+    model.save_pretrained(base)
+    bpe_tok.save_pretrained(base)
+    return base
+
+
+@pytest.fixture
 def micro_inputs(text_dir, tokenizer_dir, cache_root) -> list[str]:
     """CLI arguments naming the micro run's data, tokenizer, cache and model."""
     return [

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import infini_llama.train.loop as loop
-from infini_llama import InfiniLlamaForCausalLM, config_from_preset
+from infini_llama import config_from_preset
 from infini_llama.train import recipe, train
 from infini_llama.train.microbatch import choose_micro_batch, memory_probe, resolve_micro_batch
 from infini_llama.train.passkey import finetune_passkey
@@ -47,16 +47,10 @@ def test_an_out_of_memory_batch_counts_as_not_fitting():
         fits.release()
 
 
-def test_passkey_fine_tuning_chooses_its_micro_batch(tmp_path, bpe_tok, micro_cfg):
-    base = tmp_path / "base"
-    ids = dict(bos_token_id=bpe_tok.bos_token_id, eos_token_id=bpe_tok.eos_token_id)
-    InfiniLlamaForCausalLM(
-        config_from_preset("tiny", **micro_cfg().model, vocab_size=len(bpe_tok), **ids)
-    ).save_pretrained(base)
-    bpe_tok.save_pretrained(base)
+def test_passkey_fine_tuning_chooses_its_micro_batch(tmp_path, bpe_tok, passkey_base):
     result = finetune_passkey(
-        str(base), str(tmp_path / "ft"), tokenizer=bpe_tok, steps=2, seq_len=256, global_batch=8, warmup_steps=0,
-        eval_every=0, save_every=0, compile=False, data_workers=0, progress=False, tensorboard=False,
+        str(passkey_base), str(tmp_path / "ft"), tokenizer=bpe_tok, steps=2, seq_len=256, global_batch=8, 
+        warmup_steps=0, eval_every=0, save_every=0, compile=False, data_workers=0, progress=False, tensorboard=False,
         source_options=dict(key_digits=4, pack_min_len=0, validation_batches=1),
     )  # fmt: skip
     assert result.step == 2

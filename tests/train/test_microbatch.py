@@ -10,7 +10,7 @@ from train_helpers import window_source
 
 import infini_llama.train.loop as loop
 import infini_llama.train.microbatch as microbatch
-from infini_llama import InfiniLlamaForCausalLM, config_from_preset
+from infini_llama import config_from_preset
 from infini_llama.train import RunError, read_metrics, recipe, train
 from infini_llama.train.checkpoint import checkpoint_path
 from infini_llama.train.microbatch import candidate_batches, choose_micro_batch, initial_split, resolve_micro_batch
@@ -184,18 +184,13 @@ def test_a_token_window_source_split_anew_keeps_its_steps_and_validation(micro_c
         whole.split(2, 2)
 
 
-def test_passkey_fine_tuning_with_an_automatic_batch_runs_the_whole_batch_off_cuda(tmp_path, bpe_tok, micro_cfg):
+def test_passkey_fine_tuning_with_an_automatic_batch_runs_the_whole_batch_off_cuda(tmp_path, bpe_tok, passkey_base):
     assert STUDY_RECIPE["batch_size"] is None and STUDY_RECIPE["global_batch"] == 64
     assert initial_split(recipe("tiny", batch_size=None, global_batch=64), 2) == (32, 1)
     assert initial_split(recipe("tiny", batch_size=8, global_batch=64), 2) == (8, 4)
-    base = tmp_path / "base"
-    ids = dict(bos_token_id=bpe_tok.bos_token_id, eos_token_id=bpe_tok.eos_token_id)
-    model = InfiniLlamaForCausalLM(config_from_preset("tiny", **micro_cfg().model, vocab_size=len(bpe_tok), **ids))
-    model.save_pretrained(base)
-    bpe_tok.save_pretrained(base)
     result = finetune_passkey(
-        str(base), str(tmp_path / "ft"), tokenizer=bpe_tok, steps=1, seq_len=160, global_batch=4, warmup_steps=0,
-        eval_every=0, save_every=0, device="cpu", progress=False, tensorboard=False,
+        str(passkey_base), str(tmp_path / "ft"), tokenizer=bpe_tok, steps=1, seq_len=160, global_batch=4, 
+        warmup_steps=0, eval_every=0, save_every=0, device="cpu", progress=False, tensorboard=False,
         source_options=dict(key_digits=4, pack_min_len=0, validation_batches=1),
     )  # fmt: skip
     assert result.step == 1

@@ -93,22 +93,15 @@ def test_answer_token_batches_split_the_answers_token_by_token(bpe_tok, loss):
         assert torch.equal(torch.cat([ids for ids, _ in batches()]), sequences)
 
 
-def test_fine_tuning_logs_the_validation_loss_of_each_answer_token(tmp_path, bpe_tok, micro_cfg):
+def test_fine_tuning_logs_the_validation_loss_of_each_answer_token(tmp_path, bpe_tok, passkey_base):
     """Every validation of a passkey fine-tuning logs the loss on each answer token (`answer_token_losses`); each
     answer having as many tokens, their mean is the validation loss on the answer."""
-    from infini_llama.models import InfiniLlamaForCausalLM, config_from_preset
     from infini_llama.train import read_metrics
     from infini_llama.train.passkey import finetune_passkey
 
-    base = tmp_path / "base"
-    ids = dict(bos_token_id=bpe_tok.bos_token_id, eos_token_id=bpe_tok.eos_token_id)
-    InfiniLlamaForCausalLM(
-        config_from_preset("tiny", **micro_cfg().model, vocab_size=len(bpe_tok), **ids)
-    ).save_pretrained(base)
-    bpe_tok.save_pretrained(base)
     result = finetune_passkey(
-        str(base), str(tmp_path / "ft"), tokenizer=bpe_tok, steps=2, seq_len=160, global_batch=4, warmup_steps=0,
-        eval_every=1, save_every=0, device="cpu", progress=False, tensorboard=False,
+        str(passkey_base), str(tmp_path / "ft"), tokenizer=bpe_tok, steps=2, seq_len=160, global_batch=4, 
+        warmup_steps=0, eval_every=1, save_every=0, device="cpu", progress=False, tensorboard=False,
         source_options=dict(key_digits=4, pack_min_len=0, validation_batches=2, loss="answer"),
     )  # fmt: skip
     records = read_metrics(result.run_dir / "metrics.jsonl", "val")
