@@ -833,7 +833,7 @@ def _answers(cfg: StudyConfig, by_row: dict[str, dict[str, list[dict]]], pooled:
             if part == "from_key":
                 chance = [c["chance_from_key"] for c in found if c]
                 name += f" (random: {100 * sum(chance) / len(chance):.0f}%)"
-            lines.append([label, name] + [_pct(c[part]) if c else "–" for c in found])
+            lines.append([label, name] + [_pct(c[part]) if c and c[part]["n"] else "–" for c in found])
         return lines
 
     samples = "over every seed's samples " if pooled else ""

@@ -619,6 +619,21 @@ def test_answers_by_length_count_what_each_answer_holds_of_its_key(tmp_path):
     assert (long["first"]["rate"], long["from_key"]["n"], long["prompts"]) == (0.0, 0, 1)
 
 
+def test_the_answers_table_reads_each_length_and_marks_one_without_digits(tmp_path):
+    from infini_llama.study.report import _answers
+
+    rows = [  # at 8 tokens one answer holds the key reordered; at 16 no answer holds a number
+        {"length": 8, "sample": 0, "key": "7537", "prediction": " 3757"},
+        {"length": 16, "sample": 0, "key": "7537", "prediction": " none"},
+    ]
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    grid = study_results.answers_by_length(tmp_path)
+    text = "\n".join(_answers(study_config("tiny", eval_haystacks=("repeat",)), {"infini": {"repeat": grid}}, False))
+    assert "## What the answers hold: classic filler" in text and "| row | answers | 8 | 16 |" in text
+    assert "| infini | the key's digits, reordered | 100% [" in text and "| infini | first digit right | 0% [" in text
+    assert re.search(r"\| infini \| answer digits found in the key \(random: 30%\) \| 100% \[[^|]*\| – \|", text)
+
+
 def test_the_lr_chosen_is_the_most_often_right_then_the_surest_then_the_first():
     def candidate(exact, digits, loss):
         return {"exact": {"rate": exact}, "digit_acc": {"mean": digits}, "val_loss": loss}
