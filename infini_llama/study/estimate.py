@@ -317,16 +317,19 @@ def arm_estimate(cfg: StudyConfig, arm: Arm, root: Path, rates: ArmRates, device
 # per GPU, it said 1,548 s for nine arms at once, which took 1,350 (reports/mini/). The 302M model keeps the GPU
 # busy on its own: two of its fine-tunings side by side ran at 124K tokens/s each, one alone at 264K, and counting
 # two per GPU the estimate said 537 s for a run that took 961 (reports/paper-h200-screen/). So the estimate before
-# the start counts as many arms per GPU at the speed of one alone as the probe's busiest step leaves room for (the
-# nearest whole number to 1 / its GPU busy share), at most ARMS_PER_GPU; once stages have run, the study's ETA
-# scales its arms by their measured times instead, which hold the sharing.
+# the start counts as many arms per GPU at the speed of one alone as their probed steps leave room for: the nearest
+# whole number to 1 / their mean GPU busy share (arms side by side fill each other's idle time, so it is their sum
+# that has to fit the GPU), at most ARMS_PER_GPU. Counting the busiest arm's share alone, one H100 ran three `mini`
+# arms (61%, 74% and 64% busy: counted as one at full speed, 1,539 s) in 834 s; their mean counts two, 948 s
+# (reports/mini-6000/). Once stages have run, the study's ETA scales its arms by their measured times instead,
+# which hold the sharing.
 ARMS_PER_GPU = 2
 
 
 def lanes(jobs: int, gpus: int, busy: float | None = None) -> int:
     """How many of `jobs` arms at once the estimate counts at full speed: all of them on CPU (`gpus` 0); per GPU
-    the nearest whole number to 1 / `busy` (the GPU's busy share of the busiest arm's training step), from 1 to
-    ARMS_PER_GPU, or ARMS_PER_GPU where `busy` was not measured."""
+    the nearest whole number to 1 / `busy` (the mean over the arms of the GPU's busy share of a training step),
+    from 1 to ARMS_PER_GPU, or ARMS_PER_GPU where `busy` was not measured."""
     if gpus <= 0:
         return jobs
     per_gpu = ARMS_PER_GPU if not busy else max(1, min(ARMS_PER_GPU, round(1 / busy)))
@@ -376,7 +379,8 @@ def estimate_study(tasks: list[tuple[StudyConfig, Arm, Path]], jobs: int, device
         task.label = f"{out.name}/{arm.name}" if out.name == f"seed-{seed_cfg.seed}" else arm.name
         estimates.append(task)
     seeds = len({out for _, _, out in tasks})
-    busy = max((r.gpu_busy for r in rates.values() if r.gpu_busy is not None), default=None)
+    shares = [rates[arm.name].gpu_busy for _, arm, _ in tasks if rates[arm.name].gpu_busy is not None]
+    busy = sum(shares) / len(shares) if shares else None
     total = lanes_seconds([t.seconds for t in estimates], lanes(jobs, gpus, busy)) + seeds * REPORT_SECONDS
     record = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -399,7 +403,7 @@ def estimate_lines(estimates: list[Task], record: dict) -> list[str]:
     sharing = ""
     if record.get("gpu_busy") is not None and record["jobs"] > record["lanes"]:
         sharing = (f", counted as {record['lanes']} at full speed (a training step keeps the GPU "
-                   f"{record['gpu_busy']:.0%} busy)")  # fmt: skip
+                   f"{record['gpu_busy']:.0%} busy, the arms' mean)")  # fmt: skip
     lines = [
         f"[study] estimated time on this host ({on}): about {duration(record['estimated_seconds'])} for "
         f"{len(estimates)} arms, {record['jobs']} at a time{sharing} (probe: {record['probe_seconds']:.1f} s; "
