@@ -174,21 +174,24 @@ def test_arms_sharing_a_gpu_are_counted_at_full_speed_as_far_as_its_busy_share_l
     assert record["estimated_seconds"] == pytest.approx(expected + estimate.REPORT_SECONDS, abs=0.1)
 
 
-def test_arms_sharing_a_gpu_are_counted_by_their_mean_busy_share(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("shares", "lanes_counted"), [({"infini": 0.9, "full": 0.3}, 2), ({"infini": 0.9, "full": 0.8}, 1)]
+)
+def test_arms_sharing_a_gpu_are_counted_by_their_mean_busy_share(tmp_path, monkeypatch, shares, lanes_counted):
     # Arms side by side fill each other's idle time: a busy arm beside an idle one still leaves room for two (the
     # busiest arm's share alone would count one), where two busy ones do not.
+    monkeypatch.setattr(
+        estimate,
+        "_training_step_seconds",
+        lambda model, *args: (1.0, shares[model.config.attention] if args[-1] else None),
+    )
     cfg = micro_study()
     tasks = [(cfg, arm, tmp_path) for arm in expand_arms(cfg)]
-    assert {arm.name for _, arm, _ in tasks} == {"infini", "full"}
-    for shares, lanes_counted in (({"infini": 0.9, "full": 0.3}, 2), ({"infini": 0.9, "full": 0.8}, 1)):
-        def step_seconds(model, *args, shares=shares):
-            return 1.0, shares[model.config.attention] if args[-1] else None
-
-        monkeypatch.setattr(estimate, "_training_step_seconds", step_seconds)
-        _, record = estimate_study(tasks, jobs=2, device="cpu", threads=1, gpus=1)
-        assert record["gpu_busy"] == pytest.approx(sum(shares.values()) / 2, abs=1e-3)
-        assert record["lanes"] == lanes_counted
-        assert {name: r["gpu_busy"] for name, r in record["rates"].items()} == shares
+    assert {arm.name for _, arm, _ in tasks} == set(shares)
+    _, record = estimate_study(tasks, jobs=2, device="cpu", threads=1, gpus=1)
+    assert record["gpu_busy"] == pytest.approx(sum(shares.values()) / 2, abs=1e-3)
+    assert record["lanes"] == lanes_counted
+    assert {name: r["gpu_busy"] for name, r in record["rates"].items()} == shares
 
 
 def test_arms_fill_the_first_free_worker_in_order():
