@@ -101,6 +101,15 @@ class TokenWindowSource:
         """The same windows per step in `grad_accum` passes of `batch_size`."""
         return split_source(self, batch_size, grad_accum)
 
+    def reading(self, steps: int) -> str:
+        """What `steps` optimizer steps read of the training split, in one line: a model of many parameters
+        trained over many passes of a small corpus memorises it (its validation loss turns upward:
+        reports/paper-h200-screen/, lease P)."""
+        windows, per_step = self.sampler.num_windows, self.batch_size * self.grad_accum * self.world_size
+        times = steps * per_step / windows
+        return (f"{self.data.num_train_tokens:,} training tokens in {windows:,} windows of {self.seq_len:,}; "
+                f"{steps:,} steps of {per_step:,} windows read them {times:.3g} times")  # fmt: skip
+
     def batch(self, step: int, micro_step: int) -> Batch:
         block = step * self.grad_accum + micro_step
         offsets = self.sampler.offsets(block, self.batch_size)

@@ -584,6 +584,8 @@ class _Trainer:
         if self.plan.micro_batch is not None and info.is_main:
             how = self.plan.micro_batch["how"]
             print(f"micro-batch: {cfg.batch_size} × {cfg.seq_len} tokens, {self.plan.grad_accum} per step ({how})")
+        if info.is_main and (reading := getattr(self.plan.source, "reading", None)):
+            print(f"data: {reading(cfg.steps)}", flush=True)
         bar = tqdm(
             total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
             disable=not (cfg.progress and info.is_main),

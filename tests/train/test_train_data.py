@@ -86,6 +86,23 @@ def test_the_loss_on_copied_text_falls_far_below_the_validation_loss_only_once_t
         assert result.copy_loss == pytest.approx(result.val_loss, rel=0.15)
 
 
+def test_a_run_on_text_says_how_many_times_it_reads_the_training_split(micro_cfg, capsys):
+    """The windows a run reads over those its training split holds, counted on the sampler's own windows, whichever
+    way a step is split into micro-batches and processes."""
+    cfg = micro_cfg(steps=3, eval_every=0, save_every=0)
+    train(cfg)
+    source = window_source(cfg)
+    windows = source.sampler.num_windows
+    assert windows == len({int(o) for step in range(windows) for o in source.sampler.offsets(step, 1)})
+    times = 3 * cfg.batch_size / windows
+    line = f"data: {source.data.num_train_tokens:,} training tokens in {windows:,} windows of 32; 3 steps of 4 windows "
+    assert line + f"read them {times:.3g} times" in capsys.readouterr().out
+    for rank in range(2):  # two processes of two sequences, each step in two micro-batches of one
+        data = source.data
+        split = TokenWindowSource(data, seq_len=32, batch_size=2, grad_accum=1, rank=rank, world_size=2).split(1, 2)
+        assert split.reading(3).endswith(f"3 steps of 4 windows read them {times:.3g} times")
+
+
 def test_model_vocabulary_follows_the_tokenizer_unless_fixed(micro_cfg):
     result = train(micro_cfg(steps=1, eval_every=0, repeat_fraction=0.5))  # the 300-token test tokenizer
     run = json.loads((result.run_dir / "run.json").read_text())
