@@ -158,18 +158,20 @@ def write_seed_report(cfg: StudyConfig, out: Path, results: dict, command: str |
     for name, entry in entries.items():
         pre, chosen = entry.get("pretrain") or {}, _chosen(entry)
         training.append(
-            [name, _num(pre.get("val_loss")), _num(pre.get("copy_loss")), _num(pre.get("tokens_per_s"), 0),
-             _num(chosen.get("val_loss"))]
+            [name, _num(pre.get("val_loss")), _num(pre.get("copy_loss")), _num(entry.get("pretrain_reads"), 2),
+             _num(pre.get("tokens_per_s"), 0), _num(chosen.get("val_loss"))]
         )  # fmt: skip
     lines += ["## Training", ""]
     lines += [
         "Each arm's pretraining validation loss; its loss on copied text (the same validation windows with their "
         "first half twice, scored on the copied tokens: far below the validation loss once the model looks back "
-        "half a window and copies, about the same while it does not); its pretraining speed; the chosen "
-        "fine-tuning's validation loss.",
+        "half a window and copies, about the same while it does not); how many times its pretraining read the "
+        "training split (a large model memorises a small corpus read many times: its validation loss turns "
+        "upward); its pretraining speed; the chosen fine-tuning's validation loss.",
         "",
     ]
-    header = ["arm", "pretrain val loss", "on copied text", "pretrain tok/s", "fine-tune val loss (chosen LR)"]
+    header = ["arm", "pretrain val loss", "on copied text", "training split read (times)", "pretrain tok/s",
+              "fine-tune val loss (chosen LR)"]  # fmt: skip
     lines += table(header, training)
     lines += _finetune_losses(entries, out)
     lines += _stage_times(entries)

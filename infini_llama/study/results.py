@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from infini_llama.data.sampler import WindowSampler
 from infini_llama.eval.diagnostics import bucket_order, saturated_gates
 from infini_llama.eval.records import SAMPLES
 from infini_llama.eval.rope_scaling import rope_scaling_label
@@ -162,11 +163,28 @@ def _summary(path: Path) -> dict | None:
     return _marker(path / "summary.json")
 
 
+def training_split_reads(run_dir: Path, steps: int | None = None) -> float | None:
+    """How many times a run on text read its training split, as the trainer counts it at its start
+    (`TokenWindowSource.reading`): the windows its `steps` (else its recipe's) read over the windows the split holds.
+    A large model over many passes of a small corpus memorises it (reports/paper-h200-screen/, lease P). None for a
+    run that has not started or did not train on text."""
+    file = run_dir / "run.json"
+    if not file.is_file():
+        return None
+    run = json.loads(file.read_text())
+    data = run.get("data") or {}
+    if not {"num_tokens", "seq_len", "sequences_per_step"} <= data.keys():
+        return None
+    windows = WindowSampler(data["num_tokens"], data["seq_len"], mode=data.get("mode", "random")).num_windows
+    return round((run["train"]["steps"] if steps is None else steps) * data["sequences_per_step"] / windows, 2)
+
+
 def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
     """The numbers of the single-seed study in `out`."""
     entries = {}
     for arm in arms:
         root = out / arm.name
+        pretrain = _marker(root / "pretrain.done")
         entry: dict[str, Any] = {
             "attention": arm.attention,
             "seed": arm.seed,
@@ -182,7 +200,8 @@ def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
                 "finetune_lrs": list(candidate_lrs(cfg, arm)),
                 "passkey_data": json.loads(json.dumps({**cfg.passkey, **arm.passkey})),
             },
-            "pretrain": _marker(root / "pretrain.done"),
+            "pretrain": pretrain,
+            "pretrain_reads": training_split_reads(root / "pretrain", (pretrain or {}).get("steps")),
             "finetune": [_marker(root / f"{finetune_dir(root, lr).name}.done") for lr in candidate_lrs(cfg, arm)],
             "finetune_curves": [_curve_with_trend(cfg, arm, root, lr) for lr in candidate_lrs(cfg, arm)],
             "selection": _marker(root / "select.done"),

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from infini_llama import host
+from infini_llama.data.sampler import WindowSampler
 from infini_llama.study import StudyError, run_study, study_config
 from infini_llama.study import results as study_results
 from infini_llama.study import runner as study_runner
@@ -142,6 +143,16 @@ def test_study_runs_end_to_end_and_resumes(micro, tmp_path, monkeypatch):
             assert value == round(json.loads((out / arm / f"{stage}.done").read_text())["seconds"], 1)
     assert "## Stage times" in text and "| arm | pretraining | fine-tuning | evaluation | total |" in text
     # Where each training stage's time went, from the trainer, a row per stage (an LR grid's fine-tunings each).
+    # How many times each pretraining read its training split (its windows over the split's), from its run.json.
+    for arm in ("infini", "full"):
+        run = json.loads((out / arm / "pretrain" / "run.json").read_text())
+        windows = WindowSampler(run["data"]["num_tokens"], run["data"]["seq_len"]).num_windows
+        reads = results["arms"][arm]["pretrain_reads"]
+        assert reads == round(cfg.pretrain["steps"] * run["data"]["sequences_per_step"] / windows, 2) > 0
+    assert f"| {reads:.2f} |" in text and "training split read (times)" in text
+    reads_of = study_results.training_split_reads
+    assert reads_of(out / "full" / "finetune-lr=0.001") is None, "passkey prompts are not a split of text"
+    assert reads_of(out / "missing") is None
     split = results["arms"]["infini"]["pretrain"]["split_seconds"]
     assert set(split) == {"setup", "first_step", "steps", "validation", "checkpoints", "final"}
     assert "| stage | setup | first step | other steps | validations | checkpoints | final model |" in text
