@@ -106,12 +106,13 @@ def _left_out(names: list[str] | None) -> list[str]:
             "comparison here has them.", ""]  # fmt: skip
 
 
-def environment_lines(environments: list[dict]) -> list[str]:
-    """One line per distinct environment the evaluations ran in: library versions and device."""
+def environment_lines(environments: list[dict], prefix: str = "Environment") -> list[str]:
+    """One line per distinct environment the evaluations ran in: library versions, device and commit."""
     lines = []
     for env in environments:
         versions = ", ".join(f"{name} {version}" for name, version in env["versions"].items() if name != "platform")
-        lines += [f"Environment: {versions}; {env.get('device_name') or 'unknown device'}.", ""]
+        commit = f"; commit {env['git_revision'][:7]}" if env.get("git_revision") else ""
+        lines += [f"{prefix}: {versions}; {env.get('device_name') or 'unknown device'}{commit}.", ""]
     return lines
 
 
@@ -643,7 +644,11 @@ def write_across_report(cfg: StudyConfig, out: Path, summary: dict, command: str
     lines = [f"# Study report: Infini-attention vs full attention ({cfg.preset}), seeds {', '.join(map(str, seeds))}"]
     lines += ["", describe_study(cfg), "", *([f"Command: `{command}`", ""] if command else [])]
     lines += _left_out(summary.get("left_out"))
-    lines += environment_lines(summary["environments"])
+    if len(summary["environments"]) > 1:  # seeds run in separate leases: name each one's
+        for seed, results in summary["per_seed"].items():
+            lines += environment_lines(results["environments"], prefix=f"Seed {seed}")
+    else:
+        lines += environment_lines(summary["environments"])
     links = ", ".join(f"[seed {s}](seed-{s}/REPORT.md)" for s in seeds)
     lines += [f"Each seed is a whole study (pretraining, fine-tuning, LR choice, every evaluation): {links}.", ""]
     first = summary["rows"][0]

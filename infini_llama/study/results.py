@@ -474,13 +474,14 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def environments(eval_roots) -> list[dict]:
-    """The distinct library versions and devices the evaluations of these folders ran with (usually one)."""
+    """The distinct library versions, devices and commits the evaluations of these folders ran with (usually
+    one; a study whose seeds ran in separate leases may have one per seed)."""
     found = []
     for root in eval_roots:
         for path in sorted(root.glob("*/summary.json")) if root.is_dir() else []:
             env = json.loads(path.read_text()).get("environment") or {}
             if env.get("versions") is not None:
-                found.append({"versions": env["versions"], "device_name": env.get("device_name")})
+                found.append({key: env.get(key) for key in ("versions", "device_name", "git_revision")})
     return _distinct(found)
 
 

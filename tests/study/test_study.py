@@ -369,6 +369,19 @@ def test_the_seeds_of_a_study_run_on_two_machines_are_reported_together(micro, t
     report = run_study(cfg, here, device="cpu", progress=False, report_only=True)
     summary = json.loads((here / "results.json").read_text())
     assert report.is_file() and set(summary["per_seed"]) == {"0", "1"} and summary["left_out"] == []
+    (env,) = summary["environments"]
+    assert env["git_revision"] == json.loads(next((here / "seed-0").glob("*/eval/*/summary.json")).read_text())[
+        "environment"]["git_revision"]  # fmt: skip
+    assert "\nEnvironment: " in report.read_text() and "\nSeed 0: " not in report.read_text()
+    # A seed run elsewhere (another GPU, another commit): the report names the machine and commit of each seed.
+    for path in (here / "seed-1").glob("*/eval/*/summary.json"):
+        record = json.loads(path.read_text())
+        record["environment"] |= {"device_name": "Other GPU", "git_revision": "1234567890abcdef"}
+        path.write_text(json.dumps(record))
+    run_study(cfg, here, device="cpu", progress=False, report_only=True)
+    text = report.read_text()
+    assert "\nSeed 1: " in text and "; Other GPU; commit 1234567.\n" in text and "\nSeed 0: " in text
+    assert "\nEnvironment: " not in text
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
