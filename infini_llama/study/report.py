@@ -147,6 +147,11 @@ def write_seed_report(cfg: StudyConfig, out: Path, results: dict, command: str |
         for label, _, _, grids in passkey_rows(entries)
     }
     lines += _key_kinds(cfg, by_row, pooled=False)
+    depths = {
+        label: {h: g.get("by_depth_beyond_training", []) for h, g in grids.items()}
+        for label, _, _, grids in passkey_rows(entries)
+    }
+    lines += _depths(cfg, depths, pooled=False)
     lines += _missed_keys(cfg, entries)
     answers = {
         label: {h: g.get("answers_by_length", []) for h, g in grids.items()}
@@ -675,6 +680,7 @@ def write_across_report(cfg: StudyConfig, out: Path, summary: dict, command: str
     lines += _best_rope_by_seed(cfg, summary)
     lines += _updates_pooled(cfg, summary.get("memory_updates_pooled", {}))
     lines += _key_kinds(cfg, summary.get("key_kinds_pooled", {}), pooled=True)
+    lines += _depths(cfg, summary.get("depths_pooled", {}), pooled=True)
     lines += _answers(cfg, summary.get("answers_pooled", {}), pooled=True)
     lines += _gates_by_seed(summary)
     lines += _layers_off_by_seed(summary)
@@ -820,6 +826,33 @@ def _key_kinds(cfg: StudyConfig, by_row: dict[str, dict[str, list[dict]]], poole
     )
     title = f"Accuracy by kind of key{', seeds pooled' if pooled else ''}"
     return _by_length_sections(cfg, by_row, title, intro, ["row", "keys"], body)
+
+
+def _depths(cfg: StudyConfig, by_row: dict[str, dict[str, list[dict]]], pooled: bool) -> list[str]:
+    """Exact match of every row by the needle's depth over the lengths beyond the training length, on each
+    haystack (`results.by_depth_beyond`)."""
+    lines = []
+    for haystack in cfg.eval_haystacks:
+        rows = {label: grids[haystack] for label, grids in by_row.items() if grids.get(haystack)}
+        if not rows:
+            continue
+        depths = sorted({r["depth"] for grid in rows.values() for r in grid})
+        samples = "over every seed's samples " if pooled else ""
+        lines += [f"## Accuracy by depth beyond the training length{', seeds pooled' if pooled else ''}: "
+                  f"{HAYSTACK_LABELS[haystack]}", ""]  # fmt: skip
+        lines += [
+            "Exact match at every length beyond the training length, by the needle's depth (0: it opens the "
+            "filler, 1: it ends just before the question), " + samples + "[95%, at the level of the key]. Misses "
+            "that gather at one depth come from where the needle sits, not from how far it lies from the question.",
+            "",
+        ]
+        cells = {label: {r["depth"]: r["exact"] for r in grid} for label, grid in rows.items()}
+        lines += table(
+            ["row"] + [f"depth {d:g}" for d in depths],
+            [[label] + [_pct(by[d]) if d in by else "–" for d in depths] for label, by in cells.items()],
+        )
+        lines += [""]
+    return lines
 
 
 ANSWER_MEASURES = {

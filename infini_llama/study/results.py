@@ -232,6 +232,9 @@ def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
                             for r in results["cells"]
                         ],
                         "by_length_and_key_kind": by_key_kind(root / "eval" / f"{task}-{haystack}"),
+                        "by_depth_beyond_training": by_depth_beyond(
+                            root / "eval" / f"{task}-{haystack}", training_length(cfg, arm)
+                        ),
                         "keys_missed": missed_keys(root / "eval" / f"{task}-{haystack}", training_length(cfg, arm)),
                         "answers_by_length": answers_by_length(root / "eval" / f"{task}-{haystack}"),
                     }
@@ -389,21 +392,33 @@ def _samples(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / SAMPLES).read_text().splitlines() if line.strip()]
 
 
+def _exact_by(samples: list[dict], group) -> dict:
+    """Exact accuracy of passkey samples grouped by `group(sample)`: {group: proportion}, each with its interval at
+    the level of the key and `key_totals`, each key's [hits, samples], for pooling over seeds."""
+    groups: dict[Any, list[dict]] = {}
+    for r in samples:
+        groups.setdefault(group(r), []).append(r)
+    return {
+        g: {**clustered_proportion(totals), "key_totals": totals}
+        for g, rows in groups.items()
+        if (totals := key_totals([r["exact"] for r in rows], [r["sample"] for r in rows]))
+    }
+
+
 def by_key_kind(folder: Path) -> list[dict]:
-    """Exact accuracy of a complete passkey grid by length and kind of key (`scoring.KEY_KINDS`), its interval at
-    the level of the key; `key_totals` keeps each key's [hits, samples] for pooling over seeds."""
-    groups: dict[tuple[int, str], list[dict]] = {}
-    for r in _samples(folder):
-        groups.setdefault((r["length"], key_kind(r["key"])), []).append(r)
+    """Exact accuracy of a complete passkey grid by length and kind of key (`scoring.KEY_KINDS`)."""
+    found = _exact_by(_samples(folder), lambda r: (r["length"], key_kind(r["key"])))
     return [
-        {"length": length, "key_kind": kind, "exact": {**clustered_proportion(totals), "key_totals": totals}}
-        for length, kind in sorted(groups, key=lambda k: (k[0], KEY_KINDS.index(k[1])))
-        if (
-            totals := key_totals(
-                [r["exact"] for r in groups[length, kind]], [r["sample"] for r in groups[length, kind]]
-            )
-        )
+        {"length": length, "key_kind": kind, "exact": found[length, kind]}
+        for length, kind in sorted(found, key=lambda k: (k[0], KEY_KINDS.index(k[1])))
     ]
+
+
+def by_depth_beyond(folder: Path, longest: int) -> list[dict]:
+    """Exact accuracy of a complete passkey grid by the needle's depth, over its lengths beyond `longest` (the
+    training length): where the needle sits, apart from how far it is from the question."""
+    found = _exact_by([r for r in _samples(folder) if r["length"] > longest], lambda r: r["depth"])
+    return [{"depth": depth, "exact": found[depth]} for depth in sorted(found)]
 
 
 ANSWER_PARTS = ("first", "reordered", "from_key")  # what `answers_by_length` measures, in the report's order
@@ -544,6 +559,7 @@ def across_seeds(cfg: StudyConfig, per_seed: dict[int, dict]) -> dict:
         "seeds": list(cfg.seeds),
         "memory_updates_pooled": memory_updates_pooled(per_seed),
         "key_kinds_pooled": key_kinds_pooled(per_seed),
+        "depths_pooled": depths_pooled(per_seed),
         "answers_pooled": answers_pooled(per_seed),
         "environments": _distinct(env for results in per_seed.values() for env in results["environments"]),
         "rows": rows,
@@ -608,22 +624,42 @@ def memory_updates_pooled(per_seed: dict[int, dict]) -> dict:
     return pooled
 
 
-def key_kinds_pooled(per_seed: dict[int, dict]) -> dict:
-    """For every passkey row on every haystack: exact accuracy by (length, kind of key), every seed's samples pooled
-    into one proportion, its interval at the level of the key (each seed's keys are clusters of their own)."""
+def _pooled_groups(per_seed: dict[int, dict], field: str, group) -> dict:
+    """{row label: {haystack: {group: [[hits, samples], ...]}}} of every passkey row's `field` (a list of groups,
+    `group(entry)` naming each, its `exact` keeping `key_totals`), every seed's keys clusters of their own."""
     pooled: dict[str, dict] = {}
     for results in per_seed.values():
         for label, _, _, grids in passkey_rows(results["arms"]):
             for haystack, grid in grids.items():
                 counts = pooled.setdefault(label, {}).setdefault(haystack, {})
-                for r in grid.get("by_length_and_key_kind", []):
-                    _add(counts, (r["length"], r["key_kind"]), r["exact"])
+                for r in grid.get(field, []):
+                    _add(counts, group(r), r["exact"])
+    return pooled
+
+
+def key_kinds_pooled(per_seed: dict[int, dict]) -> dict:
+    """For every passkey row on every haystack: exact accuracy by (length, kind of key), every seed's samples pooled
+    into one proportion, its interval at the level of the key (each seed's keys are clusters of their own)."""
+    pooled = _pooled_groups(per_seed, "by_length_and_key_kind", lambda r: (r["length"], r["key_kind"]))
     return {
         label: {
             haystack: [
                 {"length": n, "key_kind": kind, "exact": clustered_proportion(counts[n, kind])}
                 for n, kind in sorted(counts, key=lambda k: (k[0], KEY_KINDS.index(k[1])))
             ]
+            for haystack, counts in by_haystack.items()
+        }
+        for label, by_haystack in pooled.items()
+    }
+
+
+def depths_pooled(per_seed: dict[int, dict]) -> dict:
+    """For every passkey row on every haystack: exact accuracy by the needle's depth beyond the training length
+    (`by_depth_beyond`), every seed's samples pooled likewise."""
+    pooled = _pooled_groups(per_seed, "by_depth_beyond_training", lambda r: r["depth"])
+    return {
+        label: {
+            haystack: [{"depth": d, "exact": clustered_proportion(counts[d])} for d in sorted(counts)]
             for haystack, counts in by_haystack.items()
         }
         for label, by_haystack in pooled.items()

@@ -244,6 +244,18 @@ def test_several_seeds_run_whole_studies_and_report_their_spread(micro, tmp_path
     assert sum(r["exact"]["n"] for r in kinds) == len(samples)
     assert "## Accuracy by kind of key, seeds pooled: held-out text" in text
     assert "## Accuracy by kind of key: held-out text" in (out / "seed-0" / "REPORT.md").read_text()
+    # Accuracy by the needle's depth beyond the training length, pooled likewise.
+    longest = summary["per_seed"]["0"]["arms"]["full"]["training_length"]
+    depths = summary["depths_pooled"]["full"]["book"]
+    for r in depths:
+        group = [x for x in samples if x["length"] > longest and x["depth"] == r["depth"]]
+        assert (r["exact"]["n"], r["exact"]["successes"]) == (len(group), sum(x["exact"] for x in group))
+        assert r["exact"]["clusters"] == len({(x["seed"], x["sample"]) for x in group})
+    assert sum(r["exact"]["n"] for r in depths) == sum(x["length"] > longest for x in samples) > 0
+    assert "## Accuracy by depth beyond the training length, seeds pooled: held-out text" in text
+    assert (
+        "## Accuracy by depth beyond the training length: held-out text" in (out / "seed-0" / "REPORT.md").read_text()
+    )
     # What the answers hold, pooled likewise: every seed's prompts counted once, their digits from scoring.
     from infini_llama.eval.scoring import answer_digits
 
