@@ -61,6 +61,8 @@ def plot(runs: list[dict], out: Path) -> None:
         (line,) = axes[0].plot(steps, [r["loss_per_char"] for r in run["validations"]], label=run["label"])
         axes[1].plot(steps, [r["copy_loss"] for r in run["validations"]], color=line.get_color(), label=run["label"])
         axes[1].plot(steps, [r["loss"] for r in run["validations"]], color=line.get_color(), ls=":", lw=0.8)
+    lowest = min(r["loss_per_char"] for run in runs for r in run["validations"])
+    axes[0].set_ylim(lowest - 0.02, lowest + 0.3)  # the first validations lie far above: the runs differ near the end
     axes[0].set(title="validation loss", xlabel="step", ylabel="nats per character")
     axes[1].set(title="on copied text (dotted: validation loss)", xlabel="step", ylabel="nats per token")
     axes[0].legend(fontsize=7)
