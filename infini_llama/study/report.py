@@ -789,20 +789,28 @@ def _updates_pooled(cfg: StudyConfig, pooled: dict) -> list[str]:
     return lines
 
 
-def _by_length_sections(
-    cfg: StudyConfig, by_row: dict[str, dict[str, list[dict]]], title: str, intro: str, header: list[str], body_of
+def _haystack_sections(
+    cfg: StudyConfig,
+    by_row: dict[str, dict[str, list[dict]]],
+    title: str,
+    intro: str,
+    header: list[str],
+    body_of,
+    column: str = "length",
+    column_label=lambda n: f"{n:,}",
 ) -> list[str]:
-    """A section per haystack, `title` and `intro` atop a table with `header` then a column per length, whose lines
-    `body_of(label, grid, lengths)` gives for each row that has a grid on that haystack."""
+    """A section per haystack, `title` and `intro` atop a table with `header` then a column per value of each
+    entry's `column` (a length unless named), whose lines `body_of(label, grid, values)` gives for each row that has
+    a grid on that haystack."""
     lines = []
     for haystack in cfg.eval_haystacks:
         rows = {label: grids[haystack] for label, grids in by_row.items() if grids.get(haystack)}
         if not rows:
             continue
-        lengths = sorted({r["length"] for g in rows.values() for r in g})
-        body = [line for label, grid in rows.items() for line in body_of(label, grid, lengths)]
+        values = sorted({r[column] for g in rows.values() for r in g})
+        body = [line for label, grid in rows.items() for line in body_of(label, grid, values)]
         lines += [f"## {title}: {HAYSTACK_LABELS[haystack]}", "", intro, ""]
-        lines += table([*header, *(f"{n:,}" for n in lengths)], body) + [""]
+        lines += table([*header, *(column_label(v) for v in values)], body) + [""]
     return lines
 
 
@@ -825,34 +833,25 @@ def _key_kinds(cfg: StudyConfig, by_row: dict[str, dict[str, list[dict]]], poole
         f"{samples}[95%, at the level of the key], the number of keys of each kind in parentheses."
     )
     title = f"Accuracy by kind of key{', seeds pooled' if pooled else ''}"
-    return _by_length_sections(cfg, by_row, title, intro, ["row", "keys"], body)
+    return _haystack_sections(cfg, by_row, title, intro, ["row", "keys"], body)
 
 
 def _depths(cfg: StudyConfig, by_row: dict[str, dict[str, list[dict]]], pooled: bool) -> list[str]:
     """Exact match of every row by the needle's depth over the lengths beyond the training length, on each
     haystack (`results.by_depth_beyond`)."""
-    lines = []
-    for haystack in cfg.eval_haystacks:
-        rows = {label: grids[haystack] for label, grids in by_row.items() if grids.get(haystack)}
-        if not rows:
-            continue
-        depths = sorted({r["depth"] for grid in rows.values() for r in grid})
-        samples = "over every seed's samples " if pooled else ""
-        lines += [f"## Accuracy by depth beyond the training length{', seeds pooled' if pooled else ''}: "
-                  f"{HAYSTACK_LABELS[haystack]}", ""]  # fmt: skip
-        lines += [
-            "Exact match at every length beyond the training length, by the needle's depth (0: it opens the "
-            "filler, 1: it ends just before the question), " + samples + "[95%, at the level of the key]. Misses "
-            "that gather at one depth come from where the needle sits, not from how far it lies from the question.",
-            "",
-        ]
-        cells = {label: {r["depth"]: r["exact"] for r in grid} for label, grid in rows.items()}
-        lines += table(
-            ["row"] + [f"depth {d:g}" for d in depths],
-            [[label] + [_pct(by[d]) if d in by else "–" for d in depths] for label, by in cells.items()],
-        )
-        lines += [""]
-    return lines
+
+    def body(label: str, grid: list[dict], depths: list[float]) -> list[list[str]]:
+        cells = {r["depth"]: r["exact"] for r in grid}
+        return [[label] + [_pct(cells[d]) if d in cells else "–" for d in depths]]
+
+    samples = "over every seed's samples " if pooled else ""
+    intro = (
+        "Exact match at every length beyond the training length, by the needle's depth (0: it opens the filler, 1: "
+        f"it ends just before the question), {samples}[95%, at the level of the key]. Misses that gather at one "
+        "depth come from where the needle sits, not from how far it lies from the question."
+    )
+    title = f"Accuracy by depth beyond the training length{', seeds pooled' if pooled else ''}"
+    return _haystack_sections(cfg, by_row, title, intro, ["row"], body, "depth", lambda d: f"depth {d:g}")
 
 
 ANSWER_MEASURES = {
@@ -885,7 +884,7 @@ def _answers(cfg: StudyConfig, by_row: dict[str, dict[str, list[dict]]], pooled:
         f"the key, few exact answers. Shares {samples}[95%, at the level of the key]."
     )
     title = f"What the answers hold{', seeds pooled' if pooled else ''}"
-    return _by_length_sections(cfg, by_row, title, intro, ["row", "answers"], body)
+    return _haystack_sections(cfg, by_row, title, intro, ["row", "answers"], body)
 
 
 MISSED_SHOWN = 5  # keys per row in the report (results.json keeps them all)
