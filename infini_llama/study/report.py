@@ -847,8 +847,8 @@ def _depths(cfg: StudyConfig, by_row: dict[str, dict[str, list[dict]]], pooled: 
     samples = "over every seed's samples " if pooled else ""
     intro = (
         "Exact match at every length beyond the training length, by the needle's depth (0: it opens the filler, 1: "
-        f"it ends just before the question), {samples}[95%, at the level of the key]. Misses that gather at one "
-        "depth come from where the needle sits, not from how far it lies from the question."
+        f"it ends just before the question), {samples}[95%, at the level of the key]. Depth 0 is both the farthest "
+        "from the question and the nearest to the prompt's start; the tables by memory updates say how far back."
     )
     title = f"Accuracy by depth beyond the training length{', seeds pooled' if pooled else ''}"
     return _haystack_sections(cfg, by_row, title, intro, ["row"], body, "depth", lambda d: f"depth {d:g}")

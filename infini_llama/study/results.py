@@ -416,7 +416,7 @@ def by_key_kind(folder: Path) -> list[dict]:
 
 def by_depth_beyond(folder: Path, longest: int) -> list[dict]:
     """Exact accuracy of a complete passkey grid by the needle's depth, over its lengths beyond `longest` (the
-    training length): where the needle sits, apart from how far it is from the question."""
+    training length): where the needle sits in the prompt, every length pooled."""
     found = _exact_by([r for r in _samples(folder) if r["length"] > longest], lambda r: r["depth"])
     return [{"depth": depth, "exact": found[depth]} for depth in sorted(found)]
 
