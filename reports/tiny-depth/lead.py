@@ -19,7 +19,8 @@ updates between the key and the question is the same in both orders and at every
 Each prompt is also run once through the parallel forward to read what the memory holds of the key: per layer and
 query head, the key tokens' share of the last prompt token's linear-attention weights over every finished segment
 (`read_share`), and how close the vectors σ(k) the key is stored under are to those the same key gets at the
-largest lead (`key_cosine_to_farthest`). `plot` draws exact match by needle start and prints the tables, with the
+largest lead of `task, then filler` (`key_cosine_to_farthest`, per layer; that order keeps the prompt's start as
+fine-tuning's prompts have it). `plot` draws exact match by needle start and prints the tables, with the
 share of the head whose mean share is largest (the retrieval head).
 """
 
@@ -179,10 +180,11 @@ def run(args) -> None:
                     f"layer: {' '.join(f'{max(layer):.3f}' for layer in cell['read_share'])}",
                     flush=True,
                 )
-    # How far each cell's key vectors are from those the same key gets farthest from the start (same length).
+    # How close each cell's key vectors are to those the same key gets farthest from the start with the prompt still
+    # starting with its task line (`task, then filler`, the order fine-tuning's prompts have), at the same length.
     for cell, vectors in zip(cells, keys, strict=True):
         farthest = max(
-            (i for i, c in enumerate(cells) if c["length"] == cell["length"] and c["order"] == cell["order"]),
+            (i for i, c in enumerate(cells) if c["length"] == cell["length"] and c["order"] == ORDERS[1]),
             key=lambda i: cells[i]["lead_tokens"],
         )  # fmt: skip
         cosine = torch.nn.functional.cosine_similarity(vectors, keys[farthest], dim=-1)  # (N, layers, Hkv, tokens)
