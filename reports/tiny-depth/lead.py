@@ -221,7 +221,7 @@ def plot(args) -> None:
 
     runs = [(label, json.loads(Path(path).read_text())) for label, _, path in (x.partition("=") for x in args.runs)]
     lengths = sorted({c["length"] for _, r in runs for c in r["cells"]})
-    fig, axes = plt.subplots(1, len(lengths), figsize=(4.6 * len(lengths), 3.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(lengths), figsize=(4.6 * len(lengths) + 2.4, 3.6), squeeze=False, sharey=True)
     for ax, length in zip(axes[0], lengths, strict=True):
         for n, (label, r) in enumerate(runs):
             for order, style in zip(ORDERS, ("-", "--"), strict=True):
@@ -235,7 +235,7 @@ def plot(args) -> None:
                 )  # fmt: skip
         ax.set(title=f"{length:,} tokens after the lead", xlabel="token where the needle starts", ylim=(-3, 103))
     axes[0][0].set_ylabel("exact match (%)")
-    axes[0][-1].legend(fontsize=7)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     fig.savefig(args.figure, dpi=110)
     table_leads = {int(x) for x in args.table_leads.split(",")}
