@@ -33,13 +33,13 @@ import subprocess
 from pathlib import Path
 
 import torch
+from positions import exact  # the sibling script: exact match with its key-level interval
 
 from infini_llama.eval.checkpoint import load_eval_tokenizer, load_model
 from infini_llama.eval.inference import ChunkedLM
 from infini_llama.eval.passkey import TASK, make_passkey_sample
 from infini_llama.eval.passkey_grid import GRID_SPLITS, evaluate_passkey
 from infini_llama.eval.prompts import FILLER_BLOCK, bos_ids, encode, encode_continuation, last_token_of
-from infini_llama.eval.scoring import clustered_proportion, key_totals
 from infini_llama.ops.state import elu_plus_one
 
 ORDERS = ("filler, then task", "task, then filler")
@@ -133,12 +133,7 @@ def probe(model, samples, key_tokens: list[list[int]], segment_len: int) -> tupl
     return torch.stack(keys), torch.stack(shares)
 
 
-def exact(rows: list[dict]) -> dict:
-    return clustered_proportion(key_totals([r["exact"] for r in rows], [r["sample"] for r in rows]))
-
-
 def run(args) -> None:
-    torch.manual_seed(0)
     model = load_model(args.checkpoint)
     tokenizer = load_eval_tokenizer(args.checkpoint)
     segment_len = model.config.segment_len
