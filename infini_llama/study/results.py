@@ -335,7 +335,8 @@ def leads(cfg: StudyConfig, arms: list[Arm], entries: dict, compared: list[dict]
                 gaps = [100 * (a - b) for a, b in zip(mine, theirs, strict=True)]
                 verdicts = [
                     c["verdict"] for c in compared
-                    if (c["infini"], c["task"], c["haystack"]) == (infini.name, task, haystack) and c["multiple"] > 1
+                    if (c["infini"], c.get("other"), c["task"]) == (infini.name, other.name, task)
+                    and c["haystack"] == haystack and c["multiple"] > 1
                 ]  # fmt: skip
                 out.append({
                     "infini": infini.name, "baseline": grids["label"], "task": task, "haystack": haystack,

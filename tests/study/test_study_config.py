@@ -446,3 +446,24 @@ def test_a_seed_whose_grid_is_incomplete_is_named_not_silently_dropped():
     summary = across_seeds(cfg, {0: seed_results(1.0), 1: seed_results(None), 2: seed_results(0.5)})
     (length,) = summary["rows"][0]["haystacks"]["repeat"]
     assert length["exact"]["mean"] == pytest.approx(0.75) and length["missing_seeds"] == [1]
+
+
+def test_each_lead_counts_the_verdicts_of_its_own_row():
+    """The baseline's plain grid and the local control's share the task name "passkey": a lead over one must not
+    count the other's verdicts."""
+    from infini_llama.study.results import leads
+
+    cfg = study_config("tiny", control_arm=True, eval_multiples=(1, 2, 4), eval_haystacks=("repeat",),
+                       eval_rope_scaling=None)  # fmt: skip
+    arms = expand_arms(cfg)
+    names = {arm.attention: arm.name for arm in arms}
+    grid = {"by_length": [{"exact": {"rate": r}} for r in (1.0, 0.5, 0.25)]}
+    entries = {n: {"passkey": {"passkey": {"label": n, "haystacks": {"repeat": grid}}}} for n in names.values()}
+    verdicts = {"full": ("ahead", "ahead"), "local": ("behind", "level")}
+    compared = [
+        {"infini": names["infini"], "other": names[other], "task": "passkey", "haystack": "repeat", "multiple": m,
+         "verdict": v}
+        for other, pair in verdicts.items() for m, v in zip((2, 4), pair, strict=True)
+    ]  # fmt: skip
+    found = {d["baseline"]: (d["ahead"], d["behind"], d["lengths"]) for d in leads(cfg, arms, entries, compared)}
+    assert found == {names["full"]: (2, 0, 2), names["local"]: (0, 1, 2)}
