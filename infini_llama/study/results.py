@@ -335,7 +335,7 @@ def leads(cfg: StudyConfig, arms: list[Arm], entries: dict, compared: list[dict]
                 gaps = [100 * (a - b) for a, b in zip(mine, theirs, strict=True)]
                 verdicts = [
                     c["verdict"] for c in compared
-                    if (c["infini"], c.get("other"), c["task"]) == (infini.name, other.name, task)
+                    if (c["infini"], c["other"], c["task"]) == (infini.name, other.name, task)
                     and c["haystack"] == haystack and c["multiple"] > 1
                 ]  # fmt: skip
                 out.append({
