@@ -142,6 +142,13 @@ def training_length(checkpoint: str | os.PathLike) -> int | None:
     return read_run_file(run).get("train", {}).get("seq_len")
 
 
+def model_segment_len(checkpoint: str | os.PathLike) -> int | None:
+    """The segment length in the checkpoint's config.json (the full-attention baseline's too: the field is kept),
+    None where it has none."""
+    config = Path(checkpoint) / "config.json"
+    return json.loads(config.read_text()).get("segment_len") if config.is_file() else None
+
+
 def gate_trajectory(checkpoint: str | os.PathLike) -> list[dict]:
     """Mean gate value per layer at every validation step of the checkpoint's training run ([] if unknown)."""
     from infini_llama.train.metrics import METRICS_FILE, read_metrics

@@ -39,6 +39,7 @@ PASSKEY_OPTIONS: dict[str, str] = {
     "pack_min_len": "int | None",
     "validation_batches": "int",
     "curriculum_steps": "int",
+    "boundary_share": "float",
 }
 ROPE_KEYS = {"rope_type": str, "factor": float}
 
@@ -162,7 +163,7 @@ def _coerce_passkey(key: str, value: Any, kind: str) -> Any:
         return [str(item) for item in items]
     if kind == "int | None":
         return _coerce(key, value, int | None)
-    return _coerce(key, value, {"int": int, "str": str}[kind])
+    return _coerce(key, value, {"int": int, "float": float, "str": str}[kind])
 
 
 def study_settings(sets: Sequence[str] = (), config_file: str | None = None) -> dict[str, Any]:

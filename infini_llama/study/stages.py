@@ -45,6 +45,7 @@ from infini_llama.eval.diagnostics import gate_parameters
 from infini_llama.eval.passkey import DEFAULT_KEY_DIGITS
 from infini_llama.eval.rope_scaling import rope_scaling, rope_scaling_label
 from infini_llama.eval.scoring import mean_and_stderr, proportion
+from infini_llama.models.presets import PRESETS as MODEL_PRESETS
 from infini_llama.study.arms import Arm, expand_arms, pretraining_source
 from infini_llama.study.config import StudyConfig
 from infini_llama.train import PasskeyBatchSource, TrainConfig, launch_env, recipe, train
@@ -106,12 +107,15 @@ def chosen_checkpoint(root: Path) -> Path:
 
 def passkey_source(cfg: StudyConfig, arm: Arm, tokenizer, tcfg: TrainConfig) -> PasskeyBatchSource:
     """The fine-tuning data: seeded by the arm's seed, never using a key of the arm's evaluation grid. With an
-    automatic batch_size it holds the whole per-process batch in one pass; the trainer splits it anew."""
+    automatic batch_size it holds the whole per-process batch in one pass; the trainer splits it anew. Its segment
+    length (where `passkey.boundary_share` puts answers, and the `boundary_loss` validation) is the study's model's,
+    or the arm's own where a sweep gives the Infini arm another: the baseline's data are the Infini arm's."""
     rank, world_size, _ = launch_env()
+    segment_len = {**MODEL_PRESETS[tcfg.preset], **cfg.model, **arm.model}.get("segment_len")
     return PasskeyBatchSource(
         tokenizer, tcfg.seq_len, *initial_split(tcfg, world_size), seed=arm.seed, rank=rank,
         world_size=world_size, exclude_eval_seed=arm.seed, exclude_eval_samples=cfg.eval_samples * len(cfg.eval_depths),
-        **{**cfg.passkey, **arm.passkey},
+        segment_len=segment_len, **{**cfg.passkey, **arm.passkey},
     )  # fmt: skip
 
 

@@ -38,10 +38,12 @@ class BatchSource(Protocol):
     sequences) in `grad_accum` passes of `batch_size`: the trainer needs it for an automatic micro-batch
     (`infini_llama.train.microbatch`). A source whose batches cost CPU time worth taking
     off the training step's path sets `builds_slowly = True`: on CUDA the trainer then builds its batches ahead
-    in worker processes by default (`TrainConfig.data_workers`). A source with `copy_batches()` (batches like
-    `validation_batches()`'s, whose loss only a model that looks back and copies brings far down) has the trainer
-    log that loss at each validation too, as `copy_loss`; one with `answer_token_batches()` (a batches factory per
-    token of an answer: `PasskeyBatchSource`), the loss on each, as `answer_token_losses`.
+    in worker processes by default (`TrainConfig.data_workers`). A source with a method of
+    `loop.EXTRA_VALIDATIONS` has the trainer log the loss on its batches at each validation too: `copy_batches()`
+    (batches like `validation_batches()`'s, whose loss only a model that looks back and copies brings far down)
+    as `copy_loss`, `boundary_batches()` (answers written in a new segment: `PasskeyBatchSource`) as
+    `boundary_loss`; one with `answer_token_batches()` (a batches factory per token of an answer), the loss on
+    each, as `answer_token_losses`.
     """
 
     def batch(self, step: int, micro_step: int) -> Batch: ...

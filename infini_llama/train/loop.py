@@ -65,6 +65,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# Validations a batch source may add to its validation loss, each a method giving batches like
+# `validation_batches()`: the metric it is logged as, the method, and how the progress line names it.
+EXTRA_VALIDATIONS = {
+    "copy_loss": ("copy_batches", "on copied text"),  # text windows with a half repeated (TokenWindowSource)
+    "boundary_loss": ("boundary_batches", "answers at a segment boundary"),  # PasskeyBatchSource
+}
+
+
 @dataclass
 class TrainResult:
     """What a `train` call did. `losses` maps each optimizer step run by this call (1-based: the update it
@@ -546,21 +554,23 @@ class _Trainer:
             logger.close()
 
     def _log_eval(self, step: int, logger: MetricsLogger, bar: tqdm, result: TrainResult) -> float:
-        copies = getattr(self.plan.source, "copy_batches", None)
-        answer_tokens = getattr(self.plan.source, "answer_token_batches", None)
+        source = self.plan.source
+        answer_tokens = getattr(source, "answer_token_batches", None)
         with self._timed(result, "validation"):
             val_loss = self.evaluate()
-            copy_loss = self.evaluate(copies) if copies is not None else math.nan
+            extras = {name: self.evaluate(getattr(source, method)) for name, (method, _) in EXTRA_VALIDATIONS.items()
+                      if hasattr(source, method)}  # fmt: skip
             by_token = [self.evaluate(batches) for batches in answer_tokens()] if answer_tokens is not None else []
         gates = self.gate_values()
         record = {"kind": "val", "step": step, "loss": val_loss, "gates": gates}
-        if math.isfinite(copy_loss):
-            record["copy_loss"] = result.copy_loss = copy_loss
+        record.update((name, loss) for name, loss in extras.items() if math.isfinite(loss))
+        result.copy_loss = record.get("copy_loss", result.copy_loss)
         if by_token:
             record["answer_token_losses"] = [loss if math.isfinite(loss) else None for loss in by_token]
         logger.log(record)
         if self.info.is_main:
-            extra = f", on copied text {copy_loss:.4f}" if "copy_loss" in record else ""
+            extra = "".join(f", {what} {record[name]:.4f}" for name, (_, what) in EXTRA_VALIDATIONS.items()
+                            if name in record)  # fmt: skip
             if by_token:
                 extra += ", by answer token " + " / ".join("–" if math.isnan(x) else f"{x:.2f}" for x in by_token)
             bar.write(f"step {step}: validation loss {val_loss:.4f}{extra}")

@@ -20,7 +20,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from infini_llama.data import tokenizer_fingerprint
-from infini_llama.eval.checkpoint import load_eval_tokenizer
+from infini_llama.eval.checkpoint import load_eval_tokenizer, model_segment_len
 from infini_llama.eval.passkey import (
     DEFAULT_KEY_DIGITS,
     EVAL_STREAM,
@@ -82,6 +82,15 @@ class PasskeyBatchSource:
     Every random quantity of a prompt (key, depth, haystack kind, filler style, text start, distractors) and the
     lengths of a sequence's parts are drawn from generators of their own, so none of them follows another.
 
+    `boundary_share` > 0 (with packing and `segment_len`) puts that share of the packed parts, drawn part by part
+    (all but a sequence's last part, whose end is the sequence's), where an evaluation prompt of whole segments has
+    its answer: the question's last token is a segment's last token, so the answer is written in a new segment,
+    with the question, the needle and the answer's first token behind a memory update. Each drawn part's end is
+    moved by less than a segment, the next part's start with it, where both stay within the parts' bounds (a part
+    that cannot be moved so stays where it was). A random packing puts an answer there once in `segment_len` parts:
+    a 302M Infini arm fine-tuned at segments of 1,024 without it found every key's first digit at every length and
+    wrote the rest wrong (reports/paper-h200-screen/).
+
     `curriculum_steps` > 0 (with packing) starts fine-tuning with the needle close to the question and moves it
     away over that many steps: at step s, with p = min(1, (s + 1) / curriculum_steps), parts are at most
     `longest_part(p)` = pack_min_len + p · (seq_len − pack_min_len) tokens long (never below 2 · pack_min_len − 1,
@@ -109,6 +118,8 @@ class PasskeyBatchSource:
         pack_min_len: int | None = None,
         validation_batches: int = 2,
         curriculum_steps: int = 0,
+        segment_len: int | None = None,
+        boundary_share: float = 0.0,
         exclude_eval_seed: int | None = 0,
         exclude_eval_samples: int = 1024,
     ):
@@ -137,6 +148,16 @@ class PasskeyBatchSource:
         if curriculum_steps and not self.pack_min_len:
             raise ValueError("curriculum_steps grows the packed parts: it needs packing (pack_min_len > 0)")
         self.curriculum_steps = curriculum_steps
+        if not 0.0 <= boundary_share <= 1.0:
+            raise ValueError(f"boundary_share must be a fraction in [0, 1], got {boundary_share!r}")
+        if segment_len is not None and (not isinstance(segment_len, int) or segment_len < 1):
+            raise ValueError(f"segment_len must be a positive integer, got {segment_len!r}")
+        if boundary_share and (segment_len is None or not self.pack_min_len):
+            raise ValueError(
+                "boundary_share moves packed parts to segment boundaries: it needs packing "
+                "(pack_min_len > 0) and the model's segment_len"
+            )
+        self.segment_len, self.boundary_share = segment_len, boundary_share
         self.num_validation_batches, self.validation_batch_size = validation_batches, batch_size
         self.bos = bos_ids(tokenizer, None)
         excluded = [
@@ -163,20 +184,46 @@ class PasskeyBatchSource:
     def sequence(self, stream: int, index: int, progress: float = 1.0) -> tuple[list[int], list[int]]:
         """Ids (seq_len,) of sequence `index` of `stream` at curriculum `progress`, and the positions of its
         answers' tokens."""
-        ids, answers = self._packed(stream, index, progress)
+        ids, answers, _ = self._packed(stream, index, progress)
         return ids, [p for answer in answers for p in answer]
 
-    def _packed(self, stream: int, index: int, progress: float = 1.0) -> tuple[list[int], list[list[int]]]:
-        """`sequence`'s ids, and the positions of each packed part's answer tokens, a list per part."""
+    def _packed(
+        self, stream: int, index: int, progress: float = 1.0, share: float | None = None
+    ) -> tuple[list[int], list[list[int]], set[int]]:
+        """`sequence`'s ids, the positions of each packed part's answer tokens (a list per part), and the parts
+        moved to a segment boundary (`_aligned`) with `share` of them drawn (default: `boundary_share`)."""
         ids, answers = list(self.bos), []
         lengths = self._part_lengths(sample_rng(stream, self.seed, index, "part_lengths"), progress)
+        share = self.boundary_share if share is None else share
+        aligned = self._aligned(stream, index, lengths, progress, share) if share else set()
         for part, length in enumerate(lengths):
             # Each part has its own sample index; parts never outnumber 2**20.
             part_ids, part_answers = self._part(stream, (index << 20) | part, length, progress)
             answers.append([len(ids) + p for p in part_answers])
             ids += part_ids
         assert len(ids) == self.seq_len
-        return ids, answers
+        return ids, answers, aligned
+
+    def _aligned(self, stream: int, index: int, lengths: list[int], progress: float, share: float) -> set[int]:
+        """Move the ends of a `share` of the parts (`lengths`, changed in place) so that each one's question ends
+        at a segment's last token (`boundary_share`); the parts moved. Every part but the last draws, from its own
+        generator, whether it is moved, so the draws of one part never follow another's."""
+        draws = sample_rng(stream, self.seed, index, "boundary").random(len(lengths))
+        segment, longest = self.segment_len, self.longest_part(progress)
+        moved, start = set(), len(self.bos)
+        for part in range(len(lengths) - 1):
+            if draws[part] < share:
+                # The answer and EOS end the part: its question ends where they start.
+                tail = len(answer_ids(self.tokenizer, self._draw(stream, (index << 20) | part)[0])) + 1
+                shift = -(start + lengths[part] - tail) % segment
+                for delta in sorted((shift, shift - segment), key=abs):
+                    here, there = lengths[part] + delta, lengths[part + 1] - delta
+                    if self.pack_min_len <= min(here, there) and max(here, there) <= longest:
+                        lengths[part], lengths[part + 1] = here, there
+                        moved.add(part)
+                        break
+            start += lengths[part]
+        return moved
 
     def _part_lengths(self, rng: np.random.Generator, progress: float) -> list[int]:
         left = self.seq_len - len(self.bos)
@@ -247,17 +294,27 @@ class PasskeyBatchSource:
         ids = sample.input_ids + answer + [self.tokenizer.eos_token_id]
         return ids, list(range(prompt_len, prompt_len + len(answer)))
 
-    def _batch(self, stream: int, indices: Sequence[int], progress: float = 1.0, token: int | None = None) -> Batch:
+    def _batch(
+        self,
+        stream: int,
+        indices: Sequence[int],
+        progress: float = 1.0,
+        token: int | None = None,
+        boundary: bool = False,
+    ) -> Batch:
         """The sequences `indices` of `stream`, labelled as `loss` says; or, given `token`, on each answer's
         token `token` alone, whatever `loss` is (with the package's tokenizer, 0 is the space before the key, 1
-        its first digit, and so on)."""
-        rows, answers = zip(*(self._packed(stream, index, progress) for index in indices), strict=True)
+        its first digit, and so on). With `boundary`, every part that can be is moved to a segment boundary
+        (`boundary_share` 1) and only those parts' answers are labelled."""
+        share = 1.0 if boundary else None
+        rows, answers, moved = zip(*(self._packed(stream, i, progress, share) for i in indices), strict=True)
         input_ids = torch.tensor(rows, dtype=torch.long)  # (B, T)
-        if self.loss == "all" and token is None:
+        if self.loss == "all" and token is None and not boundary:
             return input_ids, input_ids.clone()
         labels = torch.full_like(input_ids, -100)
         for b, parts in enumerate(answers):
-            positions = [p for answer in parts for p in (answer if token is None else answer[token : token + 1])]
+            kept = [answer for part, answer in enumerate(parts) if not boundary or part in moved[b]]
+            positions = [p for answer in kept for p in (answer if token is None else answer[token : token + 1])]
             labels[b, positions] = input_ids[b, positions]
         return input_ids, labels
 
@@ -269,14 +326,24 @@ class PasskeyBatchSource:
         """The same sequences per step, and the same validation sequences, in `grad_accum` passes of `batch_size`."""
         return split_source(self, batch_size, grad_accum)
 
-    def validation_batches(self, token: int | None = None) -> Iterator[Batch]:
+    def validation_batches(self, token: int | None = None, boundary: bool = False) -> Iterator[Batch]:
         """The validation sequences (the same every call), labelled as training labels; given `token`, on each
-        answer's token `token` alone (`_batch`)."""
+        answer's token `token` alone; with `boundary`, as many of their parts as can be moved to a segment
+        boundary, labelled on those answers alone (`_batch`)."""
         size = self.validation_batch_size
         indices = [(i * self.world_size + self.rank) * size + b for i in range(self.num_validation_batches)
                    for b in range(size)]  # fmt: skip
         for start in range(0, len(indices), self.batch_size):
-            yield self._batch(TRAIN_VALIDATION_STREAM, indices[start : start + self.batch_size], token=token)
+            yield self._batch(TRAIN_VALIDATION_STREAM, indices[start : start + self.batch_size], token=token,
+                              boundary=boundary)  # fmt: skip
+
+    def boundary_batches(self) -> Iterator[Batch]:
+        """The validation sequences with their parts at segment boundaries, scored on those parts' answers: the
+        answer written in a new segment, as after an evaluation prompt of whole segments. The trainer logs their
+        loss at each validation as `boundary_loss`. No batches without `segment_len` or packing."""
+        if self.segment_len is None or not self.pack_min_len:
+            return iter(())
+        return self.validation_batches(boundary=True)
 
     def answer_token_batches(self) -> list[Callable[[], Iterator[Batch]]]:
         """The validation batches once per token an answer can have (the space and `key_digits` digits), each
@@ -298,6 +365,8 @@ class PasskeyBatchSource:
             "loss": self.loss,
             "pack_min_len": self.pack_min_len,
             "curriculum_steps": self.curriculum_steps,
+            # Only where parts are moved, so that runs from before the option resume.
+            **({"segment_len": self.segment_len, "boundary_share": self.boundary_share} if self.boundary_share else {}),
             "excluded": self.exclusion,
             "excluded_keys_sha256": hashlib.sha256(",".join(sorted(self.excluded_keys)).encode()).hexdigest()[:16],
             "tokenizer": tokenizer_fingerprint(self.tokenizer),
@@ -316,7 +385,7 @@ def finetune_passkey(
 
     `train_fields` are TrainConfig fields (steps, seq_len, batch_size, global_batch, lr, ...; defaults: the
     study's recipe above, whose batch_size None is automatic); `source_options` go to PasskeyBatchSource
-    (key_digits, depths, loss, pack_min_len, ...)."""
+    (key_digits, depths, loss, pack_min_len, ...; segment_len defaults to the checkpoint's)."""
     fields = {**STUDY_RECIPE, **train_fields, "init_from": str(checkpoint), "out": str(out)}
     cfg = TrainConfig(**fields)
     cfg.validate()
@@ -329,6 +398,6 @@ def finetune_passkey(
         seed=cfg.seed,
         rank=rank,
         world_size=world_size,
-        **(source_options or {}),
+        **{"segment_len": model_segment_len(checkpoint), **(source_options or {})},
     )
     return train(cfg, batches=source, tokenizer=tokenizer)

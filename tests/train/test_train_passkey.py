@@ -300,3 +300,83 @@ def test_sequences_part_lengths_are_drawn_apart_from_their_prompts(bpe_tok):
     firsts = [src._part_lengths(sample_rng(1, 0, i, "part_lengths"), 1.0)[0] for i in range(2000)]
     keys = [int(src._draw(1, i << 20)[0]) for i in range(2000)]
     assert abs(np.corrcoef(firsts, keys)[0, 1]) < 0.07
+
+
+def _answer_starts(src, stream, index, share=None):
+    """The first answer token's position of each packed part of a sequence, and which parts were moved."""
+    ids, answers, moved = src._packed(stream, index, 1.0, share)
+    return ids, [answer[0] for answer in answers], moved
+
+
+def test_a_boundary_share_puts_answers_where_an_evaluation_prompt_of_whole_segments_has_them(bpe_tok):
+    """With `boundary_share` a part's question ends at a segment's last token, so its answer starts a new segment
+    (the space before the key is its first token), as after an evaluation prompt of whole segments; the other
+    parts and every sequence's length are as packing draws them, and no share leaves the sequences as they were."""
+    options = dict(seq_len=1024, pack_min_len=150, loss="answer", segment_len=128)
+    plain, half, every = (source(bpe_tok, **options, boundary_share=s) for s in (0.0, 0.5, 1.0))
+    counts = {"moved": 0, "parts": 0}
+    for index in range(24):
+        ids, starts, moved = _answer_starts(every, 1, index)
+        plain_ids, plain_starts, _ = _answer_starts(plain, 1, index)
+        assert len(ids) == 1024 and starts[-1] == plain_starts[-1], "the last part ends with the sequence"
+        assert all(starts[p] % 128 == 0 for p in moved)
+        assert moved <= set(range(len(starts) - 1)) and len(starts) == len(plain_starts)
+        lengths = [b - a for a, b in zip([1, *starts], starts, strict=False)]
+        assert all(n > 100 for n in lengths), "parts long enough for a prompt"
+        counts["moved"] += len(moved)
+        counts["parts"] += len(starts) - 1
+    assert counts["moved"] >= 0.8 * counts["parts"], counts
+    # Half: about half the parts, each drawn on its own; the plain source does not move any.
+    moved_half = sum(len(_answer_starts(half, 1, i)[2]) for i in range(24))
+    assert 0.25 * counts["parts"] <= moved_half <= 0.75 * counts["parts"]
+    assert not plain.boundary_share and all(not _answer_starts(plain, 1, i)[2] for i in range(8))
+    default = source(bpe_tok, seq_len=1024, pack_min_len=150, loss="answer")
+    assert torch.equal(plain.batch(0, 0)[0], default.batch(0, 0)[0])
+    assert "boundary_share" not in plain.state_dict() and every.state_dict()["segment_len"] == 128
+
+
+def test_boundary_batches_score_only_answers_written_in_a_new_segment(bpe_tok):
+    """`boundary_batches()` holds the validation sequences with every part that can be moved at a segment boundary,
+    labelled on those answers alone; without a segment length it has no batches."""
+    src = source(bpe_tok, seq_len=1024, pack_min_len=150, loss="answer", segment_len=128, batch_size=2)
+    batches = list(src.boundary_batches())
+    assert len(batches) == 2
+    labelled = 0
+    for input_ids, labels in batches:
+        for b in range(input_ids.shape[0]):
+            positions = (labels[b] != -100).nonzero().flatten().tolist()
+            starts = [p for p in positions if p - 1 not in positions]
+            assert all(s % 128 == 0 for s in starts) and len(positions) == 5 * len(starts)
+            assert labels[b, positions].tolist() == input_ids[b, positions].tolist()
+            labelled += len(starts)
+    assert labelled >= 4
+    assert list(source(bpe_tok, seq_len=1024, pack_min_len=150).boundary_batches()) == []
+
+
+def test_fine_tuning_logs_the_loss_on_answers_at_a_segment_boundary(tmp_path, bpe_tok, passkey_base):
+    """A packed fine-tuning takes the checkpoint's segment length and logs `boundary_loss` at each validation."""
+    from infini_llama.train import read_metrics
+    from infini_llama.train.passkey import finetune_passkey
+
+    result = finetune_passkey(
+        str(passkey_base), str(tmp_path / "ft"), tokenizer=bpe_tok, steps=1, seq_len=480, global_batch=2,
+        warmup_steps=0, eval_every=1, save_every=0, device="cpu", progress=False, tensorboard=False,
+        source_options=dict(key_digits=4, pack_min_len=150, validation_batches=1, loss="answer", boundary_share=1.0),
+    )  # fmt: skip
+    records = read_metrics(result.run_dir / "metrics.jsonl", "val")
+    assert [r["step"] for r in records] == [0, 1]
+    assert all(r["boundary_loss"] > 0 for r in records) and records[0]["boundary_loss"] != records[1]["boundary_loss"]
+    segment = json.loads((passkey_base / "config.json").read_text())["segment_len"]
+    data = json.loads((result.run_dir / "run.json").read_text())["data"]
+    assert (data["segment_len"], data["boundary_share"]) == (segment, 1.0)
+
+
+def test_a_boundary_share_needs_a_segment_length_and_packing(bpe_tok):
+    with pytest.raises(ValueError, match="needs packing"):
+        source(bpe_tok, boundary_share=0.5)  # neither
+    with pytest.raises(ValueError, match="needs packing"):
+        source(bpe_tok, seq_len=1024, pack_min_len=150, boundary_share=0.5)
+    with pytest.raises(ValueError, match="boundary_share must be a fraction"):
+        source(bpe_tok, seq_len=1024, pack_min_len=150, segment_len=128, boundary_share=1.5)
+    with pytest.raises(ValueError, match="segment_len must be a positive integer"):
+        source(bpe_tok, segment_len=0)
