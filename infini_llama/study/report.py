@@ -299,23 +299,33 @@ def _finetune_losses(entries: dict, out: Path) -> list[str]:
     ]
 
 
+BOUNDARY_COLUMN = "answer at a segment boundary"
+
+
 def _answer_tokens(runs: dict[str, tuple[dict, dict]], out: Path) -> list[str]:
-    """Each run's validation loss on each answer token at each validation (`val_by_token` of its curve), and the
-    curves in answer_token_loss.png (a panel per run, a line per token)."""
+    """Each run's validation loss on each answer token at each validation (`val_by_token` of its curve), with the
+    loss on whole answers written in a new segment where logged (`val_boundary`), and the curves in
+    answer_token_loss.png (a panel per run, a line per token)."""
     rows, digits, curves = [], set(), {}
+    at_boundary = any(curve.get("val_boundary") for curve, _ in runs.values())
     for label, (curve, entry) in runs.items():
         logged = curve.get("val_by_token", [])
         if not logged:
             continue
         digits.add(entry["recipe"]["passkey_data"].get("key_digits", DEFAULT_KEY_DIGITS))
-        rows += [[label, f"{step:,}", *("–" if x is None else f"{x:.2f}" for x in losses)] for step, losses in logged]
+        boundary = dict(curve.get("val_boundary", []))
+        for step, losses in logged:
+            extra = [f"{boundary[step]:.2f}" if step in boundary else "–"] if at_boundary else []
+            rows.append([label, f"{step:,}", *("–" if x is None else f"{x:.2f}" for x in losses), *extra])
         names = ["space", *(f"digit {i}" for i in range(1, len(logged[0][1])))]
         curves[label] = {
             name: ([step for step, _ in logged], [losses[i] for _, losses in logged]) for i, name in enumerate(names)
         }  # fmt: skip
+        if boundary:
+            curves[label][BOUNDARY_COLUMN] = (list(boundary), list(boundary.values()))
     if not rows:
         return []
-    width = max(len(row) for row in rows) - 2
+    width = max(len(row) for row in rows) - 2 - at_boundary
     levels = {"guessing a digit": math.log(10)}
     if len(digits) == 1:
         levels["which digits, not their order"] = which_digits_loss(next(iter(digits)))
@@ -329,10 +339,20 @@ def _answer_tokens(runs: dict[str, tuple[dict, dict]], out: Path) -> list[str]:
         "digits in order (each a token of its own with the package's tokenizer). Guessing a digit scores ln 10 = "
         "2.30; knowing which digits the key holds but not their order, and weighing them alike, scores the mean "
         f"log of how many distinct digits a key has ({said}). A first digit far below that level with the later "
-        "ones near it is a run that finds the key and cannot yet copy it in order. The curves (up to a loss of 3): "
+        "ones near it is a run that finds the key and cannot yet copy it in order. "
+        + (
+            f"The last column ({BOUNDARY_COLUMN}): the loss on whole answers whose question ends on a segment's "
+            "last token, as every prompt of a grid of whole segments does, so that the Infini arm writes them in a "
+            "new segment (the validation sequences with their prompts moved there). "
+            if at_boundary
+            else ""
+        )
+        + "The curves (up to a loss of 3): "
         "[`answer_token_loss.png`](answer_token_loss.png).",
         "",
-        *table(["run", "step", "space", *(f"digit {i}" for i in range(1, width))], rows),
+        *table(
+            ["run", "step", "space", *(f"digit {i}" for i in range(1, width)), *[BOUNDARY_COLUMN] * at_boundary], rows
+        ),
         "",
         "![validation loss by answer token](answer_token_loss.png)",
     ]

@@ -85,9 +85,9 @@ class PasskeyBatchSource:
     `boundary_share` > 0 (with packing and `segment_len`) puts that share of the packed parts, drawn part by part
     (all but a sequence's last part, whose end is the sequence's), where an evaluation prompt of whole segments has
     its answer: the question's last token is a segment's last token, so the answer is written in a new segment,
-    with the question, the needle and the answer's first token behind a memory update. Each drawn part's end is
-    moved by less than a segment, the next part's start with it, where both stay within the parts' bounds (a part
-    that cannot be moved so stays where it was). A random packing puts an answer there once in `segment_len` parts:
+    with the question and the needle behind a memory update. Each drawn part's end is moved by less than a
+    segment, the next part's start with it, where both stay within the parts' bounds (a part that cannot be moved
+    so stays where it was). A random packing puts an answer there once in `segment_len` parts:
     a 302M Infini arm fine-tuned at segments of 1,024 without it found every key's first digit at every length and
     wrote the rest wrong (reports/paper-h200-screen/).
 
