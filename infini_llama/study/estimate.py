@@ -260,7 +260,7 @@ def probe_arm(cfg: StudyConfig, arm: Arm, device: torch.device, busy: bool = Fal
 def _training_stage(name: str, tcfg: TrainConfig, step_seconds: float, attention: str, device, run_dir: Path,
                     passes: int = 1) -> Stage:  # fmt: skip
     """`passes`: forward passes over the validation windows per validation (pretraining's text: 2, with the
-    copied text; passkey fine-tuning: 1, and one per answer token)."""
+    copied text; passkey fine-tuning: 1, one per answer token, and one on answers at a segment boundary)."""
     validations = 1 + (tcfg.steps // tcfg.eval_every if tcfg.eval_every else 0)
     # A validation pass: forward only (about a third of a step's time per sequence) over eval_windows sequences.
     sequences = sequences_per_step(tcfg)
@@ -290,11 +290,14 @@ def arm_estimate(cfg: StudyConfig, arm: Arm, root: Path, rates: ArmRates, device
                                             device, root / "pretrain", passes=2)  # fmt: skip
     else:  # a copy of an earlier arm's pretraining
         costs["pretrain"] = Stage("pretrain", 0.0)
-    digits = {**cfg.passkey, **arm.passkey}.get("key_digits", DEFAULT_KEY_DIGITS)  # answers: a space and the digits
+    # The validation, the answers' tokens (a space and the digits) one by one, and with packing the answers at a
+    # segment boundary.
+    data = {**cfg.passkey, **arm.passkey}
+    passes = 2 + data.get("key_digits", DEFAULT_KEY_DIGITS) + (data.get("pack_min_len") != 0)
     for lr in candidate_lrs(cfg, arm):
         name = finetune_dir(root, lr).name
         costs[name] = _training_stage(name, finetune_recipe(cfg, arm, lr), rates.step_seconds["finetune"],
-                                      arm.attention, device, finetune_dir(root, lr), passes=2 + digits)  # fmt: skip
+                                      arm.attention, device, finetune_dir(root, lr), passes=passes)  # fmt: skip
     selection = scored(cfg.selection_samples, training_length(cfg, arm))
     costs["select"] = Stage("select", len(candidate_lrs(cfg, arm)) * selection)
     for haystack in cfg.eval_haystacks:
