@@ -37,6 +37,7 @@ VALUE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--lr", "lr", float, "peak learning rate"),
     ("--min-lr", "min_lr", float, "learning rate at the end of the cosine decay"),
     ("--warmup-steps", "warmup_steps", int, "linear warm-up steps"),
+    ("--decay-steps", "decay_steps", int, "cosine decay over the last N steps only, the peak LR held before them"),
     ("--gate-lr", "gate_lr", float, "peak learning rate of the memory gates β"),
     ("--weight-decay", "weight_decay", float, "AdamW weight decay of matrices"),
     ("--grad-clip", "grad_clip", float, "max gradient norm (0: no clipping)"),

@@ -37,7 +37,8 @@ class TrainConfig:
     CUDA the largest split of the global batch that fits the GPU, elsewhere the whole per-process batch
     (`infini_llama.train.microbatch`); the run logs the choice and writes it to run.json.
 
-    Learning rate: linear warm-up over `warmup_steps` to `lr`, then cosine decay to `min_lr` at `steps`; the
+    Learning rate: linear warm-up over `warmup_steps` to `lr`, then cosine decay to `min_lr` at `steps` (over the
+    last `decay_steps` steps only, the peak held before them, when that is set); the
     gate group (β of each Infini layer) follows the same shape scaled to its own peak `gate_lr` (None: `lr`),
     with no weight decay.
     """
@@ -64,6 +65,7 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 50
+    decay_steps: int | None = None  # None: the cosine spans every step after the warm-up
     gate_lr: float | None = 0.01
     adam_betas: tuple[float, float] = (0.9, 0.95)
     adam_eps: float = 1e-8
@@ -137,6 +139,13 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if self.data_workers is not None and (not _is_int(self.data_workers) or self.data_workers < 0):
             raise ValueError(f"data_workers must be None (automatic) or an integer >= 0, got {self.data_workers!r}")
+        if self.decay_steps is not None and (
+            not _is_int(self.decay_steps) or not 1 <= self.decay_steps <= self.steps - self.warmup_steps
+        ):
+            raise ValueError(
+                f"decay_steps must be None (decay after the warm-up) or an integer in [1, steps - warmup_steps = "
+                f"{self.steps - self.warmup_steps}], got {self.decay_steps!r}"
+            )
         if self.global_batch is not None and (not _is_int(self.global_batch) or self.global_batch < 1):
             raise ValueError(f"global_batch must be None or an integer >= 1, got {self.global_batch!r}")
         if not self.lr > 0:

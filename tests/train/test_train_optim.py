@@ -115,3 +115,37 @@ def test_the_fused_cpu_optimizer_steps_as_torchs_single_tensor_adamw():
             optimizer.zero_grad()
     for (name, a), b in zip(fast_model.named_parameters(), slow_model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_lr_factor_decay_steps_holds_the_peak_then_decays_over_the_last_steps():
+    kw = dict(warmup_steps=10, total_steps=100, min_ratio=0.1, decay_steps=30)
+    assert lr_factor(9, **kw) == 1.0  # warm-up ends at the peak
+    assert [lr_factor(s, **kw) for s in (10, 50, 70)] == [1.0, 1.0, 1.0]  # held until the last 30 steps
+    assert lr_factor(85, **kw) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 15 / 29)), rel=1e-12)
+    assert lr_factor(99, **kw) == pytest.approx(0.1, rel=1e-12)  # the floor at the last step
+    assert lr_factor(500, **kw) == 0.1
+    # a decay as long as every step after the warm-up is the plain schedule
+    plain = dict(warmup_steps=10, total_steps=100, min_ratio=0.1)
+    for step in range(0, 120, 7):
+        assert lr_factor(step, **plain, decay_steps=90) == lr_factor(step, **plain)
+
+
+@pytest.mark.parametrize("decay_steps", [0, -5, 95, 2.5, True])
+def test_decay_steps_must_fit_after_the_warm_up(decay_steps):
+    with pytest.raises(ValueError, match="decay_steps"):
+        recipe("tiny", steps=100, warmup_steps=10, decay_steps=decay_steps).validate()
+
+
+def test_scheduler_follows_decay_steps():
+    model = micro_model()
+    cfg = recipe("tiny", steps=20, warmup_steps=2, lr=1e-3, min_lr=1e-4, decay_steps=5, gate_lr=None)
+    optimizer = build_optimizer(model, cfg, torch.device("cpu"))
+    scheduler = build_scheduler(optimizer, cfg)
+    lrs = []
+    for _ in range(20):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[2:15] == [pytest.approx(1e-3)] * 13
+    assert lrs[-1] == pytest.approx(1e-4)
+    assert all(a > b for a, b in zip(lrs[15:], lrs[16:], strict=False))
