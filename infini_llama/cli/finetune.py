@@ -98,6 +98,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="share of the packed prompts moved so that their answer starts a new segment of the model (as after an "
         "evaluation prompt of whole segments); the loss on such answers is logged at each validation either way",
     )
+    passkey.add_argument(
+        "--needle-boundary-share",
+        type=float,
+        default=0.0,
+        help="share of the packed prompts moved so that a segment boundary of the model cuts their needle (the key's "
+        "sentence split across a memory update); the loss on such answers is logged at each validation either way",
+    )
     passkey.add_argument("--seed", type=int, default=0, help="seed of the training samples (their own stream)")
     passkey.add_argument(
         "--exclude-eval-seed", type=int, default=0, help="never train on the keys of the evaluation grid with this seed"
@@ -214,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
             validation_batches=args.validation_batches,
             curriculum_steps=args.curriculum_steps,
             boundary_share=args.boundary_share,
+            needle_boundary_share=args.needle_boundary_share,
             exclude_eval_seed=args.exclude_eval_seed,
             exclude_eval_samples=args.exclude_eval_samples,
         ),

@@ -87,7 +87,10 @@ DISTRACTOR_EVERY = 4  # one distractor sentence in every four
 # The random quantities of one sample. Each is drawn from a generator of its own, seeded by the sample's seed words
 # and the quantity: two draws from one generator rebuilt from the same seed would be the same bits, and a haystack
 # drawn that way follows whatever was drawn before it (the needle's depth, say), which a model can learn to read.
-QUANTITIES = ("key", "depth", "haystack", "part_lengths", "style", "text_start", "distractors", "needles", "boundary")
+QUANTITIES = (
+    "key", "depth", "haystack", "part_lengths", "style", "text_start", "distractors", "needles", "boundary",
+    "needle_cut",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

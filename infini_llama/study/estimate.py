@@ -260,7 +260,8 @@ def probe_arm(cfg: StudyConfig, arm: Arm, device: torch.device, busy: bool = Fal
 def _training_stage(name: str, tcfg: TrainConfig, step_seconds: float, attention: str, device, run_dir: Path,
                     passes: int = 1) -> Stage:  # fmt: skip
     """`passes`: forward passes over the validation windows per validation (pretraining's text: 2, with the
-    copied text; passkey fine-tuning: 1, one per answer token, and one on answers at a segment boundary)."""
+    copied text; passkey fine-tuning: 1, one per answer token, one on answers at a segment boundary and one on
+    needles cut by one)."""
     validations = 1 + (tcfg.steps // tcfg.eval_every if tcfg.eval_every else 0)
     # A validation pass: forward only (about a third of a step's time per sequence) over eval_windows sequences.
     sequences = sequences_per_step(tcfg)
@@ -291,9 +292,9 @@ def arm_estimate(cfg: StudyConfig, arm: Arm, root: Path, rates: ArmRates, device
     else:  # a copy of an earlier arm's pretraining
         costs["pretrain"] = Stage("pretrain", 0.0)
     # The validation, the answers' tokens (a space and the digits) one by one, and with packing the answers at a
-    # segment boundary.
+    # segment boundary and the needles cut by one.
     data = {**cfg.passkey, **arm.passkey}
-    passes = 2 + data.get("key_digits", DEFAULT_KEY_DIGITS) + (data.get("pack_min_len") != 0)
+    passes = 2 + data.get("key_digits", DEFAULT_KEY_DIGITS) + 2 * (data.get("pack_min_len") != 0)
     for lr in candidate_lrs(cfg, arm):
         name = finetune_dir(root, lr).name
         costs[name] = _training_stage(name, finetune_recipe(cfg, arm, lr), rates.step_seconds["finetune"],

@@ -299,33 +299,47 @@ def _finetune_losses(entries: dict, out: Path) -> list[str]:
     ]
 
 
-BOUNDARY_COLUMN = "answer at a segment boundary"
+# The validations on prompts moved to a segment boundary, as columns after the answer tokens' (where logged):
+# the curve's key, the column's name, and what it is.
+ALIGNED_COLUMNS = {
+    "val_boundary": (
+        "answer at a segment boundary",
+        "the loss on whole answers whose question ends on a segment's last token, as every prompt of a grid of "
+        "whole segments does, so that the Infini arm writes them in a new segment",
+    ),
+    "val_needle_boundary": (
+        "needle cut by a segment boundary",
+        "the loss on whole answers to needles that a segment boundary cuts, the key's sentence split across a "
+        "memory update, as a grid of whole segments does at some depths",
+    ),
+}
 
 
 def _answer_tokens(runs: dict[str, tuple[dict, dict]], out: Path) -> list[str]:
     """Each run's validation loss on each answer token at each validation (`val_by_token` of its curve), with the
-    loss on whole answers written in a new segment where logged (`val_boundary`), and the curves in
-    answer_token_loss.png (a panel per run, a line per token)."""
+    losses on the validation prompts moved to a segment boundary where logged (`ALIGNED_COLUMNS`), and the curves
+    in answer_token_loss.png (a panel per run, a line per token and per such loss)."""
     rows, digits, curves = [], set(), {}
-    at_boundary = any(curve.get("val_boundary") for curve, _ in runs.values())
+    aligned = [key for key in ALIGNED_COLUMNS if any(curve.get(key) for curve, _ in runs.values())]
     for label, (curve, entry) in runs.items():
         logged = curve.get("val_by_token", [])
         if not logged:
             continue
         digits.add(entry["recipe"]["passkey_data"].get("key_digits", DEFAULT_KEY_DIGITS))
-        boundary = dict(curve.get("val_boundary", []))
+        losses_at = {key: dict(curve.get(key, [])) for key in aligned}
         for step, losses in logged:
-            extra = [f"{boundary[step]:.2f}" if step in boundary else "–"] if at_boundary else []
+            extra = [f"{losses_at[key][step]:.2f}" if step in losses_at[key] else "–" for key in aligned]
             rows.append([label, f"{step:,}", *("–" if x is None else f"{x:.2f}" for x in losses), *extra])
         names = ["space", *(f"digit {i}" for i in range(1, len(logged[0][1])))]
         curves[label] = {
             name: ([step for step, _ in logged], [losses[i] for _, losses in logged]) for i, name in enumerate(names)
         }  # fmt: skip
-        if boundary:
-            curves[label][BOUNDARY_COLUMN] = (list(boundary), list(boundary.values()))
+        for key in aligned:
+            if losses_at[key]:
+                curves[label][ALIGNED_COLUMNS[key][0]] = (list(losses_at[key]), list(losses_at[key].values()))
     if not rows:
         return []
-    width = max(len(row) for row in rows) - 2 - at_boundary
+    width = max(len(row) for row in rows) - 2 - len(aligned)
     levels = {"guessing a digit": math.log(10)}
     if len(digits) == 1:
         levels["which digits, not their order"] = which_digits_loss(next(iter(digits)))
@@ -333,6 +347,8 @@ def _answer_tokens(runs: dict[str, tuple[dict, dict]], out: Path) -> list[str]:
     chart = out / "answer_token_loss.png"
     plots.panels(curves, chart, xlabel="step", ylabel="validation loss", hlines=levels, ylim=(0.0, 3.0))
     said = ", ".join(f"{which_digits_loss(d):.2f} for keys of {d} digits" for d in sorted(digits))
+    columns = [ALIGNED_COLUMNS[key][0] for key in aligned]
+    explained = "".join(f"{name}: {ALIGNED_COLUMNS[key][1]}; " for key, name in zip(aligned, columns, strict=True))
     return [
         "",
         "The validation loss on each token of the answer, at each validation: the space before the key, then its "
@@ -340,19 +356,11 @@ def _answer_tokens(runs: dict[str, tuple[dict, dict]], out: Path) -> list[str]:
         "2.30; knowing which digits the key holds but not their order, and weighing them alike, scores the mean "
         f"log of how many distinct digits a key has ({said}). A first digit far below that level with the later "
         "ones near it is a run that finds the key and cannot yet copy it in order. "
-        + (
-            f"The last column ({BOUNDARY_COLUMN}): the loss on whole answers whose question ends on a segment's "
-            "last token, as every prompt of a grid of whole segments does, so that the Infini arm writes them in a "
-            "new segment (the validation sequences with their prompts moved there). "
-            if at_boundary
-            else ""
-        )
+        + (f"The last columns ({explained}the validation sequences with their prompts moved so). " if aligned else "")
         + "The curves (up to a loss of 3): "
         "[`answer_token_loss.png`](answer_token_loss.png).",
         "",
-        *table(
-            ["run", "step", "space", *(f"digit {i}" for i in range(1, width)), *[BOUNDARY_COLUMN] * at_boundary], rows
-        ),
+        *table(["run", "step", "space", *(f"digit {i}" for i in range(1, width)), *columns], rows),
         "",
         "![validation loss by answer token](answer_token_loss.png)",
     ]

@@ -92,8 +92,12 @@ def finetune_curve(run_dir: Path, steps: int, points: int = CURVE_POINTS) -> dic
             for r in val
             if r.get("answer_token_losses")
         ],
-        # The loss on answers written in a new segment (`PasskeyBatchSource.boundary_batches`), where logged.
+        # The loss on answers written in a new segment (`PasskeyBatchSource.boundary_batches`) and on answers to
+        # needles cut by a segment boundary (`needle_boundary_batches`), where logged.
         "val_boundary": [[r["step"], round(r["boundary_loss"], 5)] for r in val if r.get("boundary_loss") is not None],
+        "val_needle_boundary": [
+            [r["step"], round(r["needle_boundary_loss"], 5)] for r in val if r.get("needle_boundary_loss") is not None
+        ],
         "tokens_per_s": round(statistics.median(rates)) if rates else None,
     }
 

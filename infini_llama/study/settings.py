@@ -40,6 +40,7 @@ PASSKEY_OPTIONS: dict[str, str] = {
     "validation_batches": "int",
     "curriculum_steps": "int",
     "boundary_share": "float",
+    "needle_boundary_share": "float",
 }
 ROPE_KEYS = {"rope_type": str, "factor": float}
 

@@ -18,7 +18,7 @@ STAGES = ("pretrain", "finetune")
 TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - {"model", "out", "preset", "seed"}
 # Options of the passkey fine-tuning data that arms may differ in; the key digits, needle depths and haystacks are
 # not among them: the evaluation grids, which every arm shares, are built from them.
-PASSKEY_SWEEPS = frozenset({"boundary_share", "curriculum_steps", "loss", "pack_min_len"})
+PASSKEY_SWEEPS = frozenset({"boundary_share", "curriculum_steps", "loss", "needle_boundary_share", "pack_min_len"})
 SWEEP_KEYS = (
     (CONFIG_FIELDS - {"attention"})
     | {"seed"}

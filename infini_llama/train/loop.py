@@ -70,6 +70,7 @@ def synchronize(device: torch.device) -> None:
 EXTRA_VALIDATIONS = {
     "copy_loss": ("copy_batches", "on copied text"),  # text windows with a half repeated (TokenWindowSource)
     "boundary_loss": ("boundary_batches", "answers at a segment boundary"),  # PasskeyBatchSource
+    "needle_boundary_loss": ("needle_boundary_batches", "needles cut by a segment boundary"),  # PasskeyBatchSource
 }
 
 

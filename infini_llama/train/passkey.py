@@ -91,6 +91,15 @@ class PasskeyBatchSource:
     a 302M Infini arm fine-tuned at segments of 1,024 without it found every key's first digit at every length and
     wrote the rest wrong (reports/paper-h200-screen/).
 
+    `needle_boundary_share` > 0 (with packing and `segment_len`) moves that share of the packed parts (drawn from
+    the same per-part draws, after `boundary_share`'s: the two shares add up to at most 1) whole, by less than a
+    segment, so that a segment boundary cuts the needle at a token drawn uniformly inside it: the key's sentence
+    is then split across a memory update. The part keeps its length, the parts on either side absorb the move
+    within the parts' bounds, and a part whose neighbour before it was moved, or which is a sequence's first or
+    last, stays where it is. A random packing cuts a needle of n tokens once in about `segment_len` / n parts
+    (the study's needle of 23 tokens at segments of 1,024: once in 45); a grid of whole segments at depths of
+    quarters cuts it far more often (reports/paper-h200-screen/, lease D).
+
     `curriculum_steps` > 0 (with packing) starts fine-tuning with the needle close to the question and moves it
     away over that many steps: at step s, with p = min(1, (s + 1) / curriculum_steps), parts are at most
     `longest_part(p)` = pack_min_len + p · (seq_len − pack_min_len) tokens long (never below 2 · pack_min_len − 1,
@@ -120,6 +129,7 @@ class PasskeyBatchSource:
         curriculum_steps: int = 0,
         segment_len: int | None = None,
         boundary_share: float = 0.0,
+        needle_boundary_share: float = 0.0,
         exclude_eval_seed: int | None = 0,
         exclude_eval_samples: int = 1024,
     ):
@@ -148,16 +158,23 @@ class PasskeyBatchSource:
         if curriculum_steps and not self.pack_min_len:
             raise ValueError("curriculum_steps grows the packed parts: it needs packing (pack_min_len > 0)")
         self.curriculum_steps = curriculum_steps
-        if not 0.0 <= boundary_share <= 1.0:
-            raise ValueError(f"boundary_share must be a fraction in [0, 1], got {boundary_share!r}")
+        for name, share in (("boundary_share", boundary_share), ("needle_boundary_share", needle_boundary_share)):
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name} must be a fraction in [0, 1], got {share!r}")
+            if share and (segment_len is None or not self.pack_min_len):
+                raise ValueError(
+                    f"{name} moves packed parts to segment boundaries: it needs packing "
+                    "(pack_min_len > 0) and the model's segment_len"
+                )
+        if boundary_share + needle_boundary_share > 1.0:
+            raise ValueError(
+                f"boundary_share + needle_boundary_share must be at most 1 (each part is moved one way or not at "
+                f"all), got {boundary_share} + {needle_boundary_share}"
+            )
         if segment_len is not None and (not isinstance(segment_len, int) or segment_len < 1):
             raise ValueError(f"segment_len must be a positive integer, got {segment_len!r}")
-        if boundary_share and (segment_len is None or not self.pack_min_len):
-            raise ValueError(
-                "boundary_share moves packed parts to segment boundaries: it needs packing "
-                "(pack_min_len > 0) and the model's segment_len"
-            )
         self.segment_len, self.boundary_share = segment_len, boundary_share
+        self.needle_boundary_share = needle_boundary_share
         self.num_validation_batches, self.validation_batch_size = validation_batches, batch_size
         self.bos = bos_ids(tokenizer, None)
         excluded = [
@@ -188,40 +205,74 @@ class PasskeyBatchSource:
         return ids, [p for answer in answers for p in answer]
 
     def _packed(
-        self, stream: int, index: int, progress: float = 1.0, share: float | None = None
-    ) -> tuple[list[int], list[list[int]], set[int]]:
+        self, stream: int, index: int, progress: float = 1.0, shares: tuple[float, float] | None = None
+    ) -> tuple[list[int], list[list[int]], dict[int, str]]:
         """`sequence`'s ids, the positions of each packed part's answer tokens (a list per part), and the parts
-        moved to a segment boundary (`_aligned`) with `share` of them drawn (default: `boundary_share`)."""
+        moved to a segment boundary (`_aligned`: part -> "question" or "needle") with `shares` (of the two kinds;
+        default: `boundary_share`, `needle_boundary_share`)."""
         ids, answers = list(self.bos), []
         lengths = self._part_lengths(sample_rng(stream, self.seed, index, "part_lengths"), progress)
-        share = self.boundary_share if share is None else share
-        aligned = self._aligned(stream, index, lengths, progress, share) if share else set()
+        shares = (self.boundary_share, self.needle_boundary_share) if shares is None else shares
+        built: dict[int, tuple[list[int], list[int], tuple[int, int]]] = {}
+        aligned = self._aligned(stream, index, lengths, progress, shares, built) if any(shares) else {}
         for part, length in enumerate(lengths):
             # Each part has its own sample index; parts never outnumber 2**20.
-            part_ids, part_answers = self._part(stream, (index << 20) | part, length, progress)
+            part_ids, part_answers, _ = built.get(part) or self._part(stream, (index << 20) | part, length, progress)
             answers.append([len(ids) + p for p in part_answers])
             ids += part_ids
         assert len(ids) == self.seq_len
         return ids, answers, aligned
 
-    def _aligned(self, stream: int, index: int, lengths: list[int], progress: float, share: float) -> set[int]:
-        """Move the ends of a `share` of the parts (`lengths`, changed in place) so that each one's question ends
-        at a segment's last token (`boundary_share`); the parts moved. Every part but the last draws, from its own
-        generator, whether it is moved, so the draws of one part never follow another's."""
+    def _aligned(
+        self,
+        stream: int,
+        index: int,
+        lengths: list[int],
+        progress: float,
+        shares: tuple[float, float],
+        built: dict[int, tuple[list[int], list[int], tuple[int, int]]],
+    ) -> dict[int, str]:
+        """Move a share of the parts (`lengths`, changed in place) to segment boundaries: "question" (the first
+        share, `boundary_share`) moves a part's end so that its question ends at a segment's last token; "needle"
+        (the next share, `needle_boundary_share`) moves the whole part so that a boundary cuts its needle. Every
+        part draws, from its own generator, which (if either) it is, so the draws of one part never follow another's;
+        the parts moved, each with its kind. Parts built to find their needle are left in `built` (their lengths
+        no longer change)."""
         draws = sample_rng(stream, self.seed, index, "boundary").random(len(lengths))
         segment, longest = self.segment_len, self.longest_part(progress)
-        moved, start = set(), len(self.bos)
+
+        def fits(*sizes: int) -> bool:
+            return all(self.pack_min_len <= size <= longest for size in sizes)
+
+        moved: dict[int, str] = {}
+        start = len(self.bos)
         for part in range(len(lengths) - 1):
-            if draws[part] < share:
+            if draws[part] < shares[0]:
                 # The answer and EOS end the part: its question ends where they start.
                 tail = len(answer_ids(self.tokenizer, self._draw(stream, (index << 20) | part)[0])) + 1
                 shift = -(start + lengths[part] - tail) % segment
                 for delta in sorted((shift, shift - segment), key=abs):
-                    here, there = lengths[part] + delta, lengths[part + 1] - delta
-                    if self.pack_min_len <= min(here, there) and max(here, there) <= longest:
-                        lengths[part], lengths[part + 1] = here, there
-                        moved.add(part)
+                    if fits(lengths[part] + delta, lengths[part + 1] - delta):
+                        lengths[part] += delta
+                        lengths[part + 1] -= delta
+                        moved[part] = "question"
                         break
+            elif draws[part] < shares[0] + shares[1] and part and part - 1 not in moved:
+                # The part keeps its length (and so its needle's place in it); its start moves by delta.
+                sample = (index << 20) | part
+                built[part] = self._part(stream, sample, lengths[part], progress)
+                first, end = built[part][2]
+                cut = first + int(sample_rng(stream, self.seed, sample, "needle_cut").integers(1, end - first))
+                shift = -(start + cut) % segment
+                for delta in sorted((shift, shift - segment), key=abs):
+                    if fits(lengths[part - 1] + delta, lengths[part + 1] - delta):
+                        lengths[part - 1] += delta
+                        lengths[part + 1] -= delta
+                        start += delta
+                        moved[part] = "needle"
+                        break
+                else:
+                    del built[part]
             start += lengths[part]
         return moved
 
@@ -280,8 +331,10 @@ class PasskeyBatchSource:
         BOS as evaluation prompts do, and are scored as evaluation prompts are."""
         return [self._prompt(SELECTION_STREAM, index, length, bos=None) for index in range(count)]
 
-    def _part(self, stream: int, index: int, length: int, progress: float = 1.0) -> tuple[list[int], list[int]]:
-        """`length` tokens: prompt (no BOS), answer, EOS; and the answer's positions in them."""
+    def _part(
+        self, stream: int, index: int, length: int, progress: float = 1.0
+    ) -> tuple[list[int], list[int], tuple[int, int]]:
+        """`length` tokens: prompt (no BOS), answer, EOS; the answer's positions in them, and the needle's span."""
         answer = answer_ids(self.tokenizer, self._draw(stream, index)[0])
         prompt_len = target = length - len(answer) - 1
         for _ in range(4):  # a tokenizer that merges across the joins may move the length: aim again
@@ -292,7 +345,7 @@ class PasskeyBatchSource:
         else:
             raise ValueError(f"could not build a {length}-token passkey part with this tokenizer")
         ids = sample.input_ids + answer + [self.tokenizer.eos_token_id]
-        return ids, list(range(prompt_len, prompt_len + len(answer)))
+        return ids, list(range(prompt_len, prompt_len + len(answer))), (sample.needle_start, sample.needle_end)
 
     def _batch(
         self,
@@ -300,20 +353,20 @@ class PasskeyBatchSource:
         indices: Sequence[int],
         progress: float = 1.0,
         token: int | None = None,
-        boundary: bool = False,
+        aligned: str | None = None,
     ) -> Batch:
         """The sequences `indices` of `stream`, labelled as `loss` says; or, given `token`, on each answer's
         token `token` alone, whatever `loss` is (with the package's tokenizer, 0 is the space before the key, 1
-        its first digit, and so on). With `boundary`, every part that can be is moved to a segment boundary
-        (`boundary_share` 1) and only those parts' answers are labelled."""
-        share = 1.0 if boundary else None
-        rows, answers, moved = zip(*(self._packed(stream, i, progress, share) for i in indices), strict=True)
+        its first digit, and so on). With `aligned` ("question" or "needle"), every part that can be is moved to
+        a segment boundary that way (its share 1) and only those parts' answers are labelled."""
+        shares = None if aligned is None else (float(aligned == "question"), float(aligned == "needle"))
+        rows, answers, moved = zip(*(self._packed(stream, i, progress, shares) for i in indices), strict=True)
         input_ids = torch.tensor(rows, dtype=torch.long)  # (B, T)
-        if self.loss == "all" and token is None and not boundary:
+        if self.loss == "all" and token is None and aligned is None:
             return input_ids, input_ids.clone()
         labels = torch.full_like(input_ids, -100)
         for b, parts in enumerate(answers):
-            kept = [answer for part, answer in enumerate(parts) if not boundary or part in moved[b]]
+            kept = [answer for part, answer in enumerate(parts) if aligned is None or part in moved[b]]
             positions = [p for answer in kept for p in (answer if token is None else answer[token : token + 1])]
             labels[b, positions] = input_ids[b, positions]
         return input_ids, labels
@@ -326,24 +379,33 @@ class PasskeyBatchSource:
         """The same sequences per step, and the same validation sequences, in `grad_accum` passes of `batch_size`."""
         return split_source(self, batch_size, grad_accum)
 
-    def validation_batches(self, token: int | None = None, boundary: bool = False) -> Iterator[Batch]:
+    def validation_batches(self, token: int | None = None, aligned: str | None = None) -> Iterator[Batch]:
         """The validation sequences (the same every call), labelled as training labels; given `token`, on each
-        answer's token `token` alone; with `boundary`, as many of their parts as can be moved to a segment
-        boundary, labelled on those answers alone (`_batch`)."""
+        answer's token `token` alone; with `aligned`, as many of their parts as can be moved to a segment
+        boundary that way, labelled on those answers alone (`_batch`)."""
         size = self.validation_batch_size
         indices = [(i * self.world_size + self.rank) * size + b for i in range(self.num_validation_batches)
                    for b in range(size)]  # fmt: skip
         for start in range(0, len(indices), self.batch_size):
             yield self._batch(TRAIN_VALIDATION_STREAM, indices[start : start + self.batch_size], token=token,
-                              boundary=boundary)  # fmt: skip
+                              aligned=aligned)  # fmt: skip
 
     def boundary_batches(self) -> Iterator[Batch]:
         """The validation sequences with their parts at segment boundaries, scored on those parts' answers: the
         answer written in a new segment, as after an evaluation prompt of whole segments. The trainer logs their
         loss at each validation as `boundary_loss`. No batches without `segment_len` or packing."""
+        return self._aligned_batches("question")
+
+    def needle_boundary_batches(self) -> Iterator[Batch]:
+        """The validation sequences with their parts moved so that a segment boundary cuts each one's needle,
+        scored on those parts' answers: the key's sentence split across a memory update. The trainer logs their
+        loss at each validation as `needle_boundary_loss`. No batches without `segment_len` or packing."""
+        return self._aligned_batches("needle")
+
+    def _aligned_batches(self, aligned: str) -> Iterator[Batch]:
         if self.segment_len is None or not self.pack_min_len:
             return iter(())
-        return self.validation_batches(boundary=True)
+        return self.validation_batches(aligned=aligned)
 
     def answer_token_batches(self) -> list[Callable[[], Iterator[Batch]]]:
         """The validation batches once per token an answer can have (the space and `key_digits` digits), each
@@ -365,8 +427,16 @@ class PasskeyBatchSource:
             "loss": self.loss,
             "pack_min_len": self.pack_min_len,
             "curriculum_steps": self.curriculum_steps,
-            # Only where parts are moved, so that runs from before the option resume.
-            **({"segment_len": self.segment_len, "boundary_share": self.boundary_share} if self.boundary_share else {}),
+            # Only where parts are moved, so that runs from before the options resume.
+            **{
+                name: value
+                for name, value in (
+                    ("segment_len", self.segment_len),
+                    ("boundary_share", self.boundary_share),
+                    ("needle_boundary_share", self.needle_boundary_share),
+                )
+                if (self.boundary_share or self.needle_boundary_share) and (value or name == "segment_len")
+            },
             "excluded": self.exclusion,
             "excluded_keys_sha256": hashlib.sha256(",".join(sorted(self.excluded_keys)).encode()).hexdigest()[:16],
             "tokenizer": tokenizer_fingerprint(self.tokenizer),

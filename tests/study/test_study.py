@@ -576,32 +576,38 @@ def test_a_fine_tuning_curve_averages_the_logged_losses_over_windows_of_equal_st
     logged.append({"kind": "train", "step": 40, "loss": 0.7})  # a resumed run logs step 40 again: the later counts
     logged += [{"kind": "val", "step": 0, "loss": 2.0},  # a run from before answer_token_losses: none
                {"kind": "val", "step": 100, "loss": 0.5, "answer_token_losses": [0.0, 1.0, None, 0.5],
-                "boundary_loss": 1.25}]  # fmt: skip
+                "boundary_loss": 1.25, "needle_boundary_loss": 0.75}]  # fmt: skip
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in logged))
     curve = study_results.finetune_curve(tmp_path, steps=100, points=4)
     assert curve["window_steps"] == 25
     assert curve["train"] == [[25, 0.15], [50, 0.5], [75, 0.65], [100, 0.9]]
     assert curve["val"] == [[0, 2.0], [100, 0.5]]
     assert curve["val_by_token"] == [[100, [0.0, 1.0, None, 0.5]]]
-    assert curve["val_boundary"] == [[100, 1.25]]
+    assert curve["val_boundary"] == [[100, 1.25]] and curve["val_needle_boundary"] == [[100, 0.75]]
     assert study_results.finetune_curve(tmp_path / "none", steps=100) is None
 
 
-def test_the_answer_token_table_adds_the_loss_on_answers_at_a_segment_boundary_where_logged(tmp_path):
-    """A run that logged `boundary_loss` gets it as the table's last column (and a line of its panel); a run
-    beside it that did not gets "–" there; with no such run the column is left out."""
+def test_the_answer_token_table_adds_the_losses_on_prompts_at_a_segment_boundary_where_logged(tmp_path):
+    """A run that logged `boundary_loss` (and `needle_boundary_loss`) gets each as a last column (and a line of its
+    panel); a run beside it that did not gets "–" there; with no such run the columns are left out."""
     from infini_llama.study import report as study_report
 
     entry = {"recipe": {"passkey_data": {"key_digits": 2}}}
     new = {"val_by_token": [[0, [0.5, 2.0, 2.1]], [100, [0.0, 0.4, 0.9]]], "val_boundary": [[0, 2.5], [100, 1.75]]}
+    newer = {**new, "val_needle_boundary": [[100, 0.25]]}
     old = {"val_by_token": [[100, [0.0, 1.0, 1.1]]]}
     text = "\n".join(study_report._answer_tokens({"new": (new, entry), "old": (old, entry)}, tmp_path))
-    column = study_report.BOUNDARY_COLUMN
-    assert f"| run | step | space | digit 1 | digit 2 | {column} |" in text
+    answer, needle = (name for name, _ in study_report.ALIGNED_COLUMNS.values())
+    assert f"| run | step | space | digit 1 | digit 2 | {answer} |" in text and needle not in text
     assert "| new | 100 | 0.00 | 0.40 | 0.90 | 1.75 |" in text and "| old | 100 | 0.00 | 1.00 | 1.10 | – |" in text
     assert (tmp_path / "answer_token_loss.png").is_file()
+    text = "\n".join(study_report._answer_tokens({"newer": (newer, entry), "old": (old, entry)}, tmp_path))
+    assert f"| digit 2 | {answer} | {needle} |" in text
+    assert "| newer | 0 | 0.50 | 2.00 | 2.10 | 2.50 | – |" in text
+    assert "| newer | 100 | 0.00 | 0.40 | 0.90 | 1.75 | 0.25 |" in text
+    assert "| old | 100 | 0.00 | 1.00 | 1.10 | – | – |" in text
     text = "\n".join(study_report._answer_tokens({"old": (old, entry)}, tmp_path))
-    assert column not in text and "| run | step | space | digit 1 | digit 2 |" in text
+    assert answer not in text and "| run | step | space | digit 1 | digit 2 |" in text
 
 
 def test_a_runs_trend_is_fitted_over_its_second_half_and_projected(tmp_path):

@@ -81,18 +81,21 @@ def test_a_passkey_data_sweep_changes_both_arms_fine_tuning_data_and_shares_thei
 
 
 def test_both_arms_fine_tune_on_the_study_models_segments(monkeypatch):
-    """`passkey.boundary_share` is set like any passkey option, and both arms' data take the study model's segment
-    length (tiny's 16, not its model preset's 64); an Infini arm swept to other segments takes its own."""
+    """`passkey.boundary_share` and `passkey.needle_boundary_share` are set like any passkey option, and both arms'
+    data take the study model's segment length (tiny's 16, not its model preset's 64); an Infini arm swept to other
+    segments takes its own."""
     from infini_llama.study.settings import study_settings
 
-    cfg = study_config("tiny", sweeps=sweeps("segment_len=16,32"), **study_settings(["passkey.boundary_share=0.25"]))
+    shares = study_settings(["passkey.boundary_share=0.25", "passkey.needle_boundary_share=0.5"])
+    cfg = study_config("tiny", sweeps=sweeps("segment_len=16,32"), **shares)
     seen = {}
     monkeypatch.setattr(study_stages, "PasskeyBatchSource", lambda *args, **kw: seen.setdefault(len(seen), kw))
     arms = expand_arms(cfg)
     for arm in arms:
         study_stages.passkey_source(cfg, arm, None, study_stages.train_recipe(cfg, arm, "finetune"))
-    got = [(a.attention, kw["segment_len"], kw["boundary_share"]) for a, kw in zip(arms, seen.values(), strict=True)]
-    assert got == [("infini", 16, 0.25), ("infini", 32, 0.25), ("full", 16, 0.25)]
+    got = [(a.attention, kw["segment_len"], kw["boundary_share"], kw["needle_boundary_share"])
+           for a, kw in zip(arms, seen.values(), strict=True)]  # fmt: skip
+    assert got == [("infini", 16, 0.25, 0.5), ("infini", 32, 0.25, 0.5), ("full", 16, 0.25, 0.5)]
     with pytest.raises(ValueError, match="passkey.boundary_share"):
         study_settings(["passkey.boundary_share=some"])
 

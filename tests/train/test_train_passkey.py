@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from infini_llama.eval import PasskeyGridConfig
-from infini_llama.eval.passkey import DEFAULT_KEY_DIGITS, EVAL_STREAM, evaluation_keys, make_passkey_sample, sample_rng
+from infini_llama.eval.passkey import (
+    DEFAULT_KEY_DIGITS,
+    EVAL_STREAM,
+    TRAIN_VALIDATION_STREAM,
+    evaluation_keys,
+    make_passkey_sample,
+    sample_rng,
+)
 from infini_llama.eval.prompts import FILLER_BLOCK, FILLER_STYLES, decode
 from infini_llama.train.batches import PrefetchedBatches, _worker_context
 from infini_llama.train.passkey import FINETUNE_HAYSTACKS, PasskeyBatchSource
@@ -319,8 +326,8 @@ def test_a_boundary_share_puts_answers_where_an_evaluation_prompt_of_whole_segme
         ids, starts, moved = _answer_starts(every, 1, index)
         plain_ids, plain_starts, _ = _answer_starts(plain, 1, index)
         assert len(ids) == 1024 and starts[-1] == plain_starts[-1], "the last part ends with the sequence"
-        assert all(starts[p] % 128 == 0 for p in moved)
-        assert moved <= set(range(len(starts) - 1)) and len(starts) == len(plain_starts)
+        assert all(starts[p] % 128 == 0 for p in moved) and set(moved.values()) <= {"question"}
+        assert set(moved) <= set(range(len(starts) - 1)) and len(starts) == len(plain_starts)
         lengths = [b - a for a, b in zip([1, *starts], starts, strict=False)]
         assert all(n > 100 for n in lengths), "parts long enough for a prompt"
         counts["moved"] += len(moved)
@@ -354,21 +361,78 @@ def test_boundary_batches_score_only_answers_written_in_a_new_segment(bpe_tok):
 
 
 def test_fine_tuning_logs_the_loss_on_answers_at_a_segment_boundary(tmp_path, bpe_tok, passkey_base):
-    """A packed fine-tuning takes the checkpoint's segment length and logs `boundary_loss` at each validation."""
+    """A packed fine-tuning takes the checkpoint's segment length and logs `boundary_loss` and
+    `needle_boundary_loss` at each validation."""
     from infini_llama.train import read_metrics
     from infini_llama.train.passkey import finetune_passkey
 
     result = finetune_passkey(
-        str(passkey_base), str(tmp_path / "ft"), tokenizer=bpe_tok, steps=1, seq_len=480, global_batch=2,
+        str(passkey_base), str(tmp_path / "ft"), tokenizer=bpe_tok, steps=1, seq_len=960, global_batch=2,
         warmup_steps=0, eval_every=1, save_every=0, device="cpu", progress=False, tensorboard=False,
-        source_options=dict(key_digits=4, pack_min_len=150, validation_batches=1, loss="answer", boundary_share=1.0),
+        source_options=dict(key_digits=4, pack_min_len=150, validation_batches=2, loss="answer", boundary_share=1.0),
     )  # fmt: skip
     records = read_metrics(result.run_dir / "metrics.jsonl", "val")
     assert [r["step"] for r in records] == [0, 1]
     assert all(r["boundary_loss"] > 0 for r in records) and records[0]["boundary_loss"] != records[1]["boundary_loss"]
+    assert all(r["needle_boundary_loss"] > 0 for r in records)
     segment = json.loads((passkey_base / "config.json").read_text())["segment_len"]
     data = json.loads((result.run_dir / "run.json").read_text())["data"]
     assert (data["segment_len"], data["boundary_share"]) == (segment, 1.0)
+
+
+def _part_spans(src, stream, index, shares=None):
+    """Each packed part's (start, length) in a sequence, its needle's span there, and the parts moved."""
+    ids, answers, moved = src._packed(stream, index, 1.0, shares)
+    starts = [1] + [answer[-1] + 2 for answer in answers[:-1]]  # after BOS; then after each answer and its EOS
+    lengths = [b - a for a, b in zip(starts, [*starts[1:], len(ids)], strict=True)]
+    needles = []
+    for part, (start, length) in enumerate(zip(starts, lengths, strict=True)):
+        part_ids, _, (first, end) = src._part(stream, (index << 20) | part, length)
+        assert ids[start : start + length] == part_ids
+        needles.append((start + first, start + end))
+    return lengths, needles, moved
+
+
+def test_a_needle_boundary_share_cuts_needles_with_a_segment_boundary(bpe_tok):
+    """With `needle_boundary_share` a moved part keeps its length and a segment boundary falls strictly inside its
+    needle (the key's sentence split across a memory update); the cut falls at different places in the needle;
+    sequences keep their length; and both shares together move each part one way or not at all."""
+    options = dict(seq_len=1024, pack_min_len=150, loss="answer", segment_len=128)
+    plain, every = source(bpe_tok, **options), source(bpe_tok, **options, needle_boundary_share=1.0)
+    cuts, counts = set(), {"moved": 0, "middle": 0}
+    for index in range(24):
+        lengths, needles, moved = _part_spans(every, 1, index)
+        plain_lengths, _, _ = _part_spans(plain, 1, index)
+        assert sum(lengths) == 1023 and len(lengths) == len(plain_lengths)
+        assert set(moved) <= set(range(1, len(lengths) - 1)) and set(moved.values()) <= {"needle"}
+        for part in moved:
+            first, end = needles[part]
+            boundary = (first // 128 + 1) * 128
+            assert first < boundary < end, (needles[part], "a boundary inside the needle")
+            assert lengths[part] == plain_lengths[part], "the part is moved whole"
+            assert part - 1 not in moved, "a part after a moved one is not moved: that would move it again"
+            cuts.add(boundary - first)
+        assert all(n >= 150 for n in lengths)
+        counts["moved"] += len(moved)
+        counts["middle"] += max(0, len(lengths) - 2)
+    assert counts["moved"] >= 0.3 * counts["middle"] and len(cuts) >= 5, (counts, cuts)
+    both = source(bpe_tok, **options, boundary_share=0.5, needle_boundary_share=0.5)
+    kinds = [kind for i in range(24) for kind in _part_spans(both, 1, i)[2].values()]
+    assert {"question", "needle"} <= set(kinds)
+    assert every.state_dict()["needle_boundary_share"] == 1.0 and "needle_boundary_share" not in plain.state_dict()
+
+
+def test_needle_boundary_batches_score_only_answers_of_cut_needles(bpe_tok):
+    src = source(bpe_tok, seq_len=1024, pack_min_len=150, loss="answer", segment_len=128, batch_size=2)
+    labelled = 0
+    for input_ids, labels in src.needle_boundary_batches():
+        for b in range(input_ids.shape[0]):
+            positions = (labels[b] != -100).nonzero().flatten().tolist()
+            assert len(positions) % 5 == 0 and labels[b, positions].tolist() == input_ids[b, positions].tolist()
+            labelled += len(positions) // 5
+    moved = sum(len(src._packed(TRAIN_VALIDATION_STREAM, i, 1.0, (0.0, 1.0))[2]) for i in range(4))
+    assert labelled == moved >= 1
+    assert list(source(bpe_tok, seq_len=1024, pack_min_len=150).needle_boundary_batches()) == []
 
 
 def test_a_boundary_share_needs_a_segment_length_and_packing(bpe_tok):
@@ -380,3 +444,9 @@ def test_a_boundary_share_needs_a_segment_length_and_packing(bpe_tok):
         source(bpe_tok, seq_len=1024, pack_min_len=150, segment_len=128, boundary_share=1.5)
     with pytest.raises(ValueError, match="segment_len must be a positive integer"):
         source(bpe_tok, segment_len=0)
+    with pytest.raises(ValueError, match="needle_boundary_share moves"):
+        source(bpe_tok, needle_boundary_share=0.5)
+    with pytest.raises(ValueError, match="needle_boundary_share must be a fraction"):
+        source(bpe_tok, seq_len=1024, pack_min_len=150, segment_len=128, needle_boundary_share=True)
+    with pytest.raises(ValueError, match="at most 1"):
+        source(bpe_tok, seq_len=1024, pack_min_len=150, segment_len=128, boundary_share=0.6, needle_boundary_share=0.5)
