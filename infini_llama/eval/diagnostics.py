@@ -110,6 +110,26 @@ def bucket_order(label: str) -> float:
     return float("inf") if label == "n/a" else float(label.split("-")[0])
 
 
+NEEDLE_WHOLE = "whole"  # `needle_cut_bucket` of a needle no segment boundary cuts
+
+
+def needle_cut_bucket(needle_start: int, needle_end: int, segment_len: int) -> str:
+    """Where a segment boundary cuts the needle's tokens [needle_start, needle_end): "whole" if none does, else
+    how many of its tokens lie before the first boundary inside it, in fours ("1-4", "5-8", ...). A cut after the
+    needle's first tokens leaves the key's copies together; one between or inside them splits the key's sentence
+    across a memory update (reports/paper-h200-screen/, lease D)."""
+    before = -needle_start % segment_len
+    if before == 0 or before >= needle_end - needle_start:
+        return NEEDLE_WHOLE
+    low = (before - 1) // 4 * 4 + 1
+    return f"{low}-{low + 3}"
+
+
+def needle_cut_order(label: str) -> float:
+    """Sort key of a `needle_cut_bucket` label: whole first, then by the tokens before the cut."""
+    return -1.0 if label == NEEDLE_WHOLE else float(label.split("-")[0])
+
+
 def run_gates(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,

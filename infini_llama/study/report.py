@@ -8,7 +8,7 @@ from pathlib import Path
 
 from infini_llama.data.corpus import HELD_OUT_BOOK
 from infini_llama.eval import plots
-from infini_llama.eval.diagnostics import SATURATION, bucket_order
+from infini_llama.eval.diagnostics import NEEDLE_WHOLE, SATURATION, bucket_order, needle_cut_order
 from infini_llama.eval.markdown import table
 from infini_llama.eval.passkey import DEFAULT_KEY_DIGITS
 from infini_llama.eval.prompts import HAYSTACK_LABELS
@@ -147,6 +147,11 @@ def write_seed_report(cfg: StudyConfig, out: Path, results: dict, command: str |
         for label, _, _, grids in passkey_rows(entries)
     }
     lines += _key_kinds(cfg, by_row, pooled=False)
+    cuts = {
+        label: {h: g.get("by_length_and_needle_cut", []) for h, g in grids.items()}
+        for label, _, _, grids in passkey_rows(entries)
+    }
+    lines += _needle_cuts(cfg, cuts, pooled=False)
     depths = {
         label: {h: g.get("by_depth_beyond_training", []) for h, g in grids.items()}
         for label, _, _, grids in passkey_rows(entries)
@@ -348,7 +353,7 @@ def _answer_tokens(runs: dict[str, tuple[dict, dict]], out: Path) -> list[str]:
     plots.panels(curves, chart, xlabel="step", ylabel="validation loss", hlines=levels, ylim=(0.0, 3.0))
     said = ", ".join(f"{which_digits_loss(d):.2f} for keys of {d} digits" for d in sorted(digits))
     columns = [ALIGNED_COLUMNS[key][0] for key in aligned]
-    explained = "".join(f"{name}: {ALIGNED_COLUMNS[key][1]}; " for key, name in zip(aligned, columns, strict=True))
+    explained = "; ".join(f"{name}: {ALIGNED_COLUMNS[key][1]}" for key, name in zip(aligned, columns, strict=True))
     return [
         "",
         "The validation loss on each token of the answer, at each validation: the space before the key, then its "
@@ -356,7 +361,12 @@ def _answer_tokens(runs: dict[str, tuple[dict, dict]], out: Path) -> list[str]:
         "2.30; knowing which digits the key holds but not their order, and weighing them alike, scores the mean "
         f"log of how many distinct digits a key has ({said}). A first digit far below that level with the later "
         "ones near it is a run that finds the key and cannot yet copy it in order. "
-        + (f"The last columns ({explained}the validation sequences with their prompts moved so). " if aligned else "")
+        + (
+            "The last columns score the validation sequences with their prompts moved to a segment boundary, on "
+            f"those answers alone ({explained}). "
+            if aligned
+            else ""
+        )
         + "The curves (up to a loss of 3): "
         "[`answer_token_loss.png`](answer_token_loss.png).",
         "",
@@ -708,6 +718,7 @@ def write_across_report(cfg: StudyConfig, out: Path, summary: dict, command: str
     lines += _best_rope_by_seed(cfg, summary)
     lines += _updates_pooled(cfg, summary.get("memory_updates_pooled", {}))
     lines += _key_kinds(cfg, summary.get("key_kinds_pooled", {}), pooled=True)
+    lines += _needle_cuts(cfg, summary.get("needle_cuts_pooled", {}), pooled=True)
     lines += _depths(cfg, summary.get("depths_pooled", {}), pooled=True)
     lines += _answers(cfg, summary.get("answers_pooled", {}), pooled=True)
     lines += _gates_by_seed(summary)
@@ -862,6 +873,33 @@ def _key_kinds(cfg: StudyConfig, by_row: dict[str, dict[str, list[dict]]], poole
     )
     title = f"Accuracy by kind of key{', seeds pooled' if pooled else ''}"
     return _haystack_sections(cfg, by_row, title, intro, ["row", "keys"], body)
+
+
+def _needle_cuts(cfg: StudyConfig, by_row: dict[str, dict[str, list[dict]]], pooled: bool) -> list[str]:
+    """Exact match of every row with a segment length by length and where a segment boundary cuts the needle
+    (`results.by_needle_cut`), on each haystack; nothing where no grid has a needle cut."""
+    if not any(r["needle_cut"] != NEEDLE_WHOLE for grids in by_row.values() for g in grids.values() for r in g):
+        return []
+
+    def body(label: str, grid: list[dict], lengths: list[int]) -> list[list[str]]:
+        cells = {(r["length"], r["needle_cut"]): r["exact"] for r in grid}
+        places = sorted({cut for _, cut in cells}, key=needle_cut_order)
+        return [
+            [label, "no boundary in it" if cut == NEEDLE_WHOLE else f"cut after {cut} of its tokens"]
+            + [_pct(cells[n, cut]) if (n, cut) in cells else "–" for n in lengths]
+            for cut in places
+        ]
+
+    samples = "over every seed's samples " if pooled else ""
+    intro = (
+        "Exact match by where a segment boundary falls in the needle: none, or after how many of its tokens (a "
+        "memory update then splits the needle; after its first few tokens the key's copies stay together, further "
+        f"in they are split from each other or cut), {samples}[95%, at the level of the key]. The grid's lengths and "
+        "depths fix where the boundaries fall: a cell is cut in every prompt or in none, so a row of cut needles is "
+        "a few cells, and full attention's row on them says how hard those cells are without a memory."
+    )
+    title = f"Accuracy by where a segment boundary cuts the needle{', seeds pooled' if pooled else ''}"
+    return _haystack_sections(cfg, by_row, title, intro, ["row", "needle"], body)
 
 
 def _depths(cfg: StudyConfig, by_row: dict[str, dict[str, list[dict]]], pooled: bool) -> list[str]:

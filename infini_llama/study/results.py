@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from infini_llama.data.sampler import WindowSampler
-from infini_llama.eval.diagnostics import bucket_order, saturated_gates
+from infini_llama.eval.diagnostics import bucket_order, needle_cut_bucket, needle_cut_order, saturated_gates
 from infini_llama.eval.records import SAMPLES
 from infini_llama.eval.rope_scaling import rope_scaling_label
 from infini_llama.eval.scoring import (
@@ -238,6 +238,7 @@ def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
                             for r in results["cells"]
                         ],
                         "by_length_and_key_kind": by_key_kind(root / "eval" / f"{task}-{haystack}"),
+                        "by_length_and_needle_cut": by_needle_cut(root / "eval" / f"{task}-{haystack}"),
                         "by_depth_beyond_training": by_depth_beyond(
                             root / "eval" / f"{task}-{haystack}", training_length(cfg, arm)
                         ),
@@ -421,6 +422,22 @@ def by_key_kind(folder: Path) -> list[dict]:
     ]
 
 
+def by_needle_cut(folder: Path) -> list[dict]:
+    """Exact accuracy of a complete passkey grid by length and where a segment boundary cuts the needle
+    (`diagnostics.needle_cut_bucket`), at the segment length the grid recorded; none for a model without one."""
+    segment_len = json.loads((folder / "summary.json").read_text())["settings"].get("segment_len")
+    if not segment_len:
+        return []
+    found = _exact_by(
+        _samples(folder),
+        lambda r: (r["length"], needle_cut_bucket(r["needle_position"], r["needle_end"], segment_len)),
+    )
+    return [
+        {"length": length, "needle_cut": cut, "exact": found[length, cut]}
+        for length, cut in sorted(found, key=lambda k: (k[0], needle_cut_order(k[1])))
+    ]
+
+
 def by_depth_beyond(folder: Path, longest: int) -> list[dict]:
     """Exact accuracy of a complete passkey grid by the needle's depth, over its lengths beyond `longest` (the
     training length): where the needle sits in the prompt, every length pooled."""
@@ -566,6 +583,7 @@ def across_seeds(cfg: StudyConfig, per_seed: dict[int, dict]) -> dict:
         "seeds": list(cfg.seeds),
         "memory_updates_pooled": memory_updates_pooled(per_seed),
         "key_kinds_pooled": key_kinds_pooled(per_seed),
+        "needle_cuts_pooled": needle_cuts_pooled(per_seed),
         "depths_pooled": depths_pooled(per_seed),
         "answers_pooled": answers_pooled(per_seed),
         "environments": _distinct(env for results in per_seed.values() for env in results["environments"]),
@@ -653,6 +671,22 @@ def key_kinds_pooled(per_seed: dict[int, dict]) -> dict:
             haystack: [
                 {"length": n, "key_kind": kind, "exact": clustered_proportion(counts[n, kind])}
                 for n, kind in sorted(counts, key=lambda k: (k[0], KEY_KINDS.index(k[1])))
+            ]
+            for haystack, counts in by_haystack.items()
+        }
+        for label, by_haystack in pooled.items()
+    }
+
+
+def needle_cuts_pooled(per_seed: dict[int, dict]) -> dict:
+    """For every passkey row on every haystack: exact accuracy by (length, where a boundary cuts the needle), every
+    seed's samples pooled likewise."""
+    pooled = _pooled_groups(per_seed, "by_length_and_needle_cut", lambda r: (r["length"], r["needle_cut"]))
+    return {
+        label: {
+            haystack: [
+                {"length": n, "needle_cut": cut, "exact": clustered_proportion(counts[n, cut])}
+                for n, cut in sorted(counts, key=lambda k: (k[0], needle_cut_order(k[1])))
             ]
             for haystack, counts in by_haystack.items()
         }

@@ -1,5 +1,7 @@
-"""Lease D read back: exact answers by whether a segment boundary cuts the needle, per arm and length, from the
-grids' samples (every other table is in lease-D/REPORT.md). Writes lease-D.json next to this file.
+"""Lease D read back: exact answers by where a segment boundary cuts the needle (`needle_cut_bucket`: whole, or
+after how many of its tokens), per arm and length, from the grids' samples. The study report has this table since
+(made after the lease, so lease-D/REPORT.md has not); every other table is there. Writes lease-D.json next to
+this file.
 
     python reports/paper-h200-screen/lease_d.py
 """
@@ -7,14 +9,11 @@ grids' samples (every other table is in lease-D/REPORT.md). Writes lease-D.json 
 import json
 from pathlib import Path
 
+from infini_llama.eval.diagnostics import needle_cut_bucket, needle_cut_order
+
 HERE = Path(__file__).parent
 LEASE = HERE / "lease-D"
 SEGMENT = 1024  # the paper-h200 model's
-
-
-def needle_cut(row: dict) -> bool:
-    """Whether a segment boundary falls inside the needle's tokens [needle_position, needle_end)."""
-    return row["needle_position"] // SEGMENT != (row["needle_end"] - 1) // SEGMENT
 
 
 def main() -> None:
@@ -27,10 +26,12 @@ def main() -> None:
         rows = [json.loads(line) for line in (LEASE / arm / "eval" / task / "samples.jsonl").open()]
         table = {}
         for length in sorted({r["length"] for r in rows}):
-            for cut in (False, True):
-                group = [r for r in rows if r["length"] == length and needle_cut(r) == cut]
+            at = [r for r in rows if r["length"] == length]
+            placed = [(needle_cut_bucket(r["needle_position"], r["needle_end"], SEGMENT), r) for r in at]
+            for cut in sorted({place for place, _ in placed}, key=needle_cut_order):
+                group = [r for place, r in placed if place == cut]
                 if group:
-                    table.setdefault(str(length), {})["cut" if cut else "whole"] = {
+                    table.setdefault(str(length), {})[cut] = {
                         "prompts": len(group),
                         "exact": sum(r["exact"] for r in group),
                         "depths": sorted({r["depth"] for r in group}),

@@ -236,3 +236,23 @@ def test_perplexity_by_position(bpe_tok, micro_model, tmp_path):
         PerplexityConfig()
     with pytest.raises(ValueError, match="batch_tokens"):
         PerplexityConfig(train_len=16, batch_tokens=0)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "bucket"),
+    [
+        (41, 64, "whole"),  # inside the first segment
+        (1024, 1047, "whole"),  # starts a segment
+        (1000, 1024, "whole"),  # ends one: the boundary is after its last token
+        (2047, 2070, "1-4"),  # one token before the boundary
+        (1020, 1047, "1-4"),
+        (1019, 1047, "5-8"),
+        (3059, 3082, "13-16"),  # lease D's depth 0.75 at 4,096
+        (10, 2000, "1013-1016"),  # longer than a segment: the first boundary inside it
+    ],
+)
+def test_needle_cut_bucket_counts_the_needle_tokens_before_the_first_boundary_inside_it(start, end, bucket):
+    from infini_llama.eval.diagnostics import needle_cut_bucket, needle_cut_order
+
+    assert needle_cut_bucket(start, end, 1024) == bucket
+    assert sorted(["13-16", "whole", "1-4", "5-8"], key=needle_cut_order) == ["whole", "1-4", "5-8", "13-16"]

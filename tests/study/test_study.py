@@ -244,6 +244,20 @@ def test_several_seeds_run_whole_studies_and_report_their_spread(micro, tmp_path
     assert sum(r["exact"]["n"] for r in kinds) == len(samples)
     assert "## Accuracy by kind of key, seeds pooled: held-out text" in text
     assert "## Accuracy by kind of key: held-out text" in (out / "seed-0" / "REPORT.md").read_text()
+    # Accuracy by where a segment boundary cuts the needle (segments of 16: every needle is cut), pooled likewise.
+    from infini_llama.eval.diagnostics import needle_cut_bucket
+
+    cuts = summary["needle_cuts_pooled"]["full"]["book"]
+    for r in cuts:
+        group = [x for x in samples if x["length"] == r["length"]
+                 and needle_cut_bucket(x["needle_position"], x["needle_end"], 16) == r["needle_cut"]]  # fmt: skip
+        assert (r["exact"]["n"], r["exact"]["successes"]) == (len(group), sum(x["exact"] for x in group)) != (0, 0)
+    assert sum(r["exact"]["n"] for r in cuts) == len(samples) and all(r["needle_cut"] != "whole" for r in cuts)
+    assert "## Accuracy by where a segment boundary cuts the needle, seeds pooled: held-out text" in text
+    assert (
+        "## Accuracy by where a segment boundary cuts the needle: held-out text"
+        in (out / "seed-0" / "REPORT.md").read_text()
+    )
     # Accuracy by the needle's depth beyond the training length, pooled likewise.
     longest = summary["per_seed"]["0"]["arms"]["full"]["training_length"]
     depths = summary["depths_pooled"]["full"]["book"]
@@ -608,6 +622,20 @@ def test_the_answer_token_table_adds_the_losses_on_prompts_at_a_segment_boundary
     assert "| old | 100 | 0.00 | 1.00 | 1.10 | – | – |" in text
     text = "\n".join(study_report._answer_tokens({"old": (old, entry)}, tmp_path))
     assert answer not in text and "| run | step | space | digit 1 | digit 2 |" in text
+
+
+def test_the_needle_cut_table_is_left_out_where_no_boundary_cuts_a_needle():
+    from infini_llama.study import report as study_report
+
+    cfg = study_config("tiny", eval_haystacks=("repeat",))
+    whole = {"exact": {"successes": 3, "n": 4, "rate": 0.75, "ci_low": 0.3, "ci_high": 0.95, "clusters": 4}}
+    cut = {**whole, "exact": {**whole["exact"], "successes": 0, "rate": 0.0}}
+    grid = [{"length": 4096, "needle_cut": "whole", **whole}]
+    assert study_report._needle_cuts(cfg, {"infini": {"repeat": grid}}, pooled=False) == []
+    grid.append({"length": 4096, "needle_cut": "13-16", **cut})
+    text = "\n".join(study_report._needle_cuts(cfg, {"infini": {"repeat": grid}}, pooled=False))
+    assert "| row | needle | 4,096 |" in text
+    assert "| infini | no boundary in it | 75%" in text and "| infini | cut after 13-16 of its tokens | 0%" in text
 
 
 def test_a_runs_trend_is_fitted_over_its_second_half_and_projected(tmp_path):
