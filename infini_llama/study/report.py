@@ -41,6 +41,8 @@ def describe_study(cfg: StudyConfig) -> str:
         if cfg.finetune_lr_grid
         else f"LR {fin.lr:g}"
     )
+    if fin.decay_steps is not None:
+        lr_text += f", held, then a cosine to {fin.min_lr / fin.lr:g} of it over the last {fin.decay_steps} steps"
     haystacks = ", ".join(f"{HAYSTACK_LABELS[h]} (`{h}`)" for h in cfg.eval_haystacks)
     control = (
         "The local control is the Infini arm's segment-local attention (the same segments, RoPE restarting in each) "

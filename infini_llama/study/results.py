@@ -55,7 +55,8 @@ def sequences_per_step(tcfg: TrainConfig) -> int:
 def recipe_summary(tcfg: TrainConfig) -> dict[str, Any]:
     return {
         "steps": tcfg.steps, "sequences_per_step": sequences_per_step(tcfg), "seq_len": tcfg.seq_len, "lr": tcfg.lr,
-        "min_lr": tcfg.min_lr, "gate_lr": tcfg.gate_lr,
+        "min_lr": tcfg.min_lr, "warmup_steps": tcfg.warmup_steps, "decay_steps": tcfg.decay_steps,
+        "gate_lr": tcfg.gate_lr,
     }  # fmt: skip
 
 

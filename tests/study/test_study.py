@@ -997,3 +997,17 @@ def test_a_study_evaluated_in_bf16_runs_every_evaluation_under_it_and_says_so(mi
     for grid in ("passkey-repeat", "perplexity"):
         summary = json.loads((tmp_path / "study" / "infini" / "eval" / grid / "summary.json").read_text())
         assert summary["settings"]["batch_tokens"] == 1024, grid
+
+
+def test_the_report_says_when_the_fine_tuning_lr_is_held_before_its_decay():
+    from infini_llama.study.arms import expand_arms
+    from infini_llama.study.report import describe_study
+    from infini_llama.study.results import recipe_summary
+    from infini_llama.study.stages import train_recipe
+
+    cfg = study_config("tiny", finetune={"steps": 2000, "warmup_steps": 100, "lr": 1e-3, "min_lr": 1e-4,
+                                         "decay_steps": 500})  # fmt: skip
+    assert "LR 0.001, held, then a cosine to 0.1 of it over the last 500 steps;" in describe_study(cfg)
+    assert "held, then" not in describe_study(study_config("tiny"))
+    arm = expand_arms(cfg)[0]
+    assert recipe_summary(train_recipe(cfg, arm, "finetune"))["decay_steps"] == 500
