@@ -42,8 +42,9 @@ class BatchSource(Protocol):
     `loop.EXTRA_VALIDATIONS` has the trainer log the loss on its batches at each validation too: `copy_batches()`
     (batches like `validation_batches()`'s, whose loss only a model that looks back and copies brings far down)
     as `copy_loss`, `boundary_batches()` (answers written in a new segment: `PasskeyBatchSource`) as
-    `boundary_loss`; one with `answer_token_batches()` (a batches factory per token of an answer), the loss on
-    each, as `answer_token_losses`.
+    `boundary_loss`, `needle_boundary_batches()` (needles cut by a segment boundary) as `needle_boundary_loss`;
+    one with `answer_token_batches()` (a batches factory per token of an answer), the loss on each, as
+    `answer_token_losses`.
     """
 
     def batch(self, step: int, micro_step: int) -> Batch: ...
