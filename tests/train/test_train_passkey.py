@@ -255,8 +255,11 @@ def test_one_default_key_length_for_fine_tuning_and_evaluation(bpe_tok):
 
 @pytest.mark.parametrize("start_method", [None, "spawn"])  # the default (a fork server on Linux); Windows': spawn
 def test_worker_processes_build_the_same_batches(bpe_tok, start_method):
-    """The trainer's prefetching workers (`data_workers`) receive the source once and build what it builds."""
-    src = source(bpe_tok, pack_min_len=None, loss="answer")
+    """The trainer's prefetching workers (`data_workers`) receive the source once and build what it builds (here
+    with parts moved to segment boundaries both ways)."""
+    src = source(bpe_tok, seq_len=1024, pack_min_len=150, loss="answer", segment_len=16, boundary_share=0.5,
+                 needle_boundary_share=0.5)  # fmt: skip
+    assert {kind for i in range(16) for kind in src._packed(1, i)[2].values()} == {"question", "needle"}
     with PrefetchedBatches(src, grad_accum=2, workers=2, start_method=start_method) as ahead:
         ahead.prefetch(3)  # returns at once: the workers build steps 3 to 3 + depth - 1
         assert sorted(ahead.pending) == [3, 4, 5, 6]
@@ -369,7 +372,8 @@ def test_fine_tuning_logs_the_loss_on_answers_at_a_segment_boundary(tmp_path, bp
     result = finetune_passkey(
         str(passkey_base), str(tmp_path / "ft"), tokenizer=bpe_tok, steps=1, seq_len=960, global_batch=2,
         warmup_steps=0, eval_every=1, save_every=0, device="cpu", progress=False, tensorboard=False,
-        source_options=dict(key_digits=4, pack_min_len=150, validation_batches=2, loss="answer", boundary_share=1.0),
+        source_options=dict(key_digits=4, pack_min_len=150, validation_batches=2, loss="answer", boundary_share=0.5,
+                            needle_boundary_share=0.5),  # fmt: skip
     )  # fmt: skip
     records = read_metrics(result.run_dir / "metrics.jsonl", "val")
     assert [r["step"] for r in records] == [0, 1]
@@ -377,7 +381,7 @@ def test_fine_tuning_logs_the_loss_on_answers_at_a_segment_boundary(tmp_path, bp
     assert all(r["needle_boundary_loss"] > 0 for r in records)
     segment = json.loads((passkey_base / "config.json").read_text())["segment_len"]
     data = json.loads((result.run_dir / "run.json").read_text())["data"]
-    assert (data["segment_len"], data["boundary_share"]) == (segment, 1.0)
+    assert (data["segment_len"], data["boundary_share"], data["needle_boundary_share"]) == (segment, 0.5, 0.5)
 
 
 def _part_spans(src, stream, index, shares=None):
