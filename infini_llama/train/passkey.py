@@ -236,8 +236,8 @@ class PasskeyBatchSource:
         share, `boundary_share`) moves a part's end so that its question ends at a segment's last token; "needle"
         (the next share, `needle_boundary_share`) moves the whole part so that a boundary cuts its needle. Every
         part draws, from its own generator, which (if either) it is, so the draws of one part never follow another's;
-        the parts moved, each with its kind. Parts built to find their needle are left in `built` (their lengths
-        no longer change)."""
+        the parts moved, each with its kind. Parts built to find their needle are left in `built`, each dropped
+        again if a later move changes its length."""
         draws = sample_rng(stream, self.seed, index, "boundary").random(len(lengths))
         segment, longest = self.segment_len, self.longest_part(progress)
 
@@ -268,11 +268,10 @@ class PasskeyBatchSource:
                     if fits(lengths[part - 1] + delta, lengths[part + 1] - delta):
                         lengths[part - 1] += delta
                         lengths[part + 1] -= delta
+                        built.pop(part - 1, None)  # built at its old length (a needle part that stayed)
                         start += delta
                         moved[part] = "needle"
                         break
-                else:
-                    del built[part]
             start += lengths[part]
         return moved
 
