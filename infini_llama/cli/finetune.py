@@ -102,8 +102,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--needle-boundary-share",
         type=float,
         default=0.0,
-        help="share of the packed prompts moved so that a segment boundary of the model cuts their needle (the key's "
-        "sentence split across a memory update); the loss on such answers is logged at each validation either way",
+        help="share of the packed prompts built with their needle where a segment boundary of the model cuts it "
+        "(the key's sentence split across a memory update); the loss on such answers is logged at each validation "
+        "either way",
     )
     passkey.add_argument("--seed", type=int, default=0, help="seed of the training samples (their own stream)")
     passkey.add_argument(

@@ -73,7 +73,9 @@ def key_range(digits: int) -> tuple[int, int]:
 class PasskeySample:
     """One passkey prompt. `length` is what was asked (tokens, or characters in "chars" mode); `input_ids` is what
     the model reads; `needle_start`/`needle_end` are the needle's token span in it, and `key_last_token` is the
-    position of the last token of the key's last copy in the needle (the needle holds the key twice)."""
+    position of the last token of the key's last copy in the needle (the needle holds the key twice).
+    `slot_starts[s]` is where the needle would start at depth s / (len(slot_starts) - 1), the same filler around it
+    (`prompts.Prompt`; empty for a prompt built by characters)."""
 
     input_ids: list[int]
     answer_ids: list[int]
@@ -90,6 +92,7 @@ class PasskeySample:
     roundtrip: bool
     text: str
     haystack_draws: dict[str, int] = field(default_factory=dict)
+    slot_starts: tuple[int, ...] = ()
 
 
 def answer_ids(tokenizer: PreTrainedTokenizerBase, key: str) -> list[int]:
@@ -135,14 +138,14 @@ def make_passkey_sample(
         if haystack != "repeat":
             raise ValueError("the character-based (Landmark) mode uses the repeated filler only: haystack='repeat'")
         ids, text, start, end = _character_prompt(tokenizer, length, depth, needle, bos)
-        roundtrip = True
+        roundtrip, slot_starts = True, ()
     else:
         hay = Haystack(tokenizer, haystack, sample, book_text=book_text, distractor_digits=key_digits, avoid=key)
         draws = hay.draws
         prompt = build_prompt(
             tokenizer, length, task=TASK, needles=[(depth, needle)], question=QUESTION, haystack=hay, bos=bos
         )
-        ids, text, roundtrip = prompt.input_ids, prompt.text, prompt.roundtrip
+        ids, text, roundtrip, slot_starts = prompt.input_ids, prompt.text, prompt.roundtrip, tuple(prompt.slot_starts)
         (start, end) = prompt.needle_spans[0]
     return PasskeySample(
         ids,
@@ -160,6 +163,7 @@ def make_passkey_sample(
         roundtrip,
         text,
         draws,
+        slot_starts,
     )
 
 

@@ -10,6 +10,7 @@ The concatenated ids are checked to be what the tokenizer itself makes of the de
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -251,7 +252,9 @@ class Prompt:
     """A built prompt. `needle_spans[i]` = token [start, end) of needle i (in the order given); `filler_before[i]`
     = whole filler sentences before needle i, out of `num_sentences`; `roundtrip` = the ids are the tokenizer's
     own encoding of `text` (if False they were replaced by it and `len(input_ids)` may differ from the asked
-    length)."""
+    length). `slot_starts[s]` (s = 0 .. num_sentences) = the token where a needle at slot s (before filler sentence
+    s, where depth s / num_sentences puts it) starts when no other needle is before it, in the ids as built (before
+    any re-encoding): the filler sentences do not depend on the depths."""
 
     input_ids: list[int]
     text: str
@@ -259,6 +262,7 @@ class Prompt:
     filler_before: list[int]
     num_sentences: int
     roundtrip: bool
+    slot_starts: list[int]
 
 
 def build_prompt(
@@ -296,6 +300,7 @@ def build_prompt(
         sentences.append((text, ids))
         used += len(ids)
     partial = _partial_sentence(tokenizer, haystack, len(sentences), fill - used)
+    slot_starts = list(itertools.accumulate((len(ids) for _, ids in sentences), initial=len(head)))
     slots = [round(depth * len(sentences)) for depth, _ in needles]
     order = sorted(range(len(needles)), key=lambda i: (slots[i], i))
 
@@ -323,7 +328,7 @@ def build_prompt(
             moved.append((new_start, new_start + e - b))
         spans = moved
         ids = ids[:start] + encode(tokenizer, text)
-    return Prompt(ids, text, spans, slots, len(sentences), roundtrip)
+    return Prompt(ids, text, spans, slots, len(sentences), roundtrip, slot_starts)
 
 
 def _partial_sentence(tokenizer: PreTrainedTokenizerBase, haystack: Haystack, first: int, size: int) -> list[int]:

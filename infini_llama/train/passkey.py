@@ -91,14 +91,15 @@ class PasskeyBatchSource:
     a 302M Infini arm fine-tuned at segments of 1,024 without it found every key's first digit at every length and
     wrote the rest wrong (reports/paper-h200-screen/).
 
-    `needle_boundary_share` > 0 (with packing and `segment_len`) moves that share of the packed parts (drawn from
-    the same per-part draws, after `boundary_share`'s: the two shares add up to at most 1) whole, by less than a
-    segment, so that a segment boundary cuts the needle at a token drawn uniformly inside it: the key's sentence
-    is then split across a memory update. The part keeps its length, the parts on either side absorb the move
-    within the parts' bounds, and a part whose neighbour before it was moved, or which is a sequence's first or
-    last, stays where it is. A random packing cuts a needle of n tokens once in about `segment_len` / n parts
-    (the study's needle of 23 tokens at segments of 1,024: once in 45); a grid of whole segments at depths of
-    quarters cuts it far more often (reports/paper-h200-screen/, lease D).
+    `needle_boundary_share` > 0 (with packing and `segment_len`) draws that share of the packed parts (from the same
+    per-part draws, after `boundary_share`'s: the two shares add up to at most 1) and places each one's needle so
+    that a segment boundary cuts it: the key's sentence is then split across a memory update. Of the filler slots
+    (between whole sentences) where the needle would be cut by a boundary inside the part, and which the
+    curriculum allows, one is drawn, and the part is built with the needle there: the same length, key, haystack
+    and filler, only the needle's depth changed (a part with no such slot keeps its drawn depth). Every part can be
+    drawn, the first and the last too. A random packing cuts a needle of n tokens once in about `segment_len` / n
+    parts (the study's needle of 23 tokens at segments of 1,024: once in 45); a grid of whole segments at depths
+    of quarters cuts it far more often (reports/paper-h200-screen/, leases D and E).
 
     `curriculum_steps` > 0 (with packing) starts fine-tuning with the needle close to the question and moves it
     away over that many steps: at step s, with p = min(1, (s + 1) / curriculum_steps), parts are at most
@@ -213,11 +214,11 @@ class PasskeyBatchSource:
         ids, answers = list(self.bos), []
         lengths = self._part_lengths(sample_rng(stream, self.seed, index, "part_lengths"), progress)
         shares = (self.boundary_share, self.needle_boundary_share) if shares is None else shares
-        built: dict[int, tuple[list[int], list[int], tuple[int, int]]] = {}
+        built: dict[int, tuple[list[int], list[int], tuple[int, int], tuple[int, ...]]] = {}
         aligned = self._aligned(stream, index, lengths, progress, shares, built) if any(shares) else {}
         for part, length in enumerate(lengths):
             # Each part has its own sample index; parts never outnumber 2**20.
-            part_ids, part_answers, _ = built.get(part) or self._part(stream, (index << 20) | part, length, progress)
+            part_ids, part_answers, _, _ = built.get(part) or self._part(stream, (index << 20) | part, length, progress)
             answers.append([len(ids) + p for p in part_answers])
             ids += part_ids
         assert len(ids) == self.seq_len
@@ -230,14 +231,14 @@ class PasskeyBatchSource:
         lengths: list[int],
         progress: float,
         shares: tuple[float, float],
-        built: dict[int, tuple[list[int], list[int], tuple[int, int]]],
+        built: dict[int, tuple[list[int], list[int], tuple[int, int], tuple[int, ...]]],
     ) -> dict[int, str]:
         """Move a share of the parts (`lengths`, changed in place) to segment boundaries: "question" (the first
         share, `boundary_share`) moves a part's end so that its question ends at a segment's last token; "needle"
-        (the next share, `needle_boundary_share`) moves the whole part so that a boundary cuts its needle. Every
-        part draws, from its own generator, which (if either) it is, so the draws of one part never follow another's;
-        the parts moved, each with its kind. Parts built to find their needle are left in `built`, each dropped
-        again if a later move changes its length."""
+        (the next share, `needle_boundary_share`) places the part's needle where a boundary cuts it
+        (`_needle_at_boundary`, which leaves the lengths as they are). Every part draws, from its own generator,
+        which (if either) it is, so the draws of one part never follow another's; the parts moved, each with its
+        kind. The parts whose needle was placed are left in `built`."""
         draws = sample_rng(stream, self.seed, index, "boundary").random(len(lengths))
         segment, longest = self.segment_len, self.longest_part(progress)
 
@@ -246,8 +247,10 @@ class PasskeyBatchSource:
 
         moved: dict[int, str] = {}
         start = len(self.bos)
-        for part in range(len(lengths) - 1):
+        for part in range(len(lengths)):
             if draws[part] < shares[0]:
+                if part == len(lengths) - 1:
+                    break  # the last part's end is the sequence's
                 # The answer and EOS end the part: its question ends where they start.
                 tail = len(answer_ids(self.tokenizer, self._draw(stream, (index << 20) | part)[0])) + 1
                 shift = -(start + lengths[part] - tail) % segment
@@ -257,23 +260,34 @@ class PasskeyBatchSource:
                         lengths[part + 1] -= delta
                         moved[part] = "question"
                         break
-            elif draws[part] < shares[0] + shares[1] and part and part - 1 not in moved:
-                # The part keeps its length (and so its needle's place in it); its start moves by delta.
-                sample = (index << 20) | part
-                built[part] = self._part(stream, sample, lengths[part], progress)
-                first, end = built[part][2]
-                cut = first + int(sample_rng(stream, self.seed, sample, "needle_cut").integers(1, end - first))
-                shift = -(start + cut) % segment
-                for delta in sorted((shift, shift - segment), key=abs):
-                    if fits(lengths[part - 1] + delta, lengths[part + 1] - delta):
-                        lengths[part - 1] += delta
-                        lengths[part + 1] -= delta
-                        built.pop(part - 1, None)  # built at its old length (a needle part that stayed)
-                        start += delta
-                        moved[part] = "needle"
-                        break
+            elif draws[part] < shares[0] + shares[1]:
+                placed = self._needle_at_boundary(stream, (index << 20) | part, start, lengths[part], progress)
+                if placed is not None:
+                    built[part] = placed
+                    moved[part] = "needle"
             start += lengths[part]
         return moved
+
+    def _needle_at_boundary(
+        self, stream: int, sample: int, start: int, length: int, progress: float
+    ) -> tuple[list[int], list[int], tuple[int, int], tuple[int, ...]] | None:
+        """Part `sample` (`length` tokens from sequence position `start`) built with its needle at a filler slot
+        where a segment boundary cuts it, one drawn among those the curriculum allows (depths from the lowest it
+        draws); None where there is none."""
+        part = self._part(stream, sample, length, progress)
+        (first, end), slots = part[2], part[3]
+        sentences, size = len(slots) - 1, end - first
+        lowest = min(1.0 - progress, max(self.depths))
+        boundaries = range((start // self.segment_len + 1) * self.segment_len, start + length, self.segment_len)
+        cut = [(s, b - start) for b in boundaries for s in range(sentences + 1)
+               if slots[s] < b - start < slots[s] + size and s >= lowest * sentences]  # fmt: skip
+        if not sentences or not cut:
+            return None
+        slot, boundary = cut[int(sample_rng(stream, self.seed, sample, "needle_cut").integers(len(cut)))]
+        placed = self._part(stream, sample, length, progress, depth=slot / sentences)
+        first, end = placed[2]
+        # A tokenizer that merges across the needle's edges could move it: keep the drawn depth then.
+        return placed if first < boundary < end else None
 
     def _part_lengths(self, rng: np.random.Generator, progress: float) -> list[int]:
         left = self.seq_len - len(self.bos)
@@ -309,12 +323,15 @@ class PasskeyBatchSource:
         depth = depths[int(seed.rng("depth").integers(len(depths)))]
         return key, depth, self.haystacks[int(seed.rng("haystack").integers(len(self.haystacks)))]
 
-    def _prompt(self, stream: int, index: int, length: int, bos: bool | None, progress: float = 1.0) -> PasskeySample:
-        key, depth, haystack = self._draw(stream, index, progress)
+    def _prompt(
+        self, stream: int, index: int, length: int, bos: bool | None, progress: float = 1.0, depth: float | None = None
+    ) -> PasskeySample:
+        """Prompt `index` of `stream` as drawn (`_draw`), its needle at `depth` instead of the drawn one if given."""
+        key, drawn, haystack = self._draw(stream, index, progress)
         return make_passkey_sample(
             self.tokenizer,
             length,
-            depth,
+            drawn if depth is None else depth,
             seed=self.seed,
             index=index,
             stream=stream,
@@ -331,20 +348,23 @@ class PasskeyBatchSource:
         return [self._prompt(SELECTION_STREAM, index, length, bos=None) for index in range(count)]
 
     def _part(
-        self, stream: int, index: int, length: int, progress: float = 1.0
-    ) -> tuple[list[int], list[int], tuple[int, int]]:
-        """`length` tokens: prompt (no BOS), answer, EOS; the answer's positions in them, and the needle's span."""
+        self, stream: int, index: int, length: int, progress: float = 1.0, depth: float | None = None
+    ) -> tuple[list[int], list[int], tuple[int, int], tuple[int, ...]]:
+        """`length` tokens: prompt (no BOS), answer, EOS; the answer's positions in them, the needle's span, and
+        where the needle would start at each filler slot (`PasskeySample.slot_starts`). `depth` replaces the drawn
+        depth."""
         answer = answer_ids(self.tokenizer, self._draw(stream, index)[0])
         prompt_len = target = length - len(answer) - 1
         for _ in range(4):  # a tokenizer that merges across the joins may move the length: aim again
-            sample = self._prompt(stream, index, target, bos=False, progress=progress)
+            sample = self._prompt(stream, index, target, bos=False, progress=progress, depth=depth)
             if len(sample.input_ids) == prompt_len:
                 break
             target -= len(sample.input_ids) - prompt_len
         else:
             raise ValueError(f"could not build a {length}-token passkey part with this tokenizer")
         ids = sample.input_ids + answer + [self.tokenizer.eos_token_id]
-        return ids, list(range(prompt_len, prompt_len + len(answer))), (sample.needle_start, sample.needle_end)
+        answers = list(range(prompt_len, prompt_len + len(answer)))
+        return ids, answers, (sample.needle_start, sample.needle_end), sample.slot_starts
 
     def _batch(
         self,
@@ -396,7 +416,7 @@ class PasskeyBatchSource:
         return self._aligned_batches("question")
 
     def needle_boundary_batches(self) -> Iterator[Batch]:
-        """The validation sequences with their parts moved so that a segment boundary cuts each one's needle,
+        """The validation sequences with each part's needle placed where a segment boundary cuts it (where one can be),
         scored on those parts' answers: the key's sentence split across a memory update. The trainer logs their
         loss at each validation as `needle_boundary_loss`. No batches without `segment_len` or packing."""
         return self._aligned_batches("needle")

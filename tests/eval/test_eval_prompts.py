@@ -57,6 +57,20 @@ def test_needle_sits_between_sentences_at_the_asked_depth(request, name):
         assert depth < 1.0 or len(tok.encode(after, add_special_tokens=False)) <= sentence + 2
 
 
+@pytest.mark.parametrize("haystack", ["repeat", "styles", "corpus", "distractors"])
+def test_a_needle_at_slot_s_starts_where_slot_starts_says(bpe_tok, haystack):
+    """Depth s / sentences puts the needle at `slot_starts[s]`, around the same filler: the prompts at every slot
+    hold the same tokens, the needle's among them, only in another order."""
+    first = make_passkey_sample(bpe_tok, 600, 0.5, haystack=haystack, index=3)
+    sentences = len(first.slot_starts) - 1
+    assert sentences > 10 and list(first.slot_starts) == sorted(first.slot_starts)
+    for slot in range(sentences + 1):
+        s = make_passkey_sample(bpe_tok, 600, slot / sentences, haystack=haystack, index=3)
+        assert (s.needle_start, s.slot_starts) == (first.slot_starts[slot], first.slot_starts)
+        assert sorted(s.input_ids) == sorted(first.input_ids) and s.key == first.key
+    assert make_passkey_sample(bpe_tok, 600, 0.5, unit="chars").slot_starts == ()
+
+
 def test_bos_is_added_once_and_recorded(bpe_tok, metaspace_tok):
     s = make_passkey_sample(bpe_tok, 200, 0.5)
     assert s.input_ids[0] == bpe_tok.bos_token_id and s.input_ids[1] != bpe_tok.bos_token_id

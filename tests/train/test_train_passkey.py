@@ -1,6 +1,7 @@
 """PasskeyBatchSource: the trainer's batches for passkey fine-tuning."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -384,46 +385,63 @@ def test_fine_tuning_logs_the_loss_on_answers_at_a_segment_boundary(tmp_path, bp
     assert (data["segment_len"], data["boundary_share"], data["needle_boundary_share"]) == (segment, 0.5, 0.5)
 
 
-def _part_spans(src, stream, index, shares=None):
-    """Each packed part's (start, length) in a sequence, its needle's span there, and the parts moved."""
-    ids, answers, moved = src._packed(stream, index, 1.0, shares)
+def _part_spans(src, stream, index, shares=None, progress=1.0):
+    """Each packed part's (start, length) in a sequence, its ids there, the ids and slot starts it has at its drawn
+    depth (`_part`), and the parts moved."""
+    ids, answers, moved = src._packed(stream, index, progress, shares)
     starts = [1] + [answer[-1] + 2 for answer in answers[:-1]]  # after BOS; then after each answer and its EOS
     lengths = [b - a for a, b in zip(starts, [*starts[1:], len(ids)], strict=True)]
-    needles = []
+    parts = []
     for part, (start, length) in enumerate(zip(starts, lengths, strict=True)):
-        part_ids, _, (first, end) = src._part(stream, (index << 20) | part, length)
-        assert ids[start : start + length] == part_ids
-        needles.append((start + first, start + end))
-    return lengths, needles, moved
+        drawn, _, span, slots = src._part(stream, (index << 20) | part, length, progress)
+        parts.append((start, ids[start : start + length], drawn, span, slots))
+    return lengths, parts, moved
 
 
 def test_a_needle_boundary_share_cuts_needles_with_a_segment_boundary(bpe_tok):
-    """With `needle_boundary_share` a moved part keeps its length and a segment boundary falls strictly inside its
-    needle (the key's sentence split across a memory update); the cut falls at different places in the needle;
-    sequences keep their length; and both shares together move each part one way or not at all."""
+    """With `needle_boundary_share` a drawn part is built with its needle at a filler slot where a segment boundary
+    falls strictly inside it (the key's sentence split across a memory update): the same tokens as drawn, in
+    another order, the packing unchanged; the first and last parts too; the cut falls at different places in the
+    needle; both shares together move each part one way or not at all."""
     options = dict(seq_len=1024, pack_min_len=150, loss="answer", segment_len=128)
     plain, every = source(bpe_tok, **options), source(bpe_tok, **options, needle_boundary_share=1.0)
-    cuts, counts = set(), {"moved": 0, "middle": 0}
+    cuts, ends, counts = set(), set(), {"moved": 0, "parts": 0}
     for index in range(24):
-        lengths, needles, moved = _part_spans(every, 1, index)
-        plain_lengths, _, _ = _part_spans(plain, 1, index)
-        assert sum(lengths) == 1023 and len(lengths) == len(plain_lengths)
-        assert set(moved) <= set(range(1, len(lengths) - 1)) and set(moved.values()) <= {"needle"}
-        for part in moved:
-            first, end = needles[part]
-            boundary = (first // 128 + 1) * 128
-            assert first < boundary < end, (needles[part], "a boundary inside the needle")
-            assert lengths[part] == plain_lengths[part], "the part is moved whole"
-            assert part - 1 not in moved, "a part after a moved one is not moved: that would move it again"
-            cuts.add(boundary - first)
-        assert all(n >= 150 for n in lengths)
+        lengths, parts, moved = _part_spans(every, 1, index)
+        assert lengths == _part_spans(plain, 1, index)[0], "the packing is the plain one"
+        assert set(moved.values()) <= {"needle"}
+        for part, (start, part_ids, drawn, (first, end), slots) in enumerate(parts):
+            if part not in moved:
+                assert part_ids == drawn
+                continue
+            assert sorted(part_ids) == sorted(drawn) and part_ids[-6:] == drawn[-6:], "same filler, key and answer"
+            needle = next(s for s in slots if part_ids[s : s + end - first] == drawn[first:end])
+            boundary = (start + needle) // 128 * 128 + 128
+            assert start + needle < boundary < start + needle + end - first, "a boundary inside the needle"
+            cuts.add(boundary - start - needle)
+            ends.add(part in (0, len(lengths) - 1))
         counts["moved"] += len(moved)
-        counts["middle"] += max(0, len(lengths) - 2)
-    assert counts["moved"] >= 0.3 * counts["middle"] and len(cuts) >= 5, (counts, cuts)
+        counts["parts"] += len(lengths)
+    assert counts["moved"] >= 0.5 * counts["parts"] and len(cuts) >= 5 and ends == {True, False}, (counts, cuts)
     both = source(bpe_tok, **options, boundary_share=0.5, needle_boundary_share=0.5)
     kinds = [kind for i in range(24) for kind in _part_spans(both, 1, i)[2].values()]
     assert {"question", "needle"} <= set(kinds)
     assert every.state_dict()["needle_boundary_share"] == 1.0 and "needle_boundary_share" not in plain.state_dict()
+
+
+def test_a_cut_needle_keeps_to_the_depths_the_curriculum_allows(bpe_tok):
+    """Early in a curriculum (depths >= 1 - p drawn) a needle placed at a boundary is at such a depth too."""
+    src = source(bpe_tok, seq_len=1024, pack_min_len=150, loss="answer", segment_len=128, curriculum_steps=10,
+                 needle_boundary_share=1.0, depths=[i / 10 for i in range(11)])  # fmt: skip
+    progress, placed = src.progress(3), 0
+    for index in range(24):
+        _, parts, moved = _part_spans(src, 1, index, progress=progress)
+        for part in moved:
+            _, part_ids, drawn, (first, end), slots = parts[part]
+            lowest = slots[math.ceil((1 - progress) * (len(slots) - 1) - 1e-9)]
+            assert any(part_ids[s : s + end - first] == drawn[first:end] for s in slots if s >= lowest)
+            placed += 1
+    assert placed >= 5
 
 
 def test_needle_boundary_batches_score_only_answers_of_cut_needles(bpe_tok):
