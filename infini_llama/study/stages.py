@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from infini_llama.data import held_out_book
 from infini_llama.eval import (
@@ -221,6 +222,16 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
 
         return run
 
+    loaded: dict[Path, nn.Module] = {}
+
+    def model_of(checkpoint: Path) -> nn.Module:
+        """The model of `checkpoint`, loaded once for the arm's evaluation stages (each grid restores what it
+        changes: closed gates, scaled RoPE), one at a time: the chosen LR's is the last the selection loads."""
+        if checkpoint not in loaded:
+            loaded.clear()
+            loaded[checkpoint] = load_model(checkpoint, device=on)
+        return loaded[checkpoint]
+
     def select():
         # Each LR's model on the same held-apart fine-tuning prompts at the training length, never longer.
         tokenizer = load_eval_tokenizer(pretrain_dir / "final")
@@ -229,7 +240,7 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
         prompts = source.selection_prompts(length, cfg.selection_samples)
         candidates = []
         for lr in lrs:
-            model = load_model(finetune_dir(root, lr) / "final", device=on)
+            model = model_of(finetune_dir(root, lr) / "final")
             rows = evaluate_passkey(
                 ChunkedLM(model), tokenizer, prompts, cfg.eval_batch_size, batch_tokens=cfg.eval_batch_tokens
             )
@@ -244,7 +255,7 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
     def evaluate(task: str, haystack: str | None = None):
         def run():
             checkpoint = chosen_checkpoint(root)
-            model, tokenizer = load_model(checkpoint, device=on), load_eval_tokenizer(checkpoint)
+            model, tokenizer = model_of(checkpoint), load_eval_tokenizer(checkpoint)
             target = root / "eval" / (f"{task}-{haystack}" if haystack else task)
             label = passkey_label(arm, task, cfg)
             if haystack:
@@ -280,7 +291,7 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
     def layers_off():
         # What each layer's memory adds: the plain grid's design at one length, one layer's gates closed at a time.
         checkpoint = chosen_checkpoint(root)
-        model, tokenizer = load_model(checkpoint, device=on), load_eval_tokenizer(checkpoint)
+        model, tokenizer = model_of(checkpoint), load_eval_tokenizer(checkpoint)
         haystack = cfg.eval_haystacks[0]
         for layer in range(len(gate_parameters(model))):
             grid = PasskeyGridConfig(

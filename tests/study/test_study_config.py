@@ -153,6 +153,34 @@ def test_a_seed_sweep_seeds_every_stage_of_its_arms(tmp_path, monkeypatch):
         study_config("tiny", seeds=(0, 1), sweeps=sweeps("seed=3"))
 
 
+def test_an_arms_evaluations_load_its_model_once(tmp_path, monkeypatch):
+    """The LR selection and every evaluation stage after it share one loaded model per checkpoint."""
+    cfg = study_config("tiny", eval_haystacks=("repeat", "book"), finetune_lr_grid=(1e-3, 4e-3))
+    arm = next(a for a in expand_arms(cfg) if a.attention == "infini")
+    loads, used = [], set()
+    monkeypatch.setattr(study_stages, "load_model", lambda path, device=None: loads.append(path) or object())
+    monkeypatch.setattr(study_stages, "load_eval_tokenizer", lambda path: None)
+    monkeypatch.setattr(study_stages, "passkey_source", lambda *args: SimpleNamespace(selection_prompts=lambda *a: []))
+    monkeypatch.setattr(study_stages, "ChunkedLM", lambda model: model)
+    rows = iter([[{"exact": False, "digit_acc": 0.5}], [{"exact": True, "digit_acc": 1.0}]])
+    monkeypatch.setattr(study_stages, "evaluate_passkey", lambda *args, **kwargs: next(rows))
+    for name in ("run_passkey_grid", "perplexity_by_position", "run_gates"):
+        monkeypatch.setattr(study_stages, name, lambda model, *args, **kwargs: used.add(id(model)))
+    monkeypatch.setattr(study_stages, "held_out_book", lambda: SimpleNamespace(text="", name="book"))
+    root = tmp_path / arm.name
+    for lr in study_stages.candidate_lrs(cfg, arm):
+        root.mkdir(parents=True, exist_ok=True)
+        (root / f"{study_stages.finetune_dir(root, lr).name}.done").write_text("{}")
+    for name, run in study_stages.arm_stages(cfg, arm, root, "cpu", False):
+        if name == "select" or name.startswith("passkey") or name in ("perplexity", "gates"):
+            info = run()
+            if name == "select":
+                (root / "select.done").write_text(json.dumps(info))
+    chosen = study_stages.finetune_dir(root, 4e-3) / "final"
+    assert loads == [study_stages.finetune_dir(root, 1e-3) / "final", chosen], "each LR's once; the chosen kept"
+    assert len(used) == 1
+
+
 def test_the_recipe_sentence_counts_the_global_batch():
     text = describe_study(study_config("paper-300m"))
     assert "30000 steps of 4 × 8192 tokens" in text, "pretraining: global batch 4, one sequence per pass"
