@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from infini_llama.data.tokenizer import tokenizer_fingerprint
 from infini_llama.eval.diagnostics import bucket_order, memory_off_layers, updates_bucket
 from infini_llama.eval.grid import run_grid
 from infini_llama.eval.inference import ChunkedLM, batch_for, equal_length_batches
@@ -87,6 +88,25 @@ def passkey_cell(length: int, depth: float) -> str:
     return f"L{length}|d{depth}"
 
 
+# The prompts of the last grid run in this process, by (length, depth, sample), for the next grid of the same
+# prompts: a study evaluates each haystack's prompts several times in a row (memory on and off, RoPE rows), and a
+# prompt of 16,384 tokens takes tens of milliseconds to build. One grid's prompts are kept, never more.
+_last_prompts: tuple[tuple, dict[tuple[int, float, int], PasskeySample]] = ((), {})
+
+
+def _prompt_cache(
+    tokenizer: PreTrainedTokenizerBase, config: PasskeyGridConfig, book_text: str | None
+) -> dict[tuple[int, float, int], PasskeySample]:
+    """The built prompts of the last grid if it had this one's prompts (everything they are built from but the
+    length and depth, which key each prompt), else a new empty cache for this grid's."""
+    global _last_prompts
+    key = (tokenizer_fingerprint(tokenizer), config.seed, config.split, config.key_digits, config.haystack,
+           config.unit, config.bos, book_text)  # fmt: skip
+    if _last_prompts[0] != key:
+        _last_prompts = (key, {})
+    return _last_prompts[1]
+
+
 def run_passkey_grid(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -102,20 +122,24 @@ def run_passkey_grid(
     runner = ChunkedLM(model, max(config.lengths) if config.rope_scaling else config.chunk_len)
     cells = {passkey_cell(length, depth): (length, depth) for length in config.lengths for depth in config.depths}
 
+    built = _prompt_cache(tokenizer, config, book_text)
+
     def sample(length: int, depth: float, index: int) -> PasskeySample:
-        return make_passkey_sample(
-            tokenizer,
-            length,
-            depth,
-            seed=config.seed,
-            index=index,
-            stream=GRID_SPLITS[config.split],
-            key_digits=config.key_digits,
-            haystack=config.haystack,
-            unit=config.unit,
-            bos=config.bos,
-            book_text=book_text,
-        )
+        if (length, depth, index) not in built:
+            built[length, depth, index] = make_passkey_sample(
+                tokenizer,
+                length,
+                depth,
+                seed=config.seed,
+                index=index,
+                stream=GRID_SPLITS[config.split],
+                key_digits=config.key_digits,
+                haystack=config.haystack,
+                unit=config.unit,
+                bos=config.bos,
+                book_text=book_text,
+            )
+        return built[length, depth, index]
 
     def evaluate_cell(cell: str) -> list[dict]:
         length, depth = cells[cell]

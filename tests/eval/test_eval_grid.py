@@ -183,6 +183,26 @@ def test_memory_off_grid_differs_and_is_labelled(bpe_tok, micro_model, tmp_path)
     assert on["label"] == "infini"
 
 
+def test_grids_of_the_same_prompts_build_them_once(bpe_tok, micro_model, tmp_path, monkeypatch):
+    """A grid run right after another of the same prompts (memory off, a RoPE row) takes its prompts from it: the
+    same prompts, built once; another haystack, seed or split builds its own, and one grid's are kept at most."""
+    model = micro_model(len(bpe_tok), gate_init=2.0)
+    built = []
+    make = passkey_grid.make_passkey_sample
+    monkeypatch.setattr(passkey_grid, "make_passkey_sample", lambda *a, **kw: built.append(a[1:3]) or make(*a, **kw))
+    monkeypatch.setattr(passkey_grid, "_last_prompts", ((), {}))
+    run_passkey_grid(model, bpe_tok, grid(), tmp_path / "on")
+    assert len(built) == 2 * 3 * 3, "every prompt once (the length check's prompts among them)"
+    run_passkey_grid(model, bpe_tok, grid(memory_off=True), tmp_path / "off")
+    run_passkey_grid(model, bpe_tok, grid(lengths=(160,)), tmp_path / "shorter")
+    assert len(built) == 18, "the same prompts again: none built"
+    on, off = read_rows(tmp_path / "on/samples.jsonl"), read_rows(tmp_path / "off/samples.jsonl")
+    assert [r["prompt_sha256"] for r in on] == [r["prompt_sha256"] for r in off]
+    for other in (dict(haystack="styles"), dict(seed=1), dict(split="validation")):
+        run_passkey_grid(model, bpe_tok, grid(**other), tmp_path / str(other))
+    assert len(built) == 18 * 4 and len(passkey_grid._last_prompts[1]) == 18
+
+
 def test_memory_off_in_one_layer_is_its_own_labelled_resumable_grid(bpe_tok, micro_model, tmp_path):
     model = micro_model(len(bpe_tok), gate_init=2.0)
     run_passkey_grid(model, bpe_tok, grid(memory_off=True), tmp_path / "every")
