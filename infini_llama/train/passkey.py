@@ -241,10 +241,6 @@ class PasskeyBatchSource:
         kind. The parts whose needle was placed are left in `built`."""
         draws = sample_rng(stream, self.seed, index, "boundary").random(len(lengths))
         segment, longest = self.segment_len, self.longest_part(progress)
-
-        def fits(*sizes: int) -> bool:
-            return all(self.pack_min_len <= size <= longest for size in sizes)
-
         moved: dict[int, str] = {}
         start = len(self.bos)
         for part in range(len(lengths)):
@@ -255,9 +251,9 @@ class PasskeyBatchSource:
                 tail = len(answer_ids(self.tokenizer, self._draw(stream, (index << 20) | part)[0])) + 1
                 shift = -(start + lengths[part] - tail) % segment
                 for delta in sorted((shift, shift - segment), key=abs):
-                    if fits(lengths[part] + delta, lengths[part + 1] - delta):
-                        lengths[part] += delta
-                        lengths[part + 1] -= delta
+                    here, there = lengths[part] + delta, lengths[part + 1] - delta
+                    if self.pack_min_len <= min(here, there) and max(here, there) <= longest:
+                        lengths[part], lengths[part + 1] = here, there
                         moved[part] = "question"
                         break
             elif draws[part] < shares[0] + shares[1]:
@@ -376,8 +372,8 @@ class PasskeyBatchSource:
     ) -> Batch:
         """The sequences `indices` of `stream`, labelled as `loss` says; or, given `token`, on each answer's
         token `token` alone, whatever `loss` is (with the package's tokenizer, 0 is the space before the key, 1
-        its first digit, and so on). With `aligned` ("question" or "needle"), every part that can be is moved to
-        a segment boundary that way (its share 1) and only those parts' answers are labelled."""
+        its first digit, and so on). With `aligned` ("question" or "needle"), every part that can be is aligned
+        with a segment boundary that way (its share 1) and only those parts' answers are labelled."""
         shares = None if aligned is None else (float(aligned == "question"), float(aligned == "needle"))
         rows, answers, moved = zip(*(self._packed(stream, i, progress, shares) for i in indices), strict=True)
         input_ids = torch.tensor(rows, dtype=torch.long)  # (B, T)
