@@ -256,30 +256,36 @@ STUDY_PRESETS["paper-short"] = {
     "perplexity_windows": 4,
 }  # fmt: skip
 
-# The 300M study on one H200, both arms side by side in one lease (about 30 minutes held): its 302M model and segment
-# 1,024, pretraining as `paper-short` (300 steps of 4 x 8,192), then passkey fine-tuning at 4,096 tokens for 1,000
-# steps of 16 (65.5M tokens per arm, half the study's 131M) with the recipe that freed the `mini` Infini arm: a
-# curriculum over needle distance (the first 300 steps), the loss on the answer, the gates started open (beta = 2) with
-# a gate LR of 0.1; one LR for both arms, no grid; evaluation from 1,024 to 16,384 tokens with the baseline's dynamic
-# NTK and YaRN-by-length rows, and no one-layer memory-off grids. Planned from measured rates (about 250K tokens/s of
-# the 302M model on one H200; `paper-short`'s grids): about 5 minutes of pretraining, 9 of fine-tuning and 6 of
-# evaluation for the two arms. Its LR, gate and curriculum settings are the starting point of a screen on
-# validation grids (docs/gpus.md). Its first screen (reports/paper-h200-screen/): the Infini arm leaves the answer-loss
-# plateau at LR 1e-4 (0.50 by step 1,000, still falling) but no arm retrieves yet, and two 302M arms on one H200
-# gain nothing from sharing it (16 minutes for two Infini fine-tunings side by side). No checkpoint before a stage's
-# last step: a 302M checkpoint is a 3.6 GB write and its checksum, and on a leased GPU the weights never outlive the
-# lease, so one would only spare a stage that crashed part-way a restart inside the same lease. Evaluation in float32
-# with TF32 matmuls, 16 prompts per batch up to 4,096 tokens and 4 at 16,384: on one H200, 1.35-2.7x float32's speed
-# at a batch of 16, answers as float32's (benchmarks/results/eval_precision_h200.json), which brings the estimate for
-# one seed's two arms from 23 to 20 minutes.
+# The 300M study on one H200, both arms of a seed one after the other in one lease (about 30 minutes held): its 302M
+# model and segment 1,024, then passkey fine-tuning at 4,096 tokens for 2,000 steps of 8 (65.5M tokens per arm, half
+# the study's 131M), one LR for both arms, no grid; evaluation from 1,024 to 16,384 tokens with the baseline's dynamic
+# NTK and YaRN-by-length rows, and no one-layer memory-off grids. The recipe was screened on validation grids over six
+# leases (reports/paper-h200-screen/):
+# - pretraining 600 steps of 4 x 8,192, half of each window's second half a copy of its first (repeat_fraction): the
+#   302M model memorises the 3.6M-token corpus, and the copied text teaches it to look back (lease P);
+# - fine-tuning at LR 1e-4 (3e-4 stayed on the answer-loss plateau), held after 100 warm-up steps and decayed to 1e-5
+#   over the last 500 steps (the decay ended the held LR's digit swaps, lease E), the loss on the answer, the
+#   curriculum over needle distance for the first 600 steps, the gates started open (beta = 2) with a gate LR of 0.1
+#   (0.01 scored 86% at 4,096 against 99-100% at 0.1, lease F);
+# - prompts packed so that 30% of the answers open a segment and 70% of the needles are cut by a segment boundary
+#   (boundary_share, needle_boundary_share): a cut needle whose second copy opens the question's segment was the
+#   Infini arm's last miss, 0 of 16 per cell in lease E and 100% at 4,096 / 95% at 16,384 overall with these shares
+#   in lease F.
+# Both arms of one seed took about 21 minutes on one H100 (lease E's stage times, lease F's evaluation). No
+# checkpoint before a stage's last step: a 302M checkpoint is a 3.6 GB write and its checksum, and on a leased GPU the
+# weights never outlive the lease, so one would only spare a stage that crashed part-way a restart inside the same
+# lease. Evaluation in float32 with TF32 matmuls, 16 prompts per batch up to 4,096 tokens and 4 at 16,384: on one
+# H200, 1.35-2.7x float32's speed at a batch of 16, answers as float32's (benchmarks/results/eval_precision_h200.json).
 STUDY_PRESETS["paper-h200"] = {
     **STUDY_PRESETS["paper-short"],
     "model": dict(gate_init=2.0),
-    "pretrain": {**STUDY_PRESETS["paper-short"]["pretrain"], "save_every": 0},
-    "finetune": {**STUDY_PRESETS["paper-300m"]["finetune"], "global_batch": 16, "steps": 1000, "lr": 1.5e-4,
-                 "min_lr": 1.5e-5, "warmup_steps": 50, "gate_lr": 0.1, "eval_every": 250, "save_every": 0},
+    "pretrain": {**STUDY_PRESETS["paper-short"]["pretrain"], "steps": 600, "repeat_fraction": 0.5, "save_every": 0},
+    "finetune": {**STUDY_PRESETS["paper-300m"]["finetune"], "global_batch": 8, "steps": 2000, "lr": 1e-4,
+                 "min_lr": 1e-5, "warmup_steps": 100, "decay_steps": 500, "gate_lr": 0.1, "eval_every": 200,
+                 "save_every": 0},
     "finetune_lr_grid": (),
-    "passkey": dict(key_digits=4, loss="answer", depths=FINE_DEPTHS, curriculum_steps=300),
+    "passkey": dict(key_digits=4, loss="answer", depths=FINE_DEPTHS, curriculum_steps=600, boundary_share=0.3,
+                    needle_boundary_share=0.7),
     "eval_rope_scaling": [dict(rope_type="dynamic", factor=1.0), dict(rope_type="yarn", per_length=True)],
     "layer_off_multiple": None,
     "eval_precision": "tf32",

@@ -407,7 +407,7 @@ def test_a_study_started_before_a_field_existed_continues(tmp_path):
 
 @pytest.mark.parametrize(
     "preset,pretrain,finetune",
-    [("mini", 16, 16), ("paper-300m", 4, 64), ("paper-short", 4, 64), ("paper-h200", 4, 16)],
+    [("mini", 16, 16), ("paper-300m", 4, 64), ("paper-short", 4, 64), ("paper-h200", 4, 8)],
     ids=str,
 )
 def test_gpu_presets_keep_their_global_batch_in_as_many_passes_as_memory_needs(preset, pretrain, finetune):
@@ -436,7 +436,12 @@ def test_a_study_preset_can_build_on_a_model_preset_of_another_name():
     one = study_config("paper-h200")  # one H200: half the study's fine-tuning tokens, one LR, the mini recipe's gates
     assert one.model_preset == "paper-300m" and not one.finetune_lr_grid and one.layer_off_multiple is None
     fin = study_stages.train_recipe(one, expand_arms(one)[0], "finetune")
-    assert fin.steps * fin.global_batch * fin.seq_len == 1000 * 16 * 4096 and fin.gate_lr == 0.1
+    assert fin.steps * fin.global_batch * fin.seq_len == 2000 * 8 * 4096 and fin.gate_lr == 0.1
+    # The screened recipe (reports/paper-h200-screen/, lease F): the LR held, then decayed over the last 500 steps;
+    # pretraining on half-copied windows; most needles cut by a segment boundary.
+    assert (fin.lr, fin.min_lr, fin.decay_steps) == (1e-4, 1e-5, 500)
+    assert study_stages.train_recipe(one, expand_arms(one)[0], "pretrain").repeat_fraction == 0.5
+    assert (one.passkey["boundary_share"], one.passkey["needle_boundary_share"]) == (0.3, 0.7)
     assert study_stages.eval_lengths(one, expand_arms(one)[0]) == [1024, 2048, 4096, 8192, 16384]
     # A checkpoint at each stage's end only (3.6 GB each; the weights stay on the leased machine).
     assert fin.save_every == 0 and study_stages.train_recipe(one, expand_arms(one)[0], "pretrain").save_every == 0
