@@ -1,7 +1,8 @@
 """The README's headline tables, made from the reports' results.json, so that the numbers cannot drift.
 
 A headline block in a Markdown file is the table between a line `<!-- headline: SOURCE -->` and a line
-`<!-- /headline -->`. SOURCE is a study's report folder (the table: the across-seed means of its results.json) or
+`<!-- /headline -->`. SOURCE is a study's report folder (the table: the across-seed means of its results.json, from
+the training length on, or from another multiple of it with `<!-- headline: SOURCE from=0.5 -->`) or
 a benchmark's JSON file (`benchmarks/bench_gpu.py`'s: the trainer's default command, training against HF Llama
 and `model.generate` with each common setting). The test suite checks every block against its JSON;
 `python -m infini_llama.study.headline README.md` rewrites them.
@@ -16,7 +17,11 @@ from pathlib import Path
 
 from infini_llama.eval.markdown import table
 
-BLOCK = re.compile(r"(<!-- headline: (?P<source>[^ ]+) -->\n)(?P<table>.*?)(<!-- /headline -->)", re.DOTALL)
+BLOCK = re.compile(
+    r"(?P<open><!-- headline: (?P<source>[^ ]+)(?: from=(?P<first>[0-9.]+))? -->\n)"
+    r"(?P<table>.*?)(?P<end><!-- /headline -->)",
+    re.DOTALL,
+)
 # Row labels of a study's results -> how the headline names them, in this order; a study shows those it has.
 ROWS = {
     "infini": "Infini",
@@ -27,11 +32,11 @@ ROWS = {
 }
 
 
-def headline_table(results: dict, haystack: str = "repeat") -> str:
-    """Exact match % on `haystack`, mean over the seeds, at every length from the training length on, for each row
-    of ROWS the study has."""
+def headline_table(results: dict, haystack: str = "repeat", first: float = 1.0) -> str:
+    """Exact match % on `haystack`, mean over the seeds, at every length from `first` times the training length on,
+    for each row of ROWS the study has."""
     by_label = {row["label"]: row for row in results["rows"]}
-    multiples = [x["multiple"] for x in by_label["infini"]["haystacks"][haystack] if x["multiple"] >= 1]
+    multiples = [x["multiple"] for x in by_label["infini"]["haystacks"][haystack] if x["multiple"] >= first]
     lines = []
     for label, name in ROWS.items():
         if label in by_label:
@@ -78,8 +83,9 @@ def render(text: str, root: Path) -> str:
         if source.suffix == ".json":
             made = gpu_table(json.loads(source.read_text()))
         else:
-            made = headline_table(json.loads((source / "results.json").read_text()))
-        return match.group(1) + made + match.group(4)
+            first = float(match["first"] or 1.0)
+            made = headline_table(json.loads((source / "results.json").read_text()), first=first)
+        return match["open"] + made + match["end"]
 
     return BLOCK.sub(fill, text)
 

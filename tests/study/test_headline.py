@@ -1,5 +1,6 @@
 """The README's headline tables are the numbers of the reports they name."""
 
+import json
 from pathlib import Path
 
 from infini_llama.study.headline import BLOCK, render
@@ -22,3 +23,17 @@ def test_a_changed_number_is_caught():
     block = next(BLOCK.finditer(readme))
     changed = readme.replace(block["table"], block["table"].replace("| 0 |", "| 1 |", 1), 1)
     assert changed != readme and render(changed, ROOT) == readme
+
+
+def test_a_headline_can_start_below_the_training_length():
+    # As the 302M study's, whose 1x is its pretraining length (8,192 tokens) and whose fine-tuning length is 0.5x.
+    source = "reports/mini"
+    results = json.loads((ROOT / source / "results.json").read_text())
+    block = f"<!-- headline: {source} from=0.5 -->\n| stale |\n<!-- /headline -->\n"
+    made = render(block, ROOT)
+    header = [c.strip() for c in made.splitlines()[1].strip("|").split("|")]
+    assert header == ["arm", "0.5×", "1×", "2×", "4×", "8×", "16×"]
+    infini = next(row for row in results["rows"] if row["label"] == "infini")
+    half = next(x for x in infini["haystacks"]["repeat"] if x["multiple"] == 0.5)
+    assert made.splitlines()[3].startswith(f"| Infini | {100 * half['exact']['mean']:.0f} |")
+    assert render(block.replace(" from=0.5", ""), ROOT).splitlines()[1].count("×") == 5, "from the training length"
