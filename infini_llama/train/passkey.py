@@ -177,6 +177,9 @@ class PasskeyBatchSource:
         self.segment_len, self.boundary_share = segment_len, boundary_share
         self.needle_boundary_share = needle_boundary_share
         self.num_validation_batches, self.validation_batch_size = validation_batches, batch_size
+        # The validation sequences, built once: every validation scores the same ones (several times: labelled on
+        # each answer token, and with their parts aligned with segment boundaries).
+        self._validation_built: dict[tuple, tuple[list[int], list[list[int]], dict[int, str]]] = {}
         self.bos = bos_ids(tokenizer, None)
         excluded = [
             key
@@ -223,6 +226,15 @@ class PasskeyBatchSource:
             ids += part_ids
         assert len(ids) == self.seq_len
         return ids, answers, aligned
+
+    def _validation_packed(
+        self, stream: int, index: int, progress: float, shares: tuple[float, float] | None
+    ) -> tuple[list[int], list[list[int]], dict[int, str]]:
+        """`_packed`, kept for the next call: a validation sequence is built once per way of aligning it."""
+        key = (stream, index, progress, shares)
+        if key not in self._validation_built:
+            self._validation_built[key] = self._packed(stream, index, progress, shares)
+        return self._validation_built[key]
 
     def _aligned(
         self,
@@ -375,7 +387,8 @@ class PasskeyBatchSource:
         its first digit, and so on). With `aligned` ("question" or "needle"), every part that can be is aligned
         with a segment boundary that way (its share 1) and only those parts' answers are labelled."""
         shares = None if aligned is None else (float(aligned == "question"), float(aligned == "needle"))
-        rows, answers, moved = zip(*(self._packed(stream, i, progress, shares) for i in indices), strict=True)
+        packed = self._validation_packed if stream == TRAIN_VALIDATION_STREAM else self._packed
+        rows, answers, moved = zip(*(packed(stream, i, progress, shares) for i in indices), strict=True)
         input_ids = torch.tensor(rows, dtype=torch.long)  # (B, T)
         if self.loss == "all" and token is None and aligned is None:
             return input_ids, input_ids.clone()

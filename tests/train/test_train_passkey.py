@@ -146,6 +146,31 @@ def test_validation_batches_are_fixed_and_apart_from_training(bpe_tok):
     json.dumps(src.state_dict())
 
 
+def test_validation_sequences_are_built_once_and_scored_as_built_anew(bpe_tok, monkeypatch):
+    options = dict(seq_len=1024, pack_min_len=150, loss="answer", segment_len=128, boundary_share=0.3,
+                   needle_boundary_share=0.3)  # fmt: skip
+
+    def every_validation(src):  # what one validation of the trainer asks for, in its order
+        return [list(src.validation_batches()), list(src.boundary_batches()), list(src.needle_boundary_batches())] + [
+            list(batches()) for batches in src.answer_token_batches()
+        ]
+
+    src = source(bpe_tok, **options)
+    built = []
+    original = PasskeyBatchSource._packed
+    monkeypatch.setattr(PasskeyBatchSource, "_packed", lambda self, *a, **k: built.append(a) or original(self, *a, **k))
+    first = every_validation(src)
+    assert len(built) == 3 * 2 * 4, "each of the 2 × 4 sequences once per way of aligning it (none, question, needle)"
+    again = every_validation(src)
+    assert len(built) == 3 * 2 * 4, "and never again"
+    src.batch(0, 0)
+    assert len(built) == 3 * 2 * 4 + 4, "training sequences are built each time they are asked for"
+    fresh = every_validation(source(bpe_tok, **options))
+    for batches in (again, fresh):
+        for mine, theirs in zip(first, batches, strict=True):
+            assert all(torch.equal(a, b) for x, y in zip(mine, theirs, strict=True) for a, b in zip(x, y, strict=True))
+
+
 def test_bad_options_are_refused(bpe_tok):
     with pytest.raises(ValueError, match="loss must be"):
         source(bpe_tok, loss="keys")
