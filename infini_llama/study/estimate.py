@@ -30,7 +30,6 @@ import torch
 from tqdm.auto import tqdm
 
 from infini_llama.eval.inference import batch_for
-from infini_llama.eval.passkey import DEFAULT_KEY_DIGITS
 from infini_llama.host import cpu_summary, describe_cpu
 from infini_llama.models import InfiniLlamaForCausalLM, config_from_preset
 from infini_llama.profiling import gpu_busy_share
@@ -260,8 +259,8 @@ def probe_arm(cfg: StudyConfig, arm: Arm, device: torch.device, busy: bool = Fal
 def _training_stage(name: str, tcfg: TrainConfig, step_seconds: float, attention: str, device, run_dir: Path,
                     passes: int = 1) -> Stage:  # fmt: skip
     """`passes`: forward passes over the validation windows per validation (pretraining's text: 2, with the
-    copied text; passkey fine-tuning: 1, one per answer token, one on answers at a segment boundary and one on
-    needles cut by one)."""
+    copied text; passkey fine-tuning: 1 for the prompts under every labelling, with packing one more on answers at a
+    segment boundary and one on needles cut by one)."""
     validations = 1 + (tcfg.steps // tcfg.eval_every if tcfg.eval_every else 0)
     # A validation pass: forward only (about a third of a step's time per sequence) over eval_windows sequences.
     sequences = sequences_per_step(tcfg)
@@ -291,10 +290,10 @@ def arm_estimate(cfg: StudyConfig, arm: Arm, root: Path, rates: ArmRates, device
                                             device, root / "pretrain", passes=2)  # fmt: skip
     else:  # a copy of an earlier arm's pretraining
         costs["pretrain"] = Stage("pretrain", 0.0)
-    # The validation, the answers' tokens (a space and the digits) one by one, and with packing the answers at a
-    # segment boundary and the needles cut by one.
+    # The validation and the answers' tokens one by one, in one pass (`summed_losses`); with packing, the answers at
+    # a segment boundary and the needles cut by one.
     data = {**cfg.passkey, **arm.passkey}
-    passes = 2 + data.get("key_digits", DEFAULT_KEY_DIGITS) + 2 * (data.get("pack_min_len") != 0)
+    passes = 1 + 2 * (data.get("pack_min_len") != 0)
     for lr in candidate_lrs(cfg, arm):
         name = finetune_dir(root, lr).name
         costs[name] = _training_stage(name, finetune_recipe(cfg, arm, lr), rates.step_seconds["finetune"],

@@ -87,7 +87,7 @@ def finetune_curve(run_dir: Path, steps: int, points: int = CURVE_POINTS) -> dic
         "window_steps": width,
         "train": [[min(steps, (w + 1) * width), round(statistics.fmean(v), 5)] for w, v in sorted(windows.items())],
         "val": [[r["step"], round(r["loss"], 5)] for r in val],
-        # The loss on each answer token at each validation (`PasskeyBatchSource.answer_token_batches`), where logged.
+        # The loss on each answer token at each validation (`PasskeyBatchSource.answer_token_validation`), where logged.
         "val_by_token": [
             [r["step"], [None if x is None else round(x, 5) for x in r["answer_token_losses"]]]
             for r in val

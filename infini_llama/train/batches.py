@@ -43,8 +43,9 @@ class BatchSource(Protocol):
     (batches like `validation_batches()`'s, whose loss only a model that looks back and copies brings far down)
     as `copy_loss`, `boundary_batches()` (answers written in a new segment: `PasskeyBatchSource`) as
     `boundary_loss`, `needle_boundary_batches()` (needles cut by a segment boundary) as `needle_boundary_loss`;
-    one with `answer_token_batches()` (a batches factory per token of an answer), the loss on each, as
-    `answer_token_losses`.
+    one with `answer_token_validation()` (the validation batches, each with its training labels and a labelling
+    per token of an answer) has its validation loss and the loss on each answer token (`answer_token_losses`)
+    from one forward pass per batch.
     """
 
     def batch(self, step: int, micro_step: int) -> Batch: ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -207,14 +208,28 @@ def summed_loss(
     loss run at the targets only: the same sum, without the logits of every other position. Which path is decided
     on the labels where they are (a batch's labels stay on the host until here: no wait for the device).
     """
+    return summed_losses(model, input_ids, [labels], loss_fn)[0]
+
+
+def summed_losses(
+    model: nn.Module, input_ids: torch.Tensor, labellings: list[torch.Tensor], loss_fn=causal_lm_loss
+) -> torch.Tensor:
+    """`summed_loss` of one batch under each of several labellings, from one forward pass: a tensor (len(labellings),).
+    The output layer runs where any labelling has a target, or everywhere where more than half the positions are."""
     device = input_ids.device
-    targets = labels[:, 1:] != -100
-    if 2 * int(targets.sum()) > targets.numel():
-        return loss_fn(model(input_ids=input_ids, use_cache=False).logits, labels.to(device), reduction="sum")
-    at = nn.functional.pad(targets, (0, 1)).to(device)  # the logits at t predict labels[t + 1]
-    logits = model(input_ids=input_ids, use_cache=False, logits_at=at).logits
+    targets = [labels[:, 1:] != -100 for labels in labellings]
+    anywhere = functools.reduce(torch.logical_or, targets)
+    if 2 * int(anywhere.sum()) > anywhere.numel():
+        logits = model(input_ids=input_ids, use_cache=False).logits
+        return torch.stack([loss_fn(logits, labels.to(device), reduction="sum") for labels in labellings])
+    at = nn.functional.pad(anywhere, (0, 1)).to(device)  # the logits at t predict labels[t + 1]
+    logits = model(input_ids=input_ids, use_cache=False, logits_at=at).logits  # (positions where `anywhere`, V)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return nn.functional.cross_entropy(logits, labels[:, 1:][targets].to(device), reduction="sum")
+    losses = []
+    for labels, mine in zip(labellings, targets, strict=True):
+        at_mine = logits if mine is anywhere else logits[mine[anywhere].to(device)]
+        losses.append(nn.functional.cross_entropy(at_mine, labels[:, 1:][mine].to(device), reduction="sum"))
+    return torch.stack(losses)
 
 
 class _Trainer:
@@ -392,15 +407,22 @@ class _Trainer:
             run_file = plan.run_dir / RUN_FILE
             write_json_atomically(run_file, {**json.loads(run_file.read_text()), "micro_batch": plan.micro_batch})
 
-    @torch.no_grad()
     def evaluate(self, batches: Callable[[], Iterable[Batch]] | None = None) -> float:
         """Mean validation loss per target token over every process's validation batches (those `batches()`
-        yields; the source's `validation_batches` by default); NaN where they hold no target.
+        yields; the source's `validation_batches` by default); NaN where they hold no target."""
+        batches = batches or self.plan.source.validation_batches
+        return self.evaluate_labellings(lambda: ((input_ids, [labels]) for input_ids, labels in batches()))[0]
+
+    @torch.no_grad()
+    def evaluate_labellings(
+        self, batches: Callable[[], Iterable[tuple[torch.Tensor, list[torch.Tensor]]]]
+    ) -> list[float]:
+        """`evaluate` of batches that each hold their sequences once and several labellings of them (all batches
+        as many): the mean loss under each labelling, from one forward pass per batch.
 
         Compiled layers build their evaluation graphs (no grad, validation shapes) here, outside the up-front
         probe of `compile_decoder_layers`: if that fails, evaluation runs eagerly from then on, with a warning.
         """
-        batches = batches or self.plan.source.validation_batches
         model = unwrap(self.wrapped)
         if self.plan.compile and not self.eval_eagerly:
             try:
@@ -411,18 +433,27 @@ class _Trainer:
         with eager_layers(model.model.layers) if self.plan.compile else contextlib.nullcontext():
             return self._evaluate(model, batches(), causal_lm_loss if self.plan.compile else None)
 
-    def _evaluate(self, model: InfiniLlamaForCausalLM, batches: Iterable[Batch], loss_fn=None) -> float:
+    def _evaluate(
+        self, model: InfiniLlamaForCausalLM, batches: Iterable[tuple[torch.Tensor, list[torch.Tensor]]], loss_fn=None
+    ) -> list[float]:
         model.eval()
+        sums = None
         try:
-            sums = torch.zeros(2, dtype=torch.float64, device=self.device)
-            for input_ids, labels in batches:
-                check_token_ids(input_ids, labels, self.plan.model_config.vocab_size, "a validation batch")
-                sums[0] += self._forward_loss(model, input_ids, labels, loss_fn).double()
-                sums[1] += count_targets(labels)
+            for input_ids, labellings in batches:
+                for labels in labellings:
+                    check_token_ids(input_ids, labels, self.plan.model_config.vocab_size, "a validation batch")
+                if sums is None:  # (labellings, loss and targets)
+                    sums = torch.zeros(len(labellings), 2, dtype=torch.float64, device=self.device)
+                with self.autocast or contextlib.nullcontext():
+                    losses = summed_losses(model, input_ids.to(self.device), labellings, loss_fn or self.loss_fn)
+                sums[:, 0] += losses.double()
+                sums[:, 1] += torch.tensor([count_targets(labels) for labels in labellings], device=self.device)
         finally:
             model.train()
-        total, count = all_reduce_sum(sums, self.info).tolist()
-        return total / count if count else float("nan")
+        if sums is None:  # no batches: one labelling, no target (every process reduces alike)
+            sums = torch.zeros(1, 2, dtype=torch.float64, device=self.device)
+        totals = all_reduce_sum(sums, self.info).tolist()
+        return [total / count if count else float("nan") for total, count in totals]
 
     def gate_values(self) -> list[list[float]] | None:
         """g = act(β) per layer and head (a collective under FSDP2: every process calls it)."""
@@ -556,12 +587,13 @@ class _Trainer:
 
     def _log_eval(self, step: int, logger: MetricsLogger, bar: tqdm, result: TrainResult) -> float:
         source = self.plan.source
-        answer_tokens = getattr(source, "answer_token_batches", None)
         with self._timed(result, "validation"):
-            val_loss = self.evaluate()
+            if hasattr(source, "answer_token_validation"):
+                val_loss, *by_token = self.evaluate_labellings(source.answer_token_validation)
+            else:
+                val_loss, by_token = self.evaluate(), []
             extras = {name: self.evaluate(getattr(source, method)) for name, (method, _) in EXTRA_VALIDATIONS.items()
                       if hasattr(source, method)}  # fmt: skip
-            by_token = [self.evaluate(batches) for batches in answer_tokens()] if answer_tokens is not None else []
         gates = self.gate_values()
         record = {"kind": "val", "step": step, "loss": val_loss, "gates": gates}
         record.update((name, loss) for name, loss in extras.items() if math.isfinite(loss))

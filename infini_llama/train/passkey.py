@@ -10,9 +10,8 @@ filler; the held-out text that evaluation also uses is never trained on.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -386,18 +385,34 @@ class PasskeyBatchSource:
         token `token` alone, whatever `loss` is (with the package's tokenizer, 0 is the space before the key, 1
         its first digit, and so on). With `aligned` ("question" or "needle"), every part that can be is aligned
         with a segment boundary that way (its share 1) and only those parts' answers are labelled."""
+        input_ids, (labels,) = self._labelled(stream, indices, progress, (token,), aligned)
+        return input_ids, labels
+
+    def _labelled(
+        self,
+        stream: int,
+        indices: Sequence[int],
+        progress: float,
+        tokens: Sequence[int | None],
+        aligned: str | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`_batch`'s sequences with a labelling per entry of `tokens` (None: as `loss` says; t: answer token t)."""
         shares = None if aligned is None else (float(aligned == "question"), float(aligned == "needle"))
         packed = self._validation_packed if stream == TRAIN_VALIDATION_STREAM else self._packed
         rows, answers, moved = zip(*(packed(stream, i, progress, shares) for i in indices), strict=True)
         input_ids = torch.tensor(rows, dtype=torch.long)  # (B, T)
-        if self.loss == "all" and token is None and aligned is None:
-            return input_ids, input_ids.clone()
-        labels = torch.full_like(input_ids, -100)
-        for b, parts in enumerate(answers):
-            kept = [answer for part, answer in enumerate(parts) if aligned is None or part in moved[b]]
-            positions = [p for answer in kept for p in (answer if token is None else answer[token : token + 1])]
-            labels[b, positions] = input_ids[b, positions]
-        return input_ids, labels
+        labellings = []
+        for token in tokens:
+            if self.loss == "all" and token is None and aligned is None:
+                labellings.append(input_ids.clone())
+                continue
+            labels = torch.full_like(input_ids, -100)
+            for b, parts in enumerate(answers):
+                kept = [answer for part, answer in enumerate(parts) if aligned is None or part in moved[b]]
+                positions = [p for answer in kept for p in (answer if token is None else answer[token : token + 1])]
+                labels[b, positions] = input_ids[b, positions]
+            labellings.append(labels)
+        return input_ids, labellings
 
     def batch(self, step: int, micro_step: int) -> Batch:
         first = ((step * self.grad_accum + micro_step) * self.world_size + self.rank) * self.batch_size
@@ -411,12 +426,16 @@ class PasskeyBatchSource:
         """The validation sequences (the same every call), labelled as training labels; given `token`, on each
         answer's token `token` alone; with `aligned`, as many of their parts as can be moved to a segment
         boundary that way, labelled on those answers alone (`_batch`)."""
+        for indices in self._validation_indices():
+            yield self._batch(TRAIN_VALIDATION_STREAM, indices, token=token, aligned=aligned)
+
+    def _validation_indices(self) -> Iterator[list[int]]:
+        """This process's validation sequences, a batch of `batch_size` at a time."""
         size = self.validation_batch_size
         indices = [(i * self.world_size + self.rank) * size + b for i in range(self.num_validation_batches)
                    for b in range(size)]  # fmt: skip
         for start in range(0, len(indices), self.batch_size):
-            yield self._batch(TRAIN_VALIDATION_STREAM, indices[start : start + self.batch_size], token=token,
-                              aligned=aligned)  # fmt: skip
+            yield indices[start : start + self.batch_size]
 
     def boundary_batches(self) -> Iterator[Batch]:
         """The validation sequences with their parts at segment boundaries, scored on those parts' answers: the
@@ -435,12 +454,15 @@ class PasskeyBatchSource:
             return iter(())
         return self.validation_batches(aligned=aligned)
 
-    def answer_token_batches(self) -> list[Callable[[], Iterator[Batch]]]:
-        """The validation batches once per token an answer can have (the space and `key_digits` digits), each
-        labelled on that token of every answer alone: the trainer logs the loss of each, which shows what a
-        model knows of the key as it learns (the first digit: where the key is; the later ones, given the digits
-        before them: their order). A token no answer has scores nothing (NaN)."""
-        return [functools.partial(self.validation_batches, token) for token in range(self.key_digits + 1)]
+    def answer_token_validation(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
+        """The validation batches, each with its labellings: as training labels (`validation_batches`'), then on
+        each token an answer can have (the space and `key_digits` digits) alone, every answer's. The trainer scores
+        them in one forward pass per batch and logs the validation loss and the loss on each answer token, which
+        shows what a model knows of the key as it learns (the first digit: where the key is; the later ones, given
+        the digits before them: their order). A token no answer has scores nothing (NaN)."""
+        tokens = (None, *range(self.key_digits + 1))
+        for indices in self._validation_indices():
+            yield self._labelled(TRAIN_VALIDATION_STREAM, indices, 1.0, tokens)
 
     def state_dict(self) -> dict[str, Any]:
         """What fixes every batch (a resumed run refuses a source that differs)."""

@@ -7,7 +7,6 @@ import time
 import pytest
 import torch
 
-from infini_llama.eval.passkey import DEFAULT_KEY_DIGITS
 from infini_llama.host import cpu_summary
 from infini_llama.profiling import busy_us, gpu_busy_share, kernel_events
 from infini_llama.study import estimate, run_study, study_config
@@ -54,11 +53,10 @@ def test_every_stage_is_estimated_from_a_short_probe(tmp_path):
         # the sequences of a step.
         assert finetune.step_seconds == pytest.approx(pretrain.step_seconds / 2)
         # Four validations (steps 0, 10, 20, 30), each of passes over 2 windows at a third of a step's time per
-        # sequence: pretraining scores its windows and their copies; fine-tuning its prompts, each answer token and
-        # (packed) the answers at a segment boundary and the needles cut by one.
-        digits = cfg.passkey.get("key_digits", DEFAULT_KEY_DIGITS)
+        # sequence: pretraining scores its windows and their copies; fine-tuning its prompts (under their labels and
+        # each answer token's at once) and (packed) the answers at a segment boundary and the needles cut by one.
         packed = cfg.passkey.get("pack_min_len") != 0
-        for stage, sequences, passes in ((pretrain, 4, 2), (finetune, 2, 2 + digits + 2 * packed)):
+        for stage, sequences, passes in ((pretrain, 4, 2), (finetune, 2, 1 + 2 * packed)):
             validations = 4 * passes * 2 * stage.step_seconds / sequences / 3
             assert stage.seconds == pytest.approx(30 * stage.step_seconds + validations)
         assert sum(s.seconds for s in task.stages[3:]) > 0  # the evaluations

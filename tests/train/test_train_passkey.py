@@ -81,12 +81,16 @@ def test_answer_only_loss_masks_everything_but_the_answer(bpe_tok):
 
 
 @pytest.mark.parametrize("loss", ["answer", "all"])
-def test_answer_token_batches_split_the_answers_token_by_token(bpe_tok, loss):
+def test_answer_token_validation_labels_the_answers_token_by_token(bpe_tok, loss):
     src = source(bpe_tok, seq_len=1024, pack_min_len=150, loss=loss)
     on_answers = source(bpe_tok, seq_len=1024, pack_min_len=150, loss="answer")
     answers = torch.cat([labels for _, labels in on_answers.validation_batches()])
-    by_token = [torch.cat([labels for _, labels in batches()]) for batches in src.answer_token_batches()]
-    assert len(by_token) == 4 + 1, "the space and four digits"
+    labelled = list(src.answer_token_validation())
+    sequences, training = (torch.cat(x) for x in zip(*src.validation_batches(), strict=True))
+    assert torch.equal(torch.cat([ids for ids, _ in labelled]), sequences), "the validation sequences"
+    assert torch.equal(torch.cat([labellings[0] for _, labellings in labelled]), training), "first as in training"
+    by_token = [torch.cat([labellings[1 + t] for _, labellings in labelled]) for t in range(5)]
+    assert all(len(labellings) == 1 + 5 for _, labellings in labelled), "then the space and four digits"
     for token, labels in enumerate(by_token):
         kept = labels != -100
         assert torch.equal(labels[kept], answers[kept]), "the answers' own tokens, whatever the training loss"
@@ -96,9 +100,8 @@ def test_answer_token_batches_split_the_answers_token_by_token(bpe_tok, loss):
         assert (set(text) == {" "}) if token == 0 else text.isdigit(), "token 0 is the space before the key"
     # Together they are the answers, each position once, on the validation sequences.
     assert torch.equal(sum((labels != -100).long() for labels in by_token), (answers != -100).long())
-    sequences = torch.cat([ids for ids, _ in src.validation_batches()])
-    for batches in src.answer_token_batches():
-        assert torch.equal(torch.cat([ids for ids, _ in batches()]), sequences)
+    for token, labels in enumerate(by_token):
+        assert torch.equal(labels, torch.cat([lab for _, lab in src.validation_batches(token=token)]))
 
 
 def test_fine_tuning_logs_the_validation_loss_of_each_answer_token(tmp_path, bpe_tok, passkey_base):
@@ -151,9 +154,7 @@ def test_validation_sequences_are_built_once_and_scored_as_built_anew(bpe_tok, m
                    needle_boundary_share=0.3)  # fmt: skip
 
     def every_validation(src):  # what one validation of the trainer asks for, in its order
-        return [list(src.validation_batches()), list(src.boundary_batches()), list(src.needle_boundary_batches())] + [
-            list(batches()) for batches in src.answer_token_batches()
-        ]
+        return [list(src.answer_token_validation()), list(src.boundary_batches()), list(src.needle_boundary_batches())]
 
     src = source(bpe_tok, **options)
     built = []
@@ -166,9 +167,18 @@ def test_validation_sequences_are_built_once_and_scored_as_built_anew(bpe_tok, m
     src.batch(0, 0)
     assert len(built) == 3 * 2 * 4 + 4, "training sequences are built each time they are asked for"
     fresh = every_validation(source(bpe_tok, **options))
+
+    def tensors(batches):  # every tensor of a validation's batches, labellings included, in order
+        return [
+            t
+            for kind in batches
+            for batch in kind
+            for part in batch
+            for t in (part if isinstance(part, list) else [part])
+        ]
+
     for batches in (again, fresh):
-        for mine, theirs in zip(first, batches, strict=True):
-            assert all(torch.equal(a, b) for x, y in zip(mine, theirs, strict=True) for a, b in zip(x, y, strict=True))
+        assert all(torch.equal(a, b) for a, b in zip(tensors(first), tensors(batches), strict=True))
 
 
 def test_bad_options_are_refused(bpe_tok):

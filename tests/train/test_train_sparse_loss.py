@@ -5,7 +5,7 @@ import torch
 
 from infini_llama import InfiniLlamaConfig, InfiniLlamaForCausalLM
 from infini_llama.models import causal_lm_loss
-from infini_llama.train.loop import summed_loss
+from infini_llama.train.loop import summed_loss, summed_losses
 
 VOCAB, B, T = 61, 3, 40
 
@@ -80,3 +80,25 @@ def test_dense_targets_use_the_given_loss():
     got = summed_loss(model, ids, labels, loss_fn)
     assert calls == [(B, T, VOCAB)]
     torch.testing.assert_close(got, causal_lm_loss(model(input_ids=ids).logits, labels, reduction="sum"))
+
+
+@pytest.mark.parametrize("attention", ["infini", "full"])
+@pytest.mark.parametrize("fractions", [(0.3, 0.05, 0.0, 0.1), (0.9, 0.05, 0.0)], ids=["sparse", "dense"])
+def test_several_labellings_score_as_one_each_from_one_forward_pass(attention, fractions, monkeypatch):
+    # As a passkey validation: the answers (or every token), then other targets, one labelling without any.
+    model = make_model(attention).eval()
+    ids, _ = batch(0.5)
+    labellings = [torch.where(torch.rand(B, T, generator=torch.Generator().manual_seed(i)) < f, ids, -100)
+                  for i, f in enumerate(fractions)]  # fmt: skip
+    forwards = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda **kw: forwards.append(kw) or forward(**kw))
+    with torch.no_grad():
+        got = summed_losses(model, ids, labellings)
+        assert len(forwards) == 1, "one forward pass for every labelling"
+        assert ("logits_at" in forwards[0]) == (fractions[0] < 0.5), "the output layer at the targets only if sparse"
+        want = torch.stack([summed_loss(model, ids, labels) for labels in labellings])
+        dense = torch.stack([causal_lm_loss(forward(input_ids=ids).logits, lab, reduction="sum") for lab in labellings])
+    assert got.shape == (len(fractions),) and float(got[fractions.index(0.0)]) == 0.0
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got, dense, rtol=1e-10, atol=1e-12)
