@@ -373,19 +373,11 @@ class PasskeyBatchSource:
         answers = list(range(prompt_len, prompt_len + len(answer)))
         return ids, answers, (sample.needle_start, sample.needle_end), sample.slot_starts
 
-    def _batch(
-        self,
-        stream: int,
-        indices: Sequence[int],
-        progress: float = 1.0,
-        token: int | None = None,
-        aligned: str | None = None,
-    ) -> Batch:
-        """The sequences `indices` of `stream`, labelled as `loss` says; or, given `token`, on each answer's
-        token `token` alone, whatever `loss` is (with the package's tokenizer, 0 is the space before the key, 1
-        its first digit, and so on). With `aligned` ("question" or "needle"), every part that can be is aligned
-        with a segment boundary that way (its share 1) and only those parts' answers are labelled."""
-        input_ids, (labels,) = self._labelled(stream, indices, progress, (token,), aligned)
+    def _batch(self, stream: int, indices: Sequence[int], progress: float = 1.0, aligned: str | None = None) -> Batch:
+        """The sequences `indices` of `stream`, labelled as `loss` says. With `aligned` ("question" or "needle"),
+        every part that can be is aligned with a segment boundary that way (its share 1) and only those parts'
+        answers are labelled."""
+        input_ids, (labels,) = self._labelled(stream, indices, progress, (None,), aligned)
         return input_ids, labels
 
     def _labelled(
@@ -396,7 +388,9 @@ class PasskeyBatchSource:
         tokens: Sequence[int | None],
         aligned: str | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """`_batch`'s sequences with a labelling per entry of `tokens` (None: as `loss` says; t: answer token t)."""
+        """`_batch`'s sequences with a labelling per entry of `tokens`: None, as `_batch` labels them; t, on each
+        answer's token t alone, whatever `loss` is (with the package's tokenizer, 0 is the space before the key, 1
+        its first digit, and so on)."""
         shares = None if aligned is None else (float(aligned == "question"), float(aligned == "needle"))
         packed = self._validation_packed if stream == TRAIN_VALIDATION_STREAM else self._packed
         rows, answers, moved = zip(*(packed(stream, i, progress, shares) for i in indices), strict=True)
@@ -422,12 +416,11 @@ class PasskeyBatchSource:
         """The same sequences per step, and the same validation sequences, in `grad_accum` passes of `batch_size`."""
         return split_source(self, batch_size, grad_accum)
 
-    def validation_batches(self, token: int | None = None, aligned: str | None = None) -> Iterator[Batch]:
-        """The validation sequences (the same every call), labelled as training labels; given `token`, on each
-        answer's token `token` alone; with `aligned`, as many of their parts as can be moved to a segment
-        boundary that way, labelled on those answers alone (`_batch`)."""
+    def validation_batches(self, aligned: str | None = None) -> Iterator[Batch]:
+        """The validation sequences (the same every call), labelled as training labels; with `aligned`, as many of
+        their parts as can be moved to a segment boundary that way, labelled on those answers alone (`_batch`)."""
         for indices in self._validation_indices():
-            yield self._batch(TRAIN_VALIDATION_STREAM, indices, token=token, aligned=aligned)
+            yield self._batch(TRAIN_VALIDATION_STREAM, indices, aligned=aligned)
 
     def _validation_indices(self) -> Iterator[list[int]]:
         """This process's validation sequences, a batch of `batch_size` at a time."""
