@@ -10,6 +10,7 @@ and `model.generate` with each common setting). The test suite checks every bloc
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -91,8 +92,17 @@ def render(text: str, root: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    paths = [Path(p) for p in (sys.argv[1:] if argv is None else argv)] or [Path("README.md")]
+    parser = argparse.ArgumentParser(
+        prog="python -m infini_llama.study.headline",
+        description="Rewrite the headline tables of Markdown files from their sources' JSON.",
+        epilog="example: python -m infini_llama.study.headline README.md",
+    )
+    parser.add_argument("files", nargs="*", type=Path, default=[Path("README.md")],
+                        help="Markdown files with headline blocks (default: README.md)")  # fmt: skip
+    paths = parser.parse_args(argv).files
     for path in paths:
+        if not path.is_file():
+            parser.error(f"no such file: {path}")
         path.write_text(render(path.read_text(), path.parent))
         print(f"headline tables of {path} made from their results.json")
     return 0

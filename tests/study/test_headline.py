@@ -3,7 +3,9 @@
 import json
 from pathlib import Path
 
-from infini_llama.study.headline import BLOCK, render
+import pytest
+
+from infini_llama.study.headline import BLOCK, main, render
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,3 +39,17 @@ def test_a_headline_can_start_below_the_training_length():
     half = next(x for x in infini["haystacks"]["repeat"] if x["multiple"] == 0.5)
     assert made.splitlines()[3].startswith(f"| Infini | {100 * half['exact']['mean']:.0f} |")
     assert render(block.replace(" from=0.5", ""), ROOT).splitlines()[1].count("×") == 5, "from the training length"
+
+
+def test_the_command_rewrites_a_file_and_refuses_a_missing_one(tmp_path, capsys):
+    # Sources are read relative to the file's folder, as the README's are to the repository root.
+    (tmp_path / "reports").symlink_to(ROOT / "reports", target_is_directory=True)
+    page = tmp_path / "page.md"
+    page.write_text("before\n<!-- headline: reports/mini -->\n| stale |\n<!-- /headline -->\nafter\n")
+    assert main([str(page)]) == 0
+    made = page.read_text()
+    assert "| stale |" not in made and made.startswith("before\n") and made.endswith("after\n")
+    assert render(made, tmp_path) == made
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "missing.md")])
+    assert stop.value.code == 2 and "no such file" in capsys.readouterr().err
