@@ -40,8 +40,9 @@ def test_the_headline_markers_are_there():
     text = README.read_text()
     assert text.count("<!-- headline: reports/tiny-cpu -->") == 1
     assert text.count("<!-- headline: reports/mini -->") == 1
+    assert text.count("<!-- headline: reports/paper-h200 from=0.5 per-seed -->") == 1
     assert text.count("<!-- headline: benchmarks/results/gpu_h200.json -->") == 1
-    assert text.count("<!-- /headline -->") == 3
+    assert text.count("<!-- /headline -->") == 4
 
 
 def test_every_relative_link_resolves():

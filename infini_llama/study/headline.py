@@ -2,7 +2,8 @@
 
 A headline block in a Markdown file is the table between a line `<!-- headline: SOURCE -->` and a line
 `<!-- /headline -->`. SOURCE is a study's report folder (the table: the across-seed means of its results.json, from
-the training length on, or from another multiple of it with `<!-- headline: SOURCE from=0.5 -->`) or
+the training length on, or from another multiple of it with `<!-- headline: SOURCE from=0.5 -->`; with `per-seed`
+after it, each seed's number in every cell instead of the mean, for a study whose seeds disagree) or
 a benchmark's JSON file (`benchmarks/bench_gpu.py`'s: the trainer's default command, training against HF Llama
 and `model.generate` with each common setting). The test suite checks every block against its JSON;
 `python -m infini_llama.study.headline README.md` rewrites them.
@@ -19,7 +20,7 @@ from pathlib import Path
 from infini_llama.eval.markdown import table
 
 BLOCK = re.compile(
-    r"(?P<open><!-- headline: (?P<source>[^ ]+)(?: from=(?P<first>[0-9.]+))? -->\n)"
+    r"(?P<open><!-- headline: (?P<source>[^ ]+)(?: from=(?P<first>[0-9.]+))?(?P<per_seed> per-seed)? -->\n)"
     r"(?P<table>.*?)(?P<end><!-- /headline -->)",
     re.DOTALL,
 )
@@ -33,17 +34,26 @@ ROWS = {
 }
 
 
-def headline_table(results: dict, haystack: str = "repeat", first: float = 1.0) -> str:
-    """Exact match % on `haystack`, mean over the seeds, at every length from `first` times the training length on,
-    for each row of ROWS the study has."""
+def headline_table(results: dict, haystack: str = "repeat", first: float = 1.0, per_seed: bool = False) -> str:
+    """Exact match % on `haystack` at every length from `first` times the training length on, for each row of ROWS
+    the study has: the mean over the seeds, or with `per_seed` each seed's, "a / b" in the seeds' order."""
     by_label = {row["label"]: row for row in results["rows"]}
     multiples = [x["multiple"] for x in by_label["infini"]["haystacks"][haystack] if x["multiple"] >= first]
+    seeds = [str(seed) for seed in results["seeds"]]
+
+    def cell(exact: dict) -> str:
+        if not per_seed:
+            return f"{100 * exact['mean']:.0f}"
+        values = (exact["per_seed"].get(seed) for seed in seeds)
+        return " / ".join("–" if value is None else f"{100 * value:.0f}" for value in values)
+
     lines = []
     for label, name in ROWS.items():
         if label in by_label:
             lengths = {x["multiple"]: x for x in by_label[label]["haystacks"][haystack]}
-            lines.append([name] + [f"{100 * lengths[m]['exact']['mean']:.0f}" for m in multiples])
-    return "\n".join(table(["arm"] + [f"{m:g}×" for m in multiples], lines)) + "\n"
+            lines.append([name] + [cell(lengths[m]["exact"]) for m in multiples])
+    first_column = f"arm: seed {' / '.join(seeds)}" if per_seed else "arm"
+    return "\n".join(table([first_column] + [f"{m:g}×" for m in multiples], lines)) + "\n"
 
 
 def _thousands(tok_s: float) -> str:
@@ -85,7 +95,8 @@ def render(text: str, root: Path) -> str:
             made = gpu_table(json.loads(source.read_text()))
         else:
             first = float(match["first"] or 1.0)
-            made = headline_table(json.loads((source / "results.json").read_text()), first=first)
+            results = json.loads((source / "results.json").read_text())
+            made = headline_table(results, first=first, per_seed=bool(match["per_seed"]))
         return match["open"] + made + match["end"]
 
     return BLOCK.sub(fill, text)

@@ -53,3 +53,18 @@ def test_the_command_rewrites_a_file_and_refuses_a_missing_one(tmp_path, capsys)
     with pytest.raises(SystemExit) as stop:
         main([str(tmp_path / "missing.md")])
     assert stop.value.code == 2 and "no such file" in capsys.readouterr().err
+
+
+def test_a_headline_can_show_each_seed():
+    # The 302M study's seeds disagree (one baseline never learned the task), so its headline shows both, not a mean.
+    source = "reports/paper-h200"
+    results = json.loads((ROOT / source / "results.json").read_text())
+    block = f"<!-- headline: {source} from=0.5 per-seed -->\n| stale |\n<!-- /headline -->\n"
+    lines = render(block, ROOT).splitlines()
+    seeds = [str(seed) for seed in results["seeds"]]
+    assert len(seeds) >= 2 and lines[1].startswith(f"| arm: seed {' / '.join(seeds)} | 0.5× |")
+    full = next(row for row in results["rows"] if row["label"] == "full")
+    half = next(x for x in full["haystacks"]["repeat"] if x["multiple"] == 0.5)["exact"]["per_seed"]
+    expected = " / ".join(f"{100 * half[seed]:.0f}" for seed in seeds)
+    assert lines[4].startswith(f"| full attention | {expected} |")
+    assert render(block.replace(" per-seed", ""), ROOT).splitlines()[1].startswith("| arm | 0.5× |")
