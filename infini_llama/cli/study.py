@@ -48,7 +48,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     seeds.add_argument("--seed", type=int, default=None, help="the seed of the whole study (default 0)")
     seeds.add_argument(
         "--seeds", type=parse_seeds, default=None, metavar="S1,S2,...",
-        help="run the whole study once per seed (OUT/seed-<s>/) and report per seed and across seeds",
+        help="run the whole study once per seed (OUT/seed-<s>/) and report per seed and across seeds; a study of "
+        "several seeds can be continued with more (0,1 then 0,1,2)",
     )  # fmt: skip
     parser.add_argument(
         "--sweep", action="append", default=[], metavar="KEY=V1,V2",

@@ -386,9 +386,16 @@ def _study_folders(cfg: StudyConfig) -> set[str]:
     return {arm.name for arm in expand_arms(cfg)}
 
 
+def _adds_seeds(saved: list[int], wanted: list[int]) -> bool:
+    """Whether `wanted` only adds seeds to a study of several: its seed folders stay as they are. (A study of one seed
+    keeps its arms without seed folders, so it cannot grow into several.)"""
+    return len(saved) > 1 and set(saved) < set(wanted)
+
+
 def _claim_folder(out: Path, cfg: StudyConfig, overwrite: bool) -> None:
     """Refuse a folder that holds something else or another study; record this study's config. A folder that holds
     only folders of this study's arms (copied in from another study's run, e.g. a screen's grid widened) is claimed.
+    A study of several seeds can be given more (`--seeds 0,1` continued with `--seeds 0,1,2`), nothing else changed.
     `overwrite` deletes only a folder holding a study (its study.json), as `train --overwrite` deletes only a run
     (`clear_folder`)."""
     wanted = json.loads(json.dumps(dataclasses.asdict(cfg)))
@@ -401,13 +408,16 @@ def _claim_folder(out: Path, cfg: StudyConfig, overwrite: bool) -> None:
             if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
         }
         saved = {**json.loads(json.dumps(defaults)), **json.loads(file.read_text())}
-        if saved != wanted and not overwrite:
-            changed = sorted(k for k in wanted.keys() | saved.keys() if wanted.get(k) != saved.get(k))
+        changed = sorted(k for k in wanted.keys() | saved.keys() if wanted.get(k) != saved.get(k))
+        if changed == ["seeds"] and not overwrite and _adds_seeds(saved["seeds"], wanted["seeds"]):
+            added = ", ".join(str(seed) for seed in wanted["seeds"] if seed not in saved["seeds"])
+            print(f"[study] adding seed(s) {added} to the study in {str(out)!r}", flush=True)
+        elif changed and not overwrite:
             raise StudyError(
                 f"{str(out)!r} holds a study with a different config (differs in: {', '.join(changed)}); run it "
                 "with the same arguments to continue it, pass --overwrite to start over, or choose another --out"
             )
-        if saved == wanted:
+        if not changed:
             return
     elif out.exists() and not out.is_dir():
         raise StudyError(f"--out {str(out)!r} is a file; pass a folder for the study")

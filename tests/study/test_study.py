@@ -294,8 +294,10 @@ def test_several_seeds_run_whole_studies_and_report_their_spread(micro, tmp_path
     }  # fmt: skip
     assert "## Keys missed up to the training length: held-out text" in (out / "seed-0" / "REPORT.md").read_text()
     assert run_study(cfg, out, device="cpu", progress=False, jobs=1) == report, "a finished study resumes instantly"
-    with pytest.raises(StudyError, match="different config"):
-        run_study(micro(seeds=(0, 1, 2)), out, device="cpu", progress=False)
+    with pytest.raises(StudyError, match="different config \\(differs in: seeds\\)"):  # a seed left out
+        run_study(dataclasses.replace(cfg, seeds=(0,)), out, device="cpu", progress=False)
+    with pytest.raises(StudyError, match="different config \\(differs in: eval_samples, seeds\\)"):
+        run_study(dataclasses.replace(cfg, seeds=(0, 1, 2), eval_samples=2), out, device="cpu", progress=False)
 
 
 def test_default_jobs(monkeypatch):
@@ -376,7 +378,7 @@ def test_arms_run_on_two_machines_are_reported_together_without_their_weights(mi
         run_study(cfg, tmp_path / "empty", device="cpu", progress=False, report_only=True)
 
 
-def test_the_seeds_of_a_study_run_on_two_machines_are_reported_together(micro, tmp_path):
+def test_the_seeds_of_a_study_run_on_two_machines_are_reported_together(micro, tmp_path, capsys):
     # A seed's arms can take a GPU lease each: `seed-<s>/<arm>` patterns choose one seed's arms.
     cfg = micro(seeds=(0, 1), eval_haystacks=("repeat",), eval_rope_scaling=None, layer_off_multiple=None)
     here, there = tmp_path / "here", tmp_path / "there"
@@ -408,6 +410,19 @@ def test_the_seeds_of_a_study_run_on_two_machines_are_reported_together(micro, t
     text = report.read_text()
     assert "\nSeed 1: " in text and "; Other GPU; commit 1234567.\n" in text and "\nSeed 0: " in text
     assert "\nEnvironment: " not in text
+    # A third seed, run later on a third machine, is added to the study and reported with the first two.
+    third, wider = tmp_path / "third", dataclasses.replace(cfg, seeds=(0, 1, 2))
+    run_study(wider, third, device="cpu", progress=False, jobs=1, estimate=False, arms=["seed-2/*"])
+    shutil.copytree(third / "seed-2", here / "seed-2")
+    with pytest.raises(StudyError, match="cannot report .*seed-0/infini"):
+        run_study(wider, third, device="cpu", progress=False, report_only=True)
+    assert run_study(wider, here, device="cpu", progress=False, report_only=True) == report
+    assert "[study] adding seed(s) 2 to the study in" in capsys.readouterr().out
+    assert json.loads((here / "study.json").read_text())["seeds"] == [0, 1, 2]
+    assert set(json.loads((here / "results.json").read_text())["per_seed"]) == {"0", "1", "2"}
+    assert "seeds 0, 1, 2" in report.read_text().splitlines()[0]
+    with pytest.raises(StudyError, match="different config"):  # one seed's study has no seed folders to add to
+        run_study(dataclasses.replace(cfg, seeds=(0, 1)), here / "seed-0", device="cpu", progress=False)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
