@@ -16,7 +16,7 @@ from infini_llama.eval.report_passkey import UPDATES_BY_LENGTH, updates_by_lengt
 from infini_llama.eval.scoring import KEY_KINDS, which_digits_loss
 from infini_llama.study.config import StudyConfig
 from infini_llama.study.estimate import duration
-from infini_llama.study.results import TREND_TARGETS, passkey_rows, sequences_per_step, spread
+from infini_llama.study.results import LEARNED, TREND_TARGETS, passkey_rows, sequences_per_step, spread
 from infini_llama.study.stages import STAGE_GROUPS, stage_group
 from infini_llama.train import recipe
 from infini_llama.train.loop import TIME_PARTS
@@ -141,6 +141,7 @@ def write_seed_report(cfg: StudyConfig, out: Path, results: dict, command: str |
         ]
         lines += table(_header(cfg, lengths), digits)
         lines += [""] + _compression_table(entries, haystack)
+    lines += _learned_table({cfg.seed: results.get("learned", {})}, [cfg.seed])
     lines += _leads_table(results["leads"])
     lines += _comparisons_table(cfg, results.get("comparisons", []))
     lines += _best_rope_table(cfg, results.get("best_rope", []))
@@ -514,6 +515,47 @@ def _updates_by_length(groups: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+def _learned_table(by_seed: dict, seeds: list) -> list[str]:
+    """Whether each arm learned the task, seed by seed: its own grid at its fine-tuning length (`results.learned`)."""
+    keyed: dict[tuple[str, str], dict] = {}
+    for seed in seeds:
+        for arm, by_haystack in by_seed.get(seed, {}).items():
+            for haystack, at in by_haystack.items():
+                keyed.setdefault((arm, haystack), {})[seed] = at
+
+    def cell(at: dict | None) -> str:
+        if at is None:
+            return "–"
+        return f"{_pct(at)} at {at['length']:,}" + ("" if at["learned"] else ", **not learned**")
+
+    if not keyed:
+        return []
+    rows = [
+        [arm, HAYSTACK_LABELS[haystack]] + [cell(found.get(s)) for s in seeds]
+        for (arm, haystack), found in keyed.items()
+    ]
+    missed = [
+        f"seed {seed}: {', '.join(arms)}"
+        for seed in seeds
+        if (arms := [a for a, by_h in by_seed.get(seed, {}).items() if not all(at["learned"] for at in by_h.values())])
+    ]
+    verdict = (
+        f"Not learned ({'; '.join(missed)}). Beyond the fine-tuning length, a comparison with an arm that did not "
+        "learn the task in that seed says that it did not, not how far its attention reaches."
+        if missed
+        else "Every arm learned the task" + (" in every seed." if len(seeds) > 1 else ".")
+    )
+    lines = [
+        "## Did each arm learn the task?",
+        "",
+        "Each arm's own grid (memory on, no RoPE scaling) at its fine-tuning length, or the longest grid length within "
+        f"it: exact match [95%, at the level of the key]. An arm has learned the task where it answers at least "
+        f"{LEARNED:.0%} there on every haystack.",
+        "",
+    ]
+    return lines + table(["arm", "haystack"] + [f"seed {s}" for s in seeds], rows) + ["", verdict, ""]
+
+
 def _leads_table(leads: list[dict]) -> list[str]:
     if not leads:
         return []
@@ -715,6 +757,7 @@ def write_across_report(cfg: StudyConfig, out: Path, summary: dict, command: str
         if missing:
             lines += ["", f"Not in these means, their grid being incomplete: {'; '.join(missing)}."]
         lines += [""]
+    lines += _learned_table(summary.get("learned", {}), seeds)
     lines += _leads_by_seed(summary)
     lines += _verdicts_by_seed(cfg, summary)
     lines += _best_rope_by_seed(cfg, summary)

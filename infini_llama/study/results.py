@@ -103,6 +103,7 @@ def finetune_curve(run_dir: Path, steps: int, points: int = CURVE_POINTS) -> dic
     }
 
 
+LEARNED = 0.9  # exact match at its fine-tuning length from which an arm counts as having learned the passkey
 TREND_TARGETS = (0.1, 0.01)  # answer losses a projection is given for (mini's arms at >= 95% ended near 0.005)
 TREND_MIN_WINDOWS = 3
 
@@ -261,6 +262,7 @@ def seed_results(cfg: StudyConfig, arms: list[Arm], out: Path) -> dict:
         "environments": environments(out / arm.name / "eval" for arm in arms),
         "lengths": {arm.name: eval_lengths(cfg, arm) for arm in arms},
         "arms": entries,
+        "learned": learned(entries),
         "leads": leads(cfg, arms, entries, compared := comparisons(cfg, arms, out)),
         "comparisons": compared,
         "best_rope": best_rope(compared),
@@ -274,6 +276,22 @@ def dumps(results: dict) -> str:
     """results.json's text: indented, with every list of plain numbers on one line (per-key counts stay short)."""
     text = json.dumps(results, indent=2)
     return _NUMBERS.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text) + "\n"
+
+
+def learned(entries: dict) -> dict:
+    """Per arm and haystack, the arm's own grid (memory on, no RoPE scaling) at its fine-tuning length (the longest
+    grid length within it): exact match with its key-level interval, and whether it reaches LEARNED. Beyond that
+    length, a comparison with an arm that has not learned the task there says so, not how far its attention reaches."""
+    found = {}
+    for name, entry in entries.items():
+        seq_len = entry["recipe"]["finetune"]["seq_len"]
+        for haystack, grid in entry["passkey"].get("passkey", {}).get("haystacks", {}).items():
+            within = [r for r in grid["by_length"] if r["length"] <= seq_len]
+            if within:
+                r = max(within, key=lambda r: r["length"])
+                at = {"length": r["length"], **_rate(r["exact"]), "learned": r["exact"]["rate"] >= LEARNED}
+                found.setdefault(name, {})[haystack] = at
+    return found
 
 
 def _rate(exact: dict) -> dict:
@@ -589,6 +607,7 @@ def across_seeds(cfg: StudyConfig, per_seed: dict[int, dict]) -> dict:
         "answers_pooled": answers_pooled(per_seed),
         "environments": _distinct(env for results in per_seed.values() for env in results["environments"]),
         "rows": rows,
+        "learned": {seed: results["learned"] for seed, results in per_seed.items()},
         "leads": {seed: results["leads"] for seed, results in per_seed.items()},
         "chosen_lr": chosen,
         "layers_off": layer_rows,

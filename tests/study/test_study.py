@@ -182,6 +182,7 @@ def test_study_runs_end_to_end_and_resumes(micro, tmp_path, monkeypatch):
         "| infini (memory off) |",
         "| full (RoPE dynamic NTK) |",
         "## What each arm got",
+        "## Did each arm learn the task?",
         "## Infini's lead beyond the training length",
         "Command: `infini-llama study --out study`",
         "| updates \\ length | 128 | 256 |",
@@ -217,6 +218,10 @@ def test_several_seeds_run_whole_studies_and_report_their_spread(micro, tmp_path
     # Each run's fine-tuning loss at half and all of its steps, per seed, from the seeds' curves; a panel per run.
     assert "## Fine-tuning loss per seed" in text and (out / "finetune_loss.png").is_file()
     assert "## Stage times per seed" in text
+    # 3 steps teach nothing: no arm learned the task, in any seed, and the report says so before any lead.
+    assert text.index("## Did each arm learn the task?") < text.index("## Infini's lead beyond the training")
+    assert "Not learned (seed 0: infini, full; seed 1: infini, full)." in text
+    assert summary["learned"]["0"]["full"]["book"]["learned"] is False
     curves = [summary["per_seed"][s]["arms"]["full"]["finetune_curves"][0]["train"] for s in ("0", "1")]
     half_and_end = [f"{curve[1][1]:.3f} → {curve[2][1]:.3f}" for curve in curves]  # steps 2 and 3 of 3
     assert f"| full | {half_and_end[0]} | {half_and_end[1]} |" in text
@@ -1026,3 +1031,39 @@ def test_the_report_says_when_the_fine_tuning_lr_is_held_before_its_decay():
     assert "held, then" not in describe_study(study_config("tiny"))
     arm = expand_arms(cfg)[0]
     assert recipe_summary(train_recipe(cfg, arm, "finetune"))["decay_steps"] == 500
+
+
+def test_an_arm_has_learned_the_task_where_it_answers_at_its_fine_tuning_length():
+    from infini_llama.study import report as study_report
+
+    def grid(rates):
+        return {"by_length": [
+            {"length": n, "exact": {"rate": r, "ci_low": r / 2, "ci_high": 1.0, "key_totals": [[1, 1]]}}
+            for n, r in rates
+        ]}  # fmt: skip
+
+    def arm(seq_len, haystacks):
+        return {"recipe": {"finetune": {"seq_len": seq_len}}, "passkey": {
+            "passkey": {"haystacks": haystacks},
+            "passkey-memory-off": {"haystacks": {"repeat": grid([(2048, 0.0), (4096, 0.0)])}},
+        }}  # fmt: skip
+
+    seed_1 = study_results.learned({
+        "infini": arm(4096, {"repeat": grid([(2048, 1.0), (4096, 0.88), (8192, 0.9)]),
+                             "book": grid([(2048, 1.0), (4096, 0.98), (8192, 0.95)])}),
+        "full": arm(3000, {"repeat": grid([(1024, 0.5), (2048, 0.95), (4096, 0.08)])}),
+    })  # fmt: skip
+    infini, full = seed_1["infini"], seed_1["full"]["repeat"]
+    assert (infini["repeat"]["length"], infini["repeat"]["rate"], infini["repeat"]["learned"]) == (4096, 0.88, False)
+    assert infini["book"]["learned"] and "key_totals" not in infini["book"], "the rate and its interval only"
+    assert (full["length"], full["learned"]) == (2048, True), "the longest grid length within the fine-tuning length"
+    seed_0 = {
+        name: {h: {**at, "rate": 1.0, "learned": True} for h, at in found.items()} for name, found in seed_1.items()
+    }
+    text = "\n".join(study_report._learned_table({0: seed_0, 1: seed_1}, [0, 1]))
+    assert "| arm | haystack | seed 0 | seed 1 |" in text
+    assert "| infini | classic filler | 100% [44–100] at 4,096 | 88% [44–100] at 4,096, **not learned** |" in text
+    assert "| full | classic filler | 100% [48–100] at 2,048 | 95% [48–100] at 2,048 |" in text
+    assert "Not learned (seed 1: infini). Beyond the fine-tuning length" in text
+    assert "Every arm learned the task." in study_report._learned_table({0: seed_0}, [0])
+    assert study_report._learned_table({0: {}}, [0]) == []
