@@ -35,10 +35,10 @@ class StudyConfig:
     `seeds`: the whole study runs once per seed (one seed: in the study folder itself; several: in sub-folders,
     reported per seed and across seeds). `finetune_lr_grid`: each arm fine-tunes once per LR with the same budget,
     and the LR whose model is most often right on `selection_samples` held-apart fine-tuning prompts at the
-    training length (never longer) is the one evaluated; empty: `finetune.lr` only. `eval_haystacks`: every passkey
-    grid runs on each ("repeat": the classic filler, "book": held-out text). `eval_rope_scaling`: the baseline is
-    also evaluated with RoPE scaled this way (its original length is the training length), or, for a list of
-    scalings, once per scaling (e.g. dynamic NTK and YaRN); None: not.
+    fine-tuning length (never beyond the training length) is the one evaluated; empty: `finetune.lr` only.
+    `eval_haystacks`: every passkey grid runs on each ("repeat": the classic filler, "book": held-out text).
+    `eval_rope_scaling`: the baseline is also evaluated with RoPE scaled this way (its original length is the
+    training length), or, for a list of scalings, once per scaling (e.g. dynamic NTK and YaRN); None: not.
     `eval_split`: "test" (the reported grids) or "validation" (grids of the same design on other samples), to choose
     a recipe without looking at the test grids. `control_arm`: also train and evaluate the local control (the
     Infini arm's segment-local attention, no memory, no gate) with the Infini arm's segments and recipe.

@@ -45,6 +45,7 @@ from infini_llama.study.stages import (
     finetune_recipe,
     layer_off_length,
     passkey_tasks,
+    selection_length,
     stage_group,
     train_recipe,
     training_length,
@@ -298,7 +299,7 @@ def arm_estimate(cfg: StudyConfig, arm: Arm, root: Path, rates: ArmRates, device
         name = finetune_dir(root, lr).name
         costs[name] = _training_stage(name, finetune_recipe(cfg, arm, lr), rates.step_seconds["finetune"],
                                       arm.attention, device, finetune_dir(root, lr), passes=passes)  # fmt: skip
-    selection = scored(cfg.selection_samples, training_length(cfg, arm))
+    selection = scored(cfg.selection_samples, selection_length(cfg, arm))
     costs["select"] = Stage("select", len(candidate_lrs(cfg, arm)) * selection)
     for haystack in cfg.eval_haystacks:
         for task in passkey_tasks(cfg, arm):

@@ -422,15 +422,16 @@ def _chosen(entry: dict) -> dict:
 
 def _arm_table(cfg: StudyConfig, entries: dict) -> list[str]:
     """What each arm got: its seed, its pretraining and fine-tuning recipes, the LRs tried and their scores on the
-    held-apart fine-tuning prompts at the training length, and the LR chosen."""
+    held-apart fine-tuning prompts at the length the selection used, and the LR chosen."""
     lines = [
         "## What each arm got",
         "",
         "Fine-tuning LRs were tried with the same budget; each model answered the same held-apart fine-tuning "
-        "prompts at the training length (1×, never longer), and the LR with the most exact answers was evaluated "
-        "(target at 1×: ≥ 95%). Scores: exact [Wilson 95%] / digit accuracy.",
+        "prompts at the length given (the fine-tuning length, never beyond the training length; studies run before "
+        "2026-12-06 used the training length), and the LR with the most exact answers was evaluated (target: ≥ 95%). "
+        "Scores: exact [Wilson 95%] / digit accuracy.",
         "",
-        "| arm | seed | pretraining LR (gate LR) | fine-tuning: steps × sequences × tokens, gate LR | LR: 1× score | "
+        "| arm | seed | pretraining LR (gate LR) | fine-tuning: steps × sequences × tokens, gate LR | LR: score | "
         "chosen LR |",
         "|---|---|---|---|---|---|",
     ]
@@ -439,7 +440,7 @@ def _arm_table(cfg: StudyConfig, entries: dict) -> list[str]:
         selection = entry.get("selection") or {"candidates": []}
         scores = "; ".join(
             f"{c['lr']:g}: {_pct(c['exact'])} / {c['digit_acc']['mean']:.2f}" for c in selection["candidates"]
-        )
+        ) + (f" (at {selection['length']:,})" if selection.get("length") else "")
         lines.append(
             f"| {name} | {entry['seed']} | {pre['lr']:g} ({_gate_lr(entry, pre)}) | {fin['steps']} × "
             f"{fin['sequences_per_step']} × {fin['seq_len']}, {_gate_lr(entry, fin)} | "

@@ -607,7 +607,7 @@ def across_seeds(cfg: StudyConfig, per_seed: dict[int, dict]) -> dict:
         "answers_pooled": answers_pooled(per_seed),
         "environments": _distinct(env for results in per_seed.values() for env in results["environments"]),
         "rows": rows,
-        "learned": {seed: results["learned"] for seed, results in per_seed.items()},
+        "learned": {seed: results.get("learned", {}) for seed, results in per_seed.items()},
         "leads": {seed: results["leads"] for seed, results in per_seed.items()},
         "chosen_lr": chosen,
         "layers_off": layer_rows,

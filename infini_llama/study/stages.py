@@ -1,5 +1,5 @@
 """The stages of one arm of a single-seed study, in order: pretraining → passkey fine-tuning at each LR of the grid
-→ choosing the LR on held-apart fine-tuning prompts at the training length → passkey grids on every haystack
+→ choosing the LR on held-apart fine-tuning prompts at the fine-tuning length → passkey grids on every haystack
 (and, for Infini arms, with the memory switched off; for the baseline, with RoPE scaled; the local control has the
 plain grid only) → perplexity by position → gates (Infini arms) → the memory switched off in one layer at a time
 (Infini arms, one length, the first haystack).
@@ -68,6 +68,12 @@ def train_recipe(cfg: StudyConfig, arm: Arm, stage: str, **extra: Any) -> TrainC
 def training_length(cfg: StudyConfig, arm: Arm) -> int:
     """The training length: the pretraining `seq_len`, the longest context the arm ever trained on."""
     return train_recipe(cfg, arm, "pretrain").seq_len
+
+
+def selection_length(cfg: StudyConfig, arm: Arm) -> int:
+    """The length the LR selection scores at: the fine-tuning length, never beyond the training length. What the LRs
+    taught, not how far beyond it the arm reaches (the 302M study fine-tunes at half its training length)."""
+    return min(training_length(cfg, arm), train_recipe(cfg, arm, "finetune").seq_len)
 
 
 def eval_lengths(cfg: StudyConfig, arm: Arm) -> list[int]:
@@ -233,9 +239,9 @@ def arm_stages(cfg: StudyConfig, arm: Arm, root: Path, device: str, progress: bo
         return loaded[checkpoint]
 
     def select():
-        # Each LR's model on the same held-apart fine-tuning prompts at the training length, never longer.
+        # Each LR's model on the same held-apart fine-tuning prompts at the selection length.
         tokenizer = load_eval_tokenizer(pretrain_dir / "final")
-        length, lrs = training_length(cfg, arm), candidate_lrs(cfg, arm)
+        length, lrs = selection_length(cfg, arm), candidate_lrs(cfg, arm)
         source = passkey_source(cfg, arm, tokenizer, finetune_recipe(cfg, arm, lrs[0]))
         prompts = source.selection_prompts(length, cfg.selection_samples)
         candidates = []

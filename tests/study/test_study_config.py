@@ -108,10 +108,12 @@ def test_lr_grid_keeps_the_budget_and_the_schedule_shape():
     assert len({(r.steps, r.batch_size, r.seq_len, r.warmup_steps, r.seed) for r in runs}) == 1
 
 
-def test_a_seed_sweep_seeds_every_stage_of_its_arms(tmp_path, monkeypatch):
+@pytest.mark.parametrize("finetune_len", [256, 128])
+def test_a_seed_sweep_seeds_every_stage_of_its_arms(tmp_path, monkeypatch, finetune_len):
     """Pretraining, fine-tuning data, its key exclusion, the LR-selection prompts and every grid use the arm's
     seed (before, recipe() got seed twice and the data and grids used the study's seed)."""
-    cfg = study_config("tiny", eval_haystacks=("repeat",), eval_split="validation", sweeps=sweeps("seed=3"))
+    cfg = study_config("tiny", eval_haystacks=("repeat",), eval_split="validation", sweeps=sweeps("seed=3"),
+                       finetune={"seq_len": finetune_len})  # fmt: skip
     arm = next(a for a in expand_arms(cfg) if a.attention == "full")
     assert arm.name == "full-seed=3" and arm.seed == 3
     seen = {}
@@ -145,7 +147,8 @@ def test_a_seed_sweep_seeds_every_stage_of_its_arms(tmp_path, monkeypatch):
                 (root / f"{name}.done").write_text(json.dumps(info))
     assert seen["pretrain"].seed == 3 and seen["finetune-lr=0.002"].seed == 3
     assert seen["source"]["seed"] == 3 and seen["source"]["exclude_eval_seed"] == 3
-    assert seen["selection"] == 256, "the LR is chosen at the training length"
+    # The LR is chosen at the length it was fine-tuned at (the 302M study: 4,096 of a training length of 8,192).
+    assert seen["selection"] == finetune_len
     assert seen["passkey-repeat"].seed == 3 and seen["passkey-rope-repeat"].seed == 3
     assert seen["passkey-repeat"].split == "validation", "a recipe is chosen on the validation grids"
     assert seen["passkey-rope-repeat"].rope_scaling["original_max_position_embeddings"] == 256
